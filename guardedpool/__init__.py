@@ -1,0 +1,1 @@
+"""guardedpool: a bounded, self-auditing pool of long-lived IMAP connections."""

@@ -1,0 +1,145 @@
+"""The few socket-level operations the pool needs, done safely.
+
+The rule here: never ``os.close()`` a fd the pool does not exclusively own. A fd number is
+reused the moment it is freed, and a stale transport that still holds the old number then
+writes into an unrelated connection. To end a socket from the outside we ``dup`` the fd,
+check that the dup is still the socket we mean (same inode), and ``shutdown(SHUT_RDWR)`` the
+dup: the TCP connection ends, the owner sees EOF and closes its own fd, and no number is
+freed under anyone's feet.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+from typing import Any, Protocol
+
+from .records import SocketIdentity
+
+__all__ = [
+    "SocketLike",
+    "TCP_STATES",
+    "identify",
+    "is_open",
+    "set_keepalive",
+    "shutdown_socket",
+    "tcp_state",
+]
+
+
+class SocketLike(Protocol):
+    """What we need of a socket: ``socket.socket`` and ``asyncio.TransportSocket`` both fit."""
+
+    def fileno(self) -> int: ...
+    def getsockname(self) -> Any: ...
+    def getpeername(self) -> Any: ...
+    def setsockopt(self, level: int, optname: int, value: int, /) -> None: ...
+
+
+# Linux TCP states (include/net/tcp_states.h), as TCP_INFO's first byte reports them.
+TCP_STATES: dict[int, str] = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+}
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def _address(raw: Any) -> tuple[str, int]:
+    # AF_INET gives (host, port), AF_INET6 gives (host, port, flowinfo, scope_id).
+    if isinstance(raw, tuple) and len(raw) >= 2:
+        return (str(raw[0]), int(raw[1]))
+    return (str(raw), 0)
+
+
+def identify(sock: SocketLike) -> SocketIdentity:
+    """The socket's fd, inode and both addresses, read right now."""
+    fd = sock.fileno()
+    return SocketIdentity(
+        fd=fd,
+        inode=os.fstat(fd).st_ino,
+        local=_address(sock.getsockname()),
+        remote=_address(sock.getpeername()),
+    )
+
+
+def is_open(identity: SocketIdentity) -> bool:
+    """Whether the fd recorded in ``identity`` still refers to that same socket."""
+    try:
+        return bool(os.fstat(identity.fd).st_ino == identity.inode)
+    except OSError:
+        return False
+
+
+def set_keepalive(sock: SocketLike, idle: int, interval: int, count: int) -> None:
+    """Turn on TCP keepalive so a peer that vanished without FIN/RST is noticed by the kernel."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # The per-socket knobs are Linux (and recent macOS) names; elsewhere the system defaults apply.
+    for name, value in (
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", count),
+    ):
+        opt = getattr(socket, name, None)
+        if opt is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+
+
+def tcp_state(fd: int) -> str | None:
+    """The kernel's TCP state of the socket at ``fd`` (Linux ``TCP_INFO``), or None if unknown.
+
+    One getsockopt on a dup'd socket object that does not own the fd (``socket.socket``
+    with ``fileno=`` would close it on garbage collection, so we ``detach`` it).
+    """
+    if _TCP_INFO is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        raw = s.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)
+    except OSError:
+        return None
+    finally:
+        s.detach()
+    return TCP_STATES.get(struct.unpack_from("B", raw)[0], "UNKNOWN")
+
+
+def shutdown_socket(fd: int, inode: int) -> bool:
+    """End the TCP connection of the socket at ``fd`` if it is still the one with ``inode``.
+
+    Returns True when a shutdown was issued. Works on a dup, so the fd number stays with
+    its owner; checks the dup's inode first, so a reused fd number is never touched.
+    """
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return False
+    try:
+        if os.fstat(dup).st_ino != inode:
+            return False
+        s = socket.socket(fileno=dup)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            # ENOTCONN: already shut down or never connected; nothing left to end.
+            return False
+        finally:
+            s.close()  # closes only our dup
+            dup = -1
+        return True
+    finally:
+        if dup >= 0:
+            os.close(dup)
