@@ -1,0 +1,84 @@
+"""Per-key bookkeeping: the idle stack, the waiter queue, the counts, the counters.
+
+One :class:`KeyState` per key (inbox). Plain data plus the arithmetic the stats need; the
+pool mutates it without awaiting between a decision and its recording, which is what keeps
+the counts consistent under cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .reconnect import KeyBackoff
+from .records import CloseReason, ConnectionRecord
+
+__all__ = ["KeyState", "Pooled", "Waiter"]
+
+C = TypeVar("C")
+
+
+@dataclass(slots=True, eq=False)
+class Pooled(Generic[C]):
+    """A record and the live connection object it describes (``None`` while opening)."""
+
+    record: ConnectionRecord
+    keystate: KeyState[C]
+    conn: C | None = None
+    leak_logged: bool = False
+
+
+Waiter = asyncio.Future[Pooled[C]]
+
+
+def _reasons() -> dict[str, int]:
+    return {reason.value: 0 for reason in CloseReason}
+
+
+@dataclass(slots=True, eq=False)
+class KeyState(Generic[C]):
+    key: str
+    idle: list[Pooled[C]] = field(default_factory=list)  # a stack: LIFO hand-out
+    waiters: deque[Waiter[C]] = field(default_factory=deque)  # FIFO
+    count: int = 0  # slots held: opening + idle + in use + closing
+    opening: int = 0
+    in_use: int = 0
+    closing: int = 0
+    backoff: KeyBackoff = field(default_factory=KeyBackoff)
+    replaced: deque[CloseReason] = field(default_factory=lambda: deque(maxlen=64))
+    # counters
+    acquires: int = 0
+    acquire_wait_total: float = 0.0
+    acquire_wait_max: float = 0.0
+    timeouts: int = 0
+    opened: int = 0
+    connect_failures: int = 0
+    closed: dict[str, int] = field(default_factory=_reasons)
+    reconnects: dict[str, int] = field(default_factory=_reasons)
+
+    def live_waiters(self) -> int:
+        return sum(1 for w in self.waiters if not w.done())
+
+    def stats(self) -> dict[str, Any]:
+        err = self.backoff.last_error
+        return {
+            "open": len(self.idle) + self.in_use,
+            "idle": len(self.idle),
+            "in_use": self.in_use,
+            "opening": self.opening,
+            "closing": self.closing,
+            "waiting": self.live_waiters(),
+            "acquires": self.acquires,
+            "acquire_wait_total": self.acquire_wait_total,
+            "acquire_wait_max": self.acquire_wait_max,
+            "acquire_timeouts": self.timeouts,
+            "opened": self.opened,
+            "closed": dict(self.closed),
+            "closed_total": sum(self.closed.values()),
+            "connect_failures": self.connect_failures,
+            "reconnects": dict(self.reconnects),
+            "consecutive_failures": self.backoff.failures,
+            "last_error": None if err is None else f"{type(err).__name__}: {err}",
+        }

@@ -1,0 +1,783 @@
+"""GuardedPool: who gets which connection, and when connections are opened and retired.
+
+The pool is the I/O edge around :mod:`guardedpool.policy`: it keeps the records, the idle
+stacks and the waiter queues, asks the policy what to do, and runs the awaits (connect,
+check, close) as pool-owned tasks, each bounded by a named timeout. Bookkeeping changes
+happen synchronously (no ``await`` between "taken" and "recorded"), so a caller cancelled
+at any await leaves consistent books behind; release is synchronous, hence cannot be
+interrupted.
+
+A slot (one unit of ``max_per_key`` / ``max_total``) is held from the moment a connect is
+permitted until the socket is verified closed at the OS level. A replacement connection
+for a key therefore cannot start while its predecessor's socket still exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Set
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from . import policy
+from .config import PoolConfig
+from .connector import Address, Connector
+from .errors import ConnectionPoisoned, PoolClosed, PoolError, PoolTimeout
+from .keystate import KeyState, Pooled, Waiter
+from .reconnect import connect_with_retry
+from .records import Borrow, CloseReason, ConnectionRecord, ConnState
+from .sockets import identify, is_open, shutdown_socket
+
+if TYPE_CHECKING:
+    from .audit.report import AuditReport
+
+__all__ = ["GuardedPool"]
+
+log = logging.getLogger("guardedpool.pool")
+
+C = TypeVar("C")
+
+# Reasons for which a goodbye (LOGOUT) is worth sending; after a fault we abort at once.
+_GRACEFUL = frozenset(
+    {CloseReason.IDLE, CloseReason.LIFETIME, CloseReason.SHUTDOWN, CloseReason.EVICTED}
+)
+# How long the close path waits for an aborted transport to release its socket.
+_CLOSE_VERIFY_WAIT = 0.5
+_STACK_DEPTH = 8
+_PKG_DIR = __file__.rsplit("/", 1)[0]
+
+
+def _borrow_stack() -> tuple[str, ...]:
+    """A cheap summary of who acquired: file:line in function, outside this package/asyncio."""
+    frames: list[str] = []
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None and len(frames) < _STACK_DEPTH:
+        code = frame.f_code
+        name = code.co_filename
+        if not name.startswith(_PKG_DIR) and "/asyncio/" not in name:
+            frames.append(f"{name}:{frame.f_lineno} in {code.co_qualname}")
+        frame = frame.f_back
+    return tuple(frames)
+
+
+def _is_connection_fault(exc: BaseException | None) -> bool:
+    return isinstance(exc, (ConnectionPoisoned, OSError, TimeoutError))
+
+
+class _Acquisition(Generic[C]):
+    """``async with pool.acquire(key) as conn`` or ``conn = await pool.acquire(key)``."""
+
+    __slots__ = ("_conn", "_key", "_pool")
+
+    def __init__(self, pool: GuardedPool[C], key: str) -> None:
+        self._pool = pool
+        self._key = key
+        self._conn: C | None = None
+
+    def __await__(self) -> Generator[Any, None, C]:
+        return self._pool._checkout(self._key).__await__()
+
+    async def __aenter__(self) -> C:
+        self._conn = await self._pool._checkout(self._key)
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn, error=exc)
+
+
+class GuardedPool(Generic[C]):
+    """A pool of connections keyed by inbox, with caps, bounded waits and an OS-level audit.
+
+    Args:
+        connector: opens, checks and closes connections (see :class:`Connector`).
+        config: limits and timeouts (default ``PoolConfig()``).
+        on_reconnect_failed: called as ``(key, error)`` once per failure streak when a
+            key's connects have failed for ``config.retry.reconnect_deadline`` seconds.
+            Retrying goes on at the maximum delay while anyone waits for the key.
+        clock: monotonic seconds (injectable for tests; default ``time.monotonic``).
+        rng: uniform [0, 1) draws for lifetime jitter (default ``random.random``).
+    """
+
+    def __init__(
+        self,
+        connector: Connector[C],
+        config: PoolConfig | None = None,
+        *,
+        on_reconnect_failed: Callable[[str, BaseException], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if config is None:
+            config = PoolConfig()
+        if not isinstance(config, PoolConfig):
+            raise ValueError(f"config must be a PoolConfig, got {config!r}")
+        self.config = config
+        self._connector = connector
+        self._on_reconnect_failed = on_reconnect_failed
+        self._clock = clock
+        self._rng = rng
+        self._keys: dict[str, KeyState[C]] = {}
+        self._live: dict[int, Pooled[C]] = {}  # record id -> pooled, until closed
+        self._in_use: dict[int, Pooled[C]] = {}  # id(conn) -> pooled
+        self._graveyard: deque[ConnectionRecord] = deque(maxlen=config.audit.graveyard_size)
+        self._starving: dict[str, KeyState[C]] = {}  # keys blocked by max_total, FIFO
+        self._total = 0
+        self._evicting = 0
+        self._connecting = 0
+        self._peak_connecting = 0
+        self._connect_slots: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._housekeeper: asyncio.Task[None] | None = None
+        self._closing = False
+        self._close_task: asyncio.Task[None] | None = None
+        self._returned = asyncio.Event()
+        self._last_audit: float | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> GuardedPool[C]:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start housekeeping (idempotent; also done by the first acquire)."""
+        if self._closing:
+            raise PoolClosed("the pool is closed")
+        if self._housekeeper is None:
+            self._connect_slots = asyncio.Semaphore(self.config.max_connecting)
+            self._housekeeper = asyncio.get_running_loop().create_task(
+                self._housekeeping(), name="guardedpool-housekeeping"
+            )
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    async def close(self) -> None:
+        """Close every connection and wake every waiter with :class:`PoolClosed`.
+
+        Idempotent and bounded: connections still checked out get ``close_timeout`` to be
+        returned, then they are aborted; every close is itself bounded by ``close_timeout``.
+        """
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._shutdown())
+        await asyncio.shield(self._close_task)
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        for ks in self._keys.values():
+            while ks.waiters:
+                waiter = ks.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(
+                        PoolClosed(f"the pool closed while waiting for {ks.key!r}")
+                    )
+            for pooled in list(ks.idle):
+                self._retire(pooled, CloseReason.SHUTDOWN)
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+        for task in list(self._tasks):
+            if task.get_name().startswith("guardedpool-open"):
+                task.cancel()
+        if self._in_use:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.close_timeout):
+                    while self._in_use:
+                        self._returned.clear()
+                        await self._returned.wait()
+            for pooled in list(self._in_use.values()):
+                self._in_use.pop(id(pooled.conn), None)
+                pooled.keystate.in_use -= 1
+                self._retire(pooled, CloseReason.SHUTDOWN)
+        # Closing tasks may spawn more (an open finishing as we cancel it is retired): wait
+        # until none is left, within one overall bound.
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.config.close_timeout + self.config.connect_timeout + 2.0
+        while True:
+            tasks = {t for t in self._tasks if not t.done()}
+            if self._housekeeper is not None and not self._housekeeper.done():
+                tasks.add(self._housekeeper)
+            remaining = end - loop.time()
+            if not tasks:
+                break
+            if remaining <= 0:
+                for task in tasks:
+                    log.error("guardedpool: task %s did not finish during close", task.get_name())
+                    task.cancel()
+                break
+            await asyncio.wait(tasks, timeout=remaining)
+
+    # ----------------------------------------------------------------- acquire / release
+
+    def acquire(self, key: str) -> _Acquisition[C]:
+        """A connection for ``key``, as an async context manager (or awaitable + release).
+
+        Waits at most ``acquire_timeout`` (then :class:`PoolTimeout`, naming the key and
+        the last connect error). Waiters of a key are served first come, first served.
+        An error raised inside the ``async with`` block that came from the connection
+        retires it; it is never handed out again.
+        """
+        return _Acquisition(self, key)
+
+    async def _checkout(self, key: str) -> C:
+        if self._closing:
+            raise PoolClosed("the pool is closed")
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, got {type(key).__name__}")
+        self.start()
+        ks = self._keys.get(key)
+        if ks is None:
+            ks = self._keys[key] = KeyState(key)
+        started = self._clock()
+        deadline = started + self.config.acquire_timeout
+        while True:
+            pooled = self._take_idle(ks) or await self._wait(ks, deadline, started)
+            record = pooled.record
+            now = self._clock()
+            if policy.needs_check(record, now, self.config) and not await self._check_out_of_band(
+                pooled, min(self.config.op_timeout, max(deadline - now, 0.001))
+            ):
+                continue
+            conn = pooled.conn
+            assert conn is not None
+            record.borrower = Borrow(self._task_name(), now, _borrow_stack())
+            record.last_used_at = now
+            self._in_use[id(conn)] = pooled
+            waited = now - started
+            ks.acquires += 1
+            ks.acquire_wait_total += waited
+            if waited > ks.acquire_wait_max:
+                ks.acquire_wait_max = waited
+            return conn
+
+    @staticmethod
+    def _task_name() -> str:
+        task = asyncio.current_task()
+        return task.get_name() if task is not None else "<no task>"
+
+    def _take_idle(self, ks: KeyState[C]) -> Pooled[C] | None:
+        """Pop the most recently used healthy idle connection, retiring stale ones on the way."""
+        now = self._clock()
+        while ks.idle:
+            pooled = ks.idle.pop()
+            reason = policy.retire_when_idle(pooled.record, now, self.config)
+            if reason is None and not self._connector.is_alive(pooled.conn):  # type: ignore[arg-type]
+                reason = CloseReason.ERROR
+            if reason is not None:
+                self._retire(pooled, reason, from_idle=False)
+                continue
+            self._mark_in_use(pooled)
+            return pooled
+        return None
+
+    def _mark_in_use(self, pooled: Pooled[C]) -> None:
+        pooled.record.state = ConnState.IN_USE
+        pooled.keystate.in_use += 1
+
+    async def _wait(self, ks: KeyState[C], deadline: float, started: float) -> Pooled[C]:
+        waiter: Waiter[C] = asyncio.get_running_loop().create_future()
+        ks.waiters.append(waiter)
+        self._dispatch(ks)
+        timer: asyncio.Timeout | None = None
+        try:
+            async with asyncio.timeout(deadline - self._clock()) as timer:
+                return await waiter
+        except BaseException as exc:
+            self._abandon(ks, waiter)
+            if isinstance(exc, TimeoutError) and timer is not None and timer.expired():
+                ks.timeouts += 1
+                last = ks.backoff.last_error
+                raise PoolTimeout(ks.key, self._clock() - started, last) from last
+            raise
+
+    def _abandon(self, ks: KeyState[C], waiter: Waiter[C]) -> None:
+        """A waiter gave up (timeout, cancellation, error): never lose what it was handed."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            pooled = waiter.result()
+            pooled.keystate.in_use -= 1
+            self._to_idle(pooled)
+            return
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            ks.waiters.remove(waiter)
+
+    async def _check_out_of_band(self, pooled: Pooled[C], timeout: float) -> bool:
+        """NOOP a connection the caller holds but has not received yet; retire it on failure."""
+        conn = pooled.conn
+        assert conn is not None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connector.check(conn, timeout)
+        except BaseException as exc:
+            pooled.keystate.in_use -= 1
+            reason = CloseReason.ERROR if isinstance(exc, Exception) else CloseReason.POISONED
+            self._retire(pooled, reason, detail=f"check failed: {type(exc).__name__}")
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        pooled.record.last_checked_at = self._clock()
+        return True
+
+    def release(self, conn: C, *, error: BaseException | None = None) -> None:
+        """Give a connection back. Synchronous, so cancellation cannot interrupt it.
+
+        ``error``: the exception that ended the borrower's work, if any; one that came from
+        the connection (timeout, protocol error, lost connection) retires it.
+        """
+        pooled = self._in_use.pop(id(conn), None)
+        if pooled is None:
+            if self._closing:
+                return  # the pool already took it back while shutting down
+            raise PoolError("release() of a connection that is not checked out from this pool")
+        ks = pooled.keystate
+        ks.in_use -= 1
+        record = pooled.record
+        now = self._clock()
+        if pooled.leak_logged and record.borrower is not None:
+            log.warning(
+                "guardedpool: leak suspect returned",
+                extra={"key": ks.key, "conn_id": record.id, "held": now - record.borrower.since},
+            )
+        record.borrower = None
+        record.last_used_at = now
+        self._returned.set()
+        if record.state is not ConnState.IN_USE:  # reclaimed or shut down meanwhile
+            return
+        reason = policy.retire_on_release(
+            record,
+            now,
+            alive=self._connector.is_alive(conn),
+            faulted=_is_connection_fault(error),
+            closing=self._closing,
+        )
+        if reason is not None:
+            self._retire(pooled, reason)
+        else:
+            self._to_idle(pooled)
+
+    def _to_idle(self, pooled: Pooled[C]) -> None:
+        if self._closing:
+            self._retire(pooled, CloseReason.SHUTDOWN)
+            return
+        pooled.record.state = ConnState.IDLE
+        pooled.keystate.idle.append(pooled)
+        self._dispatch(pooled.keystate)
+
+    # ----------------------------------------------------------------- dispatch and opening
+
+    def _dispatch(self, ks: KeyState[C]) -> None:
+        """Hand idle connections to waiters, then start connects for the demand left over."""
+        waiters = ks.waiters
+        while waiters:
+            if waiters[0].done():
+                waiters.popleft()
+                continue
+            pooled = self._take_idle(ks)
+            if pooled is None:
+                break
+            waiters.popleft().set_result(pooled)
+        if self._closing:
+            return
+        unmet = ks.live_waiters() - ks.opening
+        while unmet > 0:
+            blocker = policy.open_blocker(ks.count, self._total, self.config)
+            if blocker is None:
+                self._start_open(ks)
+                unmet -= 1
+                continue
+            if blocker == "total":
+                self._starving[ks.key] = ks
+                self._evict_for(ks)
+            break
+
+    def _evict_for(self, starving: KeyState[C]) -> None:
+        """Close the least recently used idle connection of another key to make room."""
+        if self._evicting >= len(self._starving):
+            return
+        idle = (p.record for k in self._keys.values() if k is not starving for p in k.idle)
+        victim = policy.pick_eviction(idle)
+        if victim is not None:
+            pooled = self._live[victim.id]
+            self._evicting += 1
+            self._retire(pooled, CloseReason.EVICTED)
+
+    def _start_open(self, ks: KeyState[C]) -> None:
+        now = self._clock()
+        record = ConnectionRecord(ks.key, created_at=now, expires_at=now + self.config.max_lifetime)
+        pooled: Pooled[C] = Pooled(record, ks)
+        ks.count += 1
+        ks.opening += 1
+        self._total += 1
+        self._live[record.id] = pooled
+        if ks.replaced:
+            reason = ks.replaced.popleft()
+            ks.reconnects[reason.value] += 1
+            record.note(now, "reconnect", reason.value)
+        self._spawn(self._open(pooled), f"guardedpool-open-{ks.key}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open_once(self, key: str) -> C:
+        assert self._connect_slots is not None
+        async with self._connect_slots:
+            self._connecting += 1
+            self._peak_connecting = max(self._peak_connecting, self._connecting)
+            try:
+                # The connector bounds itself by connect_timeout; this is a backstop.
+                async with asyncio.timeout(self.config.connect_timeout + 1.0):
+                    return await self._connector.open(key, self.config)
+            finally:
+                self._connecting -= 1
+
+    async def _open(self, pooled: Pooled[C]) -> None:
+        ks = pooled.keystate
+        record = pooled.record
+        try:
+            conn = await connect_with_retry(
+                lambda: self._open_once(ks.key),
+                policy=self.config.retry,
+                backoff=ks.backoff,
+                wanted=lambda: not self._closing and ks.live_waiters() > 0,
+                clock=self._clock,
+                sleep=asyncio.sleep,
+                on_failure=lambda exc, delay: self._connect_failed(ks, record, exc, delay),
+            )
+        except BaseException as exc:
+            ks.opening -= 1
+            self._free_slot(pooled, f"open failed: {type(exc).__name__}")
+            if isinstance(exc, Exception) and not policy.is_transient(exc):
+                self._fail_first_waiter(ks, exc)
+            self._after_slot_freed(ks)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        now = self._clock()
+        ks.opening -= 1
+        ks.opened += 1
+        pooled.conn = conn
+        sock = self._connector.socket_of(conn)
+        if sock is not None:
+            try:
+                record.socket = identify(sock)
+            except OSError as exc:
+                record.note(now, "identify_failed", type(exc).__name__)
+        record.created_at = record.last_used_at = record.last_checked_at = now
+        record.expires_at = policy.expiry_time(now, self.config, self._rng())
+        record.note(
+            now,
+            "open",
+            "" if record.socket is None else f"fd={record.socket.fd} inode={record.socket.inode}",
+        )
+        log.debug("guardedpool: opened", extra={"key": ks.key, "conn_id": record.id})
+        self._mark_in_use(pooled)
+        self._to_idle_or_waiter(pooled)
+
+    def _to_idle_or_waiter(self, pooled: Pooled[C]) -> None:
+        ks = pooled.keystate
+        if self._closing:
+            ks.in_use -= 1
+            self._retire(pooled, CloseReason.SHUTDOWN)
+            return
+        while ks.waiters:
+            waiter = ks.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(pooled)
+                return
+        ks.in_use -= 1
+        self._to_idle(pooled)
+
+    def _connect_failed(
+        self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException, delay: float
+    ) -> None:
+        ks.connect_failures += 1
+        now = self._clock()
+        record.note(now, "connect_failed", type(exc).__name__)
+        log.warning(
+            "guardedpool: connect failed",
+            extra={
+                "key": ks.key,
+                "error": f"{type(exc).__name__}: {exc}",
+                "retry_in": delay,
+                "consecutive_failures": ks.backoff.failures,
+            },
+        )
+        if self._on_reconnect_failed is not None and ks.backoff.deadline_passed(
+            now, self.config.retry
+        ):
+            try:
+                self._on_reconnect_failed(ks.key, exc)
+            except Exception:
+                log.exception("guardedpool: on_reconnect_failed callback raised")
+
+    def _fail_first_waiter(self, ks: KeyState[C], exc: Exception) -> None:
+        while ks.waiters:
+            waiter = ks.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+                return
+
+    # ----------------------------------------------------------------- retiring and closing
+
+    def _retire(
+        self, pooled: Pooled[C], reason: CloseReason, *, from_idle: bool = True, detail: str = ""
+    ) -> None:
+        """Take a connection out of service now; close it in a pool-owned task."""
+        record = pooled.record
+        ks = pooled.keystate
+        if from_idle and record.state is ConnState.IDLE:
+            with contextlib.suppress(ValueError):
+                ks.idle.remove(pooled)
+        now = self._clock()
+        record.state = ConnState.CLOSING
+        record.close_reason = reason
+        record.retired_at = now
+        record.note(now, "retire", f"{reason.value} {detail}".strip())
+        ks.closing += 1
+        ks.closed[reason.value] += 1
+        if reason is not CloseReason.SHUTDOWN and reason is not CloseReason.EVICTED:
+            ks.replaced.append(reason)
+        self._spawn(self._close(pooled, reason in _GRACEFUL), f"guardedpool-close-{ks.key}")
+
+    async def _close(self, pooled: Pooled[C], graceful: bool) -> None:
+        conn = pooled.conn
+        record = pooled.record
+        try:
+            if conn is not None:
+                if graceful:
+                    try:
+                        async with asyncio.timeout(self.config.close_timeout):
+                            await self._connector.close(conn, self.config.close_timeout)
+                    except Exception as exc:
+                        record.note(self._clock(), "close_failed", type(exc).__name__)
+                self._connector.abort(conn)
+            record.os_closed = await self._verify_closed(record)
+        finally:
+            pooled.keystate.closing -= 1
+            if record.close_reason is CloseReason.EVICTED:
+                self._evicting -= 1
+            pooled.conn = None
+            self._free_slot(pooled, "closed")
+            self._after_slot_freed(pooled.keystate)
+
+    async def _verify_closed(self, record: ConnectionRecord) -> bool:
+        """Wait (bounded) for the socket to leave the process; force it out if it lingers."""
+        ident = record.socket
+        if ident is None:
+            return True
+        if await self._gone_within(record, _CLOSE_VERIFY_WAIT):
+            return True
+        forced = shutdown_socket(ident.fd, ident.inode)
+        record.note(self._clock(), "force_close", "shutdown on dup" if forced else "not needed")
+        log.warning(
+            "guardedpool: socket still open after abort; shut it down",
+            extra={"key": record.key, "conn_id": record.id, "fd": ident.fd, "inode": ident.inode},
+        )
+        if await self._gone_within(record, _CLOSE_VERIFY_WAIT):
+            return True
+        log.error(
+            "guardedpool: socket still open after force-close (straggler)",
+            extra={"key": record.key, "conn_id": record.id, "fd": ident.fd, "inode": ident.inode},
+        )
+        return False
+
+    async def _gone_within(self, record: ConnectionRecord, seconds: float) -> bool:
+        ident = record.socket
+        assert ident is not None
+        # The transport closes its socket from a loop callback: a few iterations usually do.
+        for _ in range(3):
+            if not is_open(ident):
+                return True
+            await asyncio.sleep(0)
+        end = self._clock() + seconds
+        while is_open(ident):
+            if self._clock() >= end:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _free_slot(self, pooled: Pooled[C], event: str) -> None:
+        record = pooled.record
+        ks = pooled.keystate
+        now = self._clock()
+        was_open = record.state is ConnState.CLOSING
+        record.state = ConnState.CLOSED
+        record.closed_at = now
+        record.note(now, event)
+        ks.count -= 1
+        self._total -= 1
+        self._live.pop(record.id, None)
+        if was_open:
+            self._graveyard.append(record)
+
+    def _after_slot_freed(self, ks: KeyState[C]) -> None:
+        if self._closing:
+            return
+        self._dispatch(ks)
+        if ks.live_waiters() <= ks.opening:
+            self._starving.pop(ks.key, None)
+        for other in list(self._starving.values()):
+            if self._total >= self.config.max_total:
+                break
+            self._starving.pop(other.key, None)
+            self._dispatch(other)
+
+    # ----------------------------------------------------------------- housekeeping
+
+    async def _housekeeping(self) -> None:
+        interval = self.config.housekeeping_interval
+        while not self._closing:
+            await asyncio.sleep(interval)
+            try:
+                self._housekeep_once()
+                await self._maybe_audit()
+            except Exception:
+                log.exception("guardedpool: housekeeping round failed")
+
+    def _housekeep_once(self) -> None:
+        now = self._clock()
+        cfg = self.config
+        for ks in list(self._keys.values()):
+            for pooled in list(ks.idle):
+                record = pooled.record
+                reason = policy.retire_when_idle(record, now, cfg)
+                if reason is None and not self._connector.is_alive(pooled.conn):  # type: ignore[arg-type]
+                    reason = CloseReason.ERROR
+                if reason is not None:
+                    self._retire(pooled, reason)
+                elif policy.heartbeat_due(record, now, cfg):
+                    ks.idle.remove(pooled)
+                    self._mark_in_use(pooled)
+                    self._spawn(self._heartbeat(pooled), f"guardedpool-heartbeat-{ks.key}")
+        for pooled in list(self._in_use.values()):
+            record = pooled.record
+            if policy.reclaim_due(record, now, cfg) and pooled.conn is not None:
+                log.error(
+                    "guardedpool: reclaiming connection held too long",
+                    extra={"key": record.key, "conn_id": record.id},
+                )
+                record.note(now, "reclaimed")
+                self._connector.abort(pooled.conn)
+            elif policy.leak_suspect(record, now, cfg) and not pooled.leak_logged:
+                pooled.leak_logged = True
+                assert record.borrower is not None
+                log.warning(
+                    "guardedpool: connection checked out too long (leak suspect)",
+                    extra={
+                        "key": record.key,
+                        "conn_id": record.id,
+                        "task": record.borrower.task,
+                        "stack": list(record.borrower.stack),
+                    },
+                )
+        ttl = cfg.audit.graveyard_ttl
+        grave = self._graveyard
+        while grave and grave[0].closed_at is not None and now - grave[0].closed_at > ttl:
+            grave.popleft()
+
+    async def _heartbeat(self, pooled: Pooled[C]) -> None:
+        if await self._check_out_of_band(pooled, self.config.op_timeout):
+            pooled.keystate.in_use -= 1
+            self._to_idle(pooled)
+
+    async def _maybe_audit(self) -> None:
+        interval = self.config.audit.interval
+        now = self._clock()
+        if interval is None or (self._last_audit is not None and now - self._last_audit < interval):
+            return
+        self._last_audit = now
+        report = await self.audit()
+        for finding in report.findings:
+            log.warning("guardedpool: audit finding", extra={"finding": finding.to_dict()})
+
+    # ----------------------------------------------------------------- stats and audit
+
+    def stats(self) -> dict[str, Any]:
+        """Plain data with stable keys: totals and one entry per key (see the README)."""
+        per_key = {key: ks.stats() for key, ks in self._keys.items()}
+        totals: dict[str, Any] = {}
+        for entry in per_key.values():
+            for name, value in entry.items():
+                if isinstance(value, dict):
+                    bucket = totals.setdefault(name, {})
+                    for sub, n in value.items():
+                        bucket[sub] = bucket.get(sub, 0) + n
+                elif name == "acquire_wait_max":
+                    totals[name] = max(totals.get(name, 0.0), value)
+                elif isinstance(value, (int, float)) and name != "consecutive_failures":
+                    totals[name] = totals.get(name, 0) + value
+        totals.update(
+            connecting=self._connecting,
+            peak_connecting=self._peak_connecting,
+            slots=self._total,
+            closed_pool=self._closing,
+        )
+        return {"total": totals, "keys": per_key}
+
+    async def audit(self) -> AuditReport:
+        """Hold the pool's records against the OS view of the process's sockets.
+
+        See :mod:`guardedpool.audit` and the README for the findings and actions.
+        """
+        from .audit.auditor import run_audit
+
+        return await run_audit(self)
+
+    # The AuditTarget protocol (guardedpool.audit.auditor) ----------------------
+
+    def audit_now(self) -> float:
+        return self._clock()
+
+    def audit_records(self) -> list[ConnectionRecord]:
+        return [pooled.record for pooled in self._live.values()]
+
+    def audit_graveyard(self) -> list[ConnectionRecord]:
+        return list(self._graveyard)
+
+    def audit_endpoints(self) -> Set[Address]:
+        return self._connector.endpoints()
+
+    def audit_poison(self, record: ConnectionRecord) -> None:
+        pooled = self._live.get(record.id)
+        if pooled is None or pooled.conn is None:
+            return
+        if record.state is ConnState.IDLE:
+            self._retire(pooled, CloseReason.AUDIT, detail="half-open")
+        elif record.state is ConnState.IN_USE:
+            record.note(self._clock(), "poisoned", "audit: half-open")
+            self._connector.abort(pooled.conn)
+
+    def audit_retire(self, record: ConnectionRecord) -> None:
+        pooled = self._live.get(record.id)
+        if pooled is not None and record.state is ConnState.IDLE:
+            self._retire(pooled, CloseReason.AUDIT, detail="overdue")
+
+    def audit_abort(self, record: ConnectionRecord) -> bool:
+        pooled = self._live.get(record.id)
+        if pooled is None or pooled.conn is None:
+            return False
+        self._connector.abort(pooled.conn)
+        return True

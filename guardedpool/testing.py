@@ -1,0 +1,168 @@
+"""A light loopback server and connector, for tests and benchmarks of the pool itself.
+
+The pool is generic over its :class:`~guardedpool.connector.Connector`; measuring or
+testing pool logic against Dovecot would mostly measure Dovecot. :class:`LineServer` is
+an in-process TCP server that answers ``PING`` with ``PONG`` (a NOOP in miniature), and
+:class:`LineConnector` opens real sockets to it. Everything is real TCP on loopback: the
+auditor sees these sockets exactly as it would see IMAP ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+
+from .config import PoolConfig
+from .connector import Address
+from .errors import ConnectError, ConnectionLost, ConnectTimeout, OperationTimeout, UnknownKey
+from .sockets import SocketLike, set_keepalive, tcp_state
+
+__all__ = ["LineConnection", "LineConnector", "LineServer"]
+
+
+class LineServer:
+    """``PING\\n`` -> ``PONG\\n`` on 127.0.0.1. ``silent=True`` accepts and never answers."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, silent: bool = False) -> None:
+        self.host = host
+        self.port = port
+        self.silent = silent
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def address(self) -> Address:
+        return (self.host, self.port)
+
+    async def start(self) -> LineServer:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.add(writer)
+        try:
+            while line := await reader.readline():
+                if not self.silent and line.strip() == b"PING":
+                    writer.write(b"PONG\n")
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def drop_all(self) -> None:
+        """Close every server-side connection (FIN): clients see EOF."""
+        for writer in list(self._writers):
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.drop_all()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> LineServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@dataclass(eq=False)
+class LineConnection:
+    """One client connection to a :class:`LineServer`."""
+
+    key: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    op_timeout: float
+    poisoned: bool = False
+    pings: int = field(default=0)
+
+    async def ping(self, timeout: float | None = None) -> None:
+        """Round-trip one PING; any failure poisons the connection (like the IMAP client)."""
+        if self.poisoned:
+            raise ConnectionLost("connection is poisoned")
+        try:
+            async with asyncio.timeout(self.op_timeout if timeout is None else timeout):
+                self.writer.write(b"PING\n")
+                line = await self.reader.readline()
+        except TimeoutError as exc:
+            self.abort()
+            raise OperationTimeout("PING timed out") from exc
+        except BaseException:
+            self.abort()
+            raise
+        if line != b"PONG\n":
+            self.abort()
+            raise ConnectionLost("connection closed by peer")
+        self.pings += 1
+
+    def abort(self) -> None:
+        self.poisoned = True
+        self.writer.transport.abort()
+
+
+class LineConnector:
+    """Connects keys to :class:`LineServer` addresses: ``{key: (host, port)}``."""
+
+    def __init__(self, addresses: Mapping[str, Address]) -> None:
+        self.addresses = dict(addresses)
+        self.opens = 0
+
+    async def open(self, key: str, config: PoolConfig) -> LineConnection:
+        try:
+            host, port = self.addresses[key]
+        except KeyError:
+            raise UnknownKey(key) from None
+        self.opens += 1
+        try:
+            async with asyncio.timeout(config.connect_timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+        except TimeoutError as exc:
+            raise ConnectTimeout(f"connect to {host}:{port} timed out") from exc
+        except OSError as exc:
+            raise ConnectError(f"connect to {host}:{port} failed: {exc}") from exc
+        sock = writer.get_extra_info("socket")
+        set_keepalive(sock, config.keepalive_idle, config.keepalive_interval,
+                      config.keepalive_count)
+        return LineConnection(key, reader, writer, config.op_timeout)
+
+    async def check(self, conn: LineConnection, timeout: float) -> None:
+        await conn.ping(timeout)
+
+    async def close(self, conn: LineConnection, timeout: float) -> None:
+        conn.writer.close()
+        with contextlib.suppress(OSError):
+            async with asyncio.timeout(timeout):
+                await conn.writer.wait_closed()
+
+    def abort(self, conn: LineConnection) -> None:
+        conn.abort()
+
+    def is_alive(self, conn: LineConnection) -> bool:
+        if conn.poisoned or conn.writer.transport.is_closing() or conn.reader.at_eof():
+            return False
+        sock = conn.writer.get_extra_info("socket")
+        state = tcp_state(sock.fileno()) if sock is not None else None
+        return state in (None, "ESTABLISHED")
+
+    def socket_of(self, conn: LineConnection) -> SocketLike | None:
+        sock: SocketLike | None = conn.writer.get_extra_info("socket")
+        return sock
+
+    def endpoints(self) -> Set[Address]:
+        out: set[Address] = set()
+        for host, port in self.addresses.values():
+            for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+                out.add((str(info[4][0]), port))
+        return out
