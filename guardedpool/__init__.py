@@ -1,1 +1,53 @@
-"""guardedpool: a bounded, self-auditing pool of long-lived IMAP connections."""
+"""guardedpool: a bounded, self-auditing pool of long-lived IMAP connections.
+
+The public API is what this module exports; everything else is internal.
+"""
+
+from .config import AuditPolicy, PoolConfig, RetryPolicy
+from .connector import Connector
+from .errors import (
+    AuthenticationError,
+    CertificateError,
+    ConnectError,
+    ConnectionLost,
+    ConnectionPoisoned,
+    ConnectTimeout,
+    IMAPCommandError,
+    OperationTimeout,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    ProtocolError,
+    UnknownKey,
+)
+from .pool import GuardedPool
+from .records import Borrow, CloseReason, ConnectionRecord, ConnState, LifecycleEvent, SocketIdentity
+
+__all__ = [
+    "AuditPolicy",
+    "AuthenticationError",
+    "Borrow",
+    "CertificateError",
+    "CloseReason",
+    "ConnState",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionLost",
+    "ConnectionPoisoned",
+    "ConnectionRecord",
+    "Connector",
+    "GuardedPool",
+    "IMAPCommandError",
+    "LifecycleEvent",
+    "OperationTimeout",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolError",
+    "PoolTimeout",
+    "ProtocolError",
+    "RetryPolicy",
+    "SocketIdentity",
+    "UnknownKey",
+]
+
+__version__ = "0.1.0"

@@ -20,7 +20,7 @@ from .connector import Address
 from .errors import ConnectError, ConnectionLost, ConnectTimeout, OperationTimeout, UnknownKey
 from .sockets import SocketLike, set_keepalive, tcp_state
 
-__all__ = ["LineConnection", "LineConnector", "LineServer"]
+__all__ = ["LineConnection", "LineConnector", "LineServer", "MemoryConnection", "MemoryConnector"]
 
 
 class LineServer:
@@ -166,3 +166,65 @@ class LineConnector:
             for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
                 out.add((str(info[4][0]), port))
         return out
+
+
+@dataclass(eq=False)
+class MemoryConnection:
+    """A connection that exists only in memory: for measuring and testing pool logic alone."""
+
+    key: str
+    serial: int
+    alive: bool = True
+    closed: bool = False
+
+
+class MemoryConnector:
+    """Opens :class:`MemoryConnection` objects; ``fail_keys`` makes opens for a key fail.
+
+    ``open_delay`` (seconds) makes each open take that long, so tests can cancel and time
+    out around it. There is no socket, so ``socket_of`` is None and ``endpoints`` empty.
+    """
+
+    def __init__(self, *, open_delay: float = 0.0, known: Set[str] | None = None) -> None:
+        self.open_delay = open_delay
+        self.known = known
+        self.fail_keys: dict[str, BaseException] = {}
+        self.opens = 0
+        self.closes = 0
+        self.live: set[MemoryConnection] = set()
+
+    async def open(self, key: str, config: PoolConfig) -> MemoryConnection:
+        if self.known is not None and key not in self.known:
+            raise UnknownKey(key)
+        self.opens += 1
+        if self.open_delay:
+            await asyncio.sleep(self.open_delay)
+        failure = self.fail_keys.get(key)
+        if failure is not None:
+            raise failure
+        conn = MemoryConnection(key, self.opens)
+        self.live.add(conn)
+        return conn
+
+    async def check(self, conn: MemoryConnection, timeout: float) -> None:
+        if not conn.alive:
+            raise ConnectionLost("memory connection is dead")
+
+    async def close(self, conn: MemoryConnection, timeout: float) -> None:
+        self.abort(conn)
+
+    def abort(self, conn: MemoryConnection) -> None:
+        if not conn.closed:
+            conn.closed = True
+            conn.alive = False
+            self.closes += 1
+            self.live.discard(conn)
+
+    def is_alive(self, conn: MemoryConnection) -> bool:
+        return conn.alive
+
+    def socket_of(self, conn: MemoryConnection) -> SocketLike | None:
+        return None
+
+    def endpoints(self) -> Set[Address]:
+        return frozenset()

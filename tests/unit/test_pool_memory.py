@@ -1,0 +1,340 @@
+"""Pool behaviour over the in-memory connector: fairness, bounds, cancellation, caps.
+
+No sockets here: these tests exercise the pool's own bookkeeping, fast. The same
+behaviours over real sockets live in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from guardedpool import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionLost,
+    GuardedPool,
+    PoolClosed,
+    PoolConfig,
+    PoolError,
+    PoolTimeout,
+    RetryPolicy,
+    UnknownKey,
+)
+from guardedpool.records import ConnState
+from guardedpool.testing import MemoryConnection, MemoryConnector
+
+FAST = PoolConfig(max_per_key=2, max_total=4, acquire_timeout=1.0, connect_timeout=1.0,
+                  close_timeout=0.2, housekeeping_interval=0.01, check_after=60.0,
+                  retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01))
+
+
+def make(config: PoolConfig = FAST, **kw: Any) -> tuple[GuardedPool[MemoryConnection],
+                                                          MemoryConnector]:
+    connector = MemoryConnector(**kw)
+    return GuardedPool(connector, config), connector
+
+
+async def test_reuses_idle_connection_lifo() -> None:
+    pool, connector = make()
+    async with pool:
+        async with pool.acquire("a") as c1:
+            pass
+        async with pool.acquire("a") as c2:
+            assert c2 is c1
+        assert connector.opens == 1
+        assert pool.stats()["keys"]["a"]["acquires"] == 2
+
+
+async def test_waiters_are_served_fifo() -> None:
+    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=2.0))
+    order: list[int] = []
+    async with pool:
+        holder = await pool.acquire("a")
+
+        async def waiter(i: int) -> None:
+            async with pool.acquire("a"):
+                order.append(i)
+                await asyncio.sleep(0)
+
+        tasks = []
+        for i in range(5):
+            tasks.append(asyncio.create_task(waiter(i)))
+            await asyncio.sleep(0)  # enqueue in order
+        pool.release(holder)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_acquire_timeout_names_key_and_bound() -> None:
+    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=0.1))
+    async with pool:
+        held = await pool.acquire("inbox-7")
+        with pytest.raises(PoolTimeout, match="inbox-7") as info:
+            await pool.acquire("inbox-7")
+        assert info.value.waited >= 0.1
+        assert pool.stats()["keys"]["inbox-7"]["waiting"] == 0
+        assert pool.stats()["keys"]["inbox-7"]["acquire_timeouts"] == 1
+        pool.release(held)
+
+
+async def test_cancelled_waiter_is_never_handed_a_connection() -> None:
+    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0))
+    async with pool:
+        held = await pool.acquire("a")
+        task = asyncio.create_task(pool._checkout("a"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pool.release(held)
+        # The connection went back to idle, not to the cancelled waiter.
+        assert pool.stats()["keys"]["a"]["idle"] == 1
+        async with pool.acquire("a") as again:
+            assert again is held
+
+
+async def test_connection_handed_to_a_cancelled_waiter_is_not_lost() -> None:
+    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0))
+    async with pool:
+        held = await pool.acquire("a")
+        task = asyncio.create_task(pool._checkout("a"))
+        await asyncio.sleep(0.01)
+        pool.release(held)   # hands it to the waiter's future...
+        task.cancel()        # ...which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        s = pool.stats()["keys"]["a"]
+        assert (s["idle"], s["in_use"], s["open"]) == (1, 0, 1)
+
+
+async def test_unknown_key_is_a_typed_error_not_a_hang() -> None:
+    pool, _ = make(known={"a"})
+    async with pool:
+        with pytest.raises(UnknownKey, match="nope"):
+            async with asyncio.timeout(1.0):
+                await pool.acquire("nope")
+
+
+async def test_wrong_password_one_attempt_per_acquire() -> None:
+    pool, connector = make()
+    connector.fail_keys["a"] = AuthenticationError("LOGIN rejected")
+    async with pool:
+        for _ in range(3):
+            with pytest.raises(AuthenticationError):
+                await pool.acquire("a")
+        assert connector.opens == 3
+        results = await asyncio.gather(*(pool.acquire("a") for _ in range(4)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, AuthenticationError) for r in results)
+        assert connector.opens == 7
+
+
+async def test_transient_failures_retry_then_recover() -> None:
+    fired: list[tuple[str, str]] = []
+    cfg = PoolConfig(acquire_timeout=3.0, retry=RetryPolicy(
+        initial=0.01, max_delay=0.02, jitter=0.0, reconnect_deadline=0.05))
+    connector = MemoryConnector()
+    pool = GuardedPool(connector, cfg,
+                       on_reconnect_failed=lambda k, e: fired.append((k, type(e).__name__)))
+    connector.fail_keys["a"] = ConnectError("refused")
+    async with pool:
+        task = asyncio.create_task(pool._checkout("a"))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        assert fired == [("a", "ConnectError")]  # once per failure streak
+        failures = pool.stats()["keys"]["a"]["consecutive_failures"]
+        assert failures >= 3
+        del connector.fail_keys["a"]
+        conn = await asyncio.wait_for(task, 2.0)
+        assert pool.stats()["keys"]["a"]["consecutive_failures"] == 0
+        pool.release(conn)
+
+
+async def test_timeout_carries_the_last_connect_error() -> None:
+    pool, connector = make(PoolConfig(acquire_timeout=0.2, retry=RetryPolicy(
+        initial=0.01, max_delay=0.02)))
+    connector.fail_keys["a"] = ConnectError("connection refused")
+    async with pool:
+        with pytest.raises(PoolTimeout, match="connection refused") as info:
+            await pool.acquire("a")
+        assert isinstance(info.value.__cause__, ConnectError)
+
+
+async def test_error_from_connection_poisons_it() -> None:
+    pool, _ = make()
+    async with pool:
+        with pytest.raises(ConnectionLost):
+            async with pool.acquire("a") as c1:
+                raise ConnectionLost("peer went away")
+        async with pool.acquire("a") as c2:
+            assert c2 is not c1
+        assert c1.closed
+        assert pool.stats()["keys"]["a"]["closed"]["poisoned"] == 1
+
+
+async def test_user_error_keeps_a_healthy_connection() -> None:
+    pool, _ = make()
+    async with pool:
+        with pytest.raises(KeyError):
+            async with pool.acquire("a") as c1:
+                raise KeyError("user bug")
+        async with pool.acquire("a") as c2:
+            assert c2 is c1
+
+
+async def test_dead_idle_connection_is_never_handed_out() -> None:
+    pool, _ = make()
+    async with pool:
+        async with pool.acquire("a") as c1:
+            pass
+        c1.alive = False   # died while idle
+        async with pool.acquire("a") as c2:
+            assert c2 is not c1 and c2.alive
+        assert pool.stats()["keys"]["a"]["closed"]["error"] == 1
+
+
+async def test_housekeeping_retires_idle_connections() -> None:
+    pool, connector = make(PoolConfig(idle_timeout=0.05, housekeeping_interval=0.01))
+    async with pool:
+        async with pool.acquire("a"):
+            pass
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if pool.stats()["keys"]["a"]["closed"]["idle"] and not connector.live:
+                break
+        assert pool.stats()["keys"]["a"]["closed"]["idle"] == 1
+        assert not connector.live
+
+
+async def test_lifetime_is_jittered_and_enforced_on_release() -> None:
+    cfg = PoolConfig(max_lifetime=0.05, lifetime_jitter=0.5, housekeeping_interval=10.0)
+    pool, _ = make(cfg)
+    async with pool:
+        async with pool.acquire("a") as c1:
+            await asyncio.sleep(0.06)
+        async with pool.acquire("a") as c2:
+            assert c2 is not c1
+        assert pool.stats()["keys"]["a"]["closed"]["lifetime"] == 1
+
+
+async def test_max_total_evicts_idle_connection_of_another_key() -> None:
+    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=1.0))
+    async with pool:
+        async with pool.acquire("a"):
+            pass
+        async with pool.acquire("b") as b:
+            assert b.key == "b"
+        stats = pool.stats()
+        assert stats["keys"]["a"]["closed"]["evicted"] == 1
+
+
+async def test_close_wakes_waiters_and_is_idempotent() -> None:
+    pool, connector = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0,
+                                      close_timeout=0.1))
+    await pool.__aenter__()
+    held = await pool.acquire("a")
+    waiter = asyncio.create_task(pool._checkout("a"))
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(pool.close(), pool.close()), 3)
+    with pytest.raises(PoolClosed):
+        await waiter
+    with pytest.raises(PoolClosed):
+        await pool.acquire("a")
+    assert held.closed and not connector.live  # the borrowed one was aborted after close_timeout
+    pool.release(held)  # a late release after close is harmless
+    await pool.close()
+
+
+async def test_release_of_foreign_connection_is_an_error() -> None:
+    pool, _ = make()
+    async with pool:
+        with pytest.raises(PoolError):
+            pool.release(MemoryConnection("a", 0))
+
+
+async def test_cancelled_open_leaves_nothing_behind() -> None:
+    pool, connector = make(open_delay=0.2)
+    async with pool:
+        task = asyncio.create_task(pool._checkout("a"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not connector.live
+    s = pool.stats()["total"]
+    assert s["slots"] == 0 and s["opened"] - s["closed_total"] == s["open"] == 0
+
+
+# -- property: the caps and the books hold under any interleaving ----------------------
+
+OPS = st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 3),
+                         st.sampled_from(["ok", "fault", "cancel", "dead"])),
+               min_size=1, max_size=25)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OPS, seed=st.integers(0, 2**16))
+def test_caps_and_books_hold_under_random_work(ops: list[tuple[str, int, str]],
+                                               seed: int) -> None:
+    asyncio.run(_random_work(ops, seed))
+
+
+async def _random_work(ops: list[tuple[str, int, str]], seed: int) -> None:
+    rnd = random.Random(seed)
+    cfg = PoolConfig(max_per_key=2, max_total=3, acquire_timeout=0.5, close_timeout=0.05,
+                     housekeeping_interval=0.005, idle_timeout=0.02, max_lifetime=0.08,
+                     check_after=0.0)
+    connector = MemoryConnector(open_delay=0.001)
+    pool = GuardedPool(connector, cfg, rng=rnd.random)
+    handed: list[MemoryConnection] = []
+    violations: list[str] = []
+
+    def check_books() -> None:
+        s = pool.stats()
+        per_key: dict[str, int] = {}
+        for c in connector.live:
+            per_key[c.key] = per_key.get(c.key, 0) + 1
+        if any(n > cfg.max_per_key for n in per_key.values()):
+            violations.append(f"per-key cap: {per_key}")
+        if len(connector.live) > cfg.max_total:
+            violations.append(f"total cap: {len(connector.live)}")
+        t = s["total"]
+        if t["opened"] - t["closed_total"] != t["open"]:
+            violations.append(f"books: {t}")
+
+    async def job(key: str, hold: int, outcome: str) -> None:
+        try:
+            async with pool.acquire(key) as conn:
+                if conn.closed or not conn.alive:
+                    violations.append("handed out a retired connection")
+                handed.append(conn)
+                check_books()
+                for _ in range(hold):
+                    await asyncio.sleep(0.002)
+                if outcome == "fault":
+                    raise ConnectionLost("injected")
+                if outcome == "dead":
+                    conn.alive = False
+                if outcome == "cancel":
+                    raise asyncio.CancelledError
+        except (ConnectionLost, PoolTimeout, asyncio.CancelledError):
+            pass
+
+    async with pool:
+        tasks = [asyncio.create_task(job(*op)) for op in ops]
+        for _ in range(3):
+            await asyncio.sleep(0.003)
+            check_books()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        check_books()
+    assert not violations, violations
+    assert not connector.live, "every opened connection is closed after close()"
+    for record in pool.audit_graveyard():
+        assert record.state is ConnState.CLOSED and record.close_reason is not None
+    assert pool.stats()["total"]["slots"] == 0
