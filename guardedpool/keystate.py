@@ -28,6 +28,7 @@ class Pooled(Generic[C]):
     keystate: KeyState[C]
     conn: C | None = None
     leak_logged: bool = False
+    fresh: bool = True  # straight from the connector: login just proved it works
 
 
 Waiter = asyncio.Future[Pooled[C]]

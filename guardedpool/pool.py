@@ -255,9 +255,10 @@ class GuardedPool(Generic[C]):
             pooled = self._take_idle(ks) or await self._wait(ks, deadline, started)
             record = pooled.record
             now = self._clock()
-            if policy.needs_check(record, now, self.config) and not await self._check_out_of_band(
-                pooled, min(self.config.op_timeout, max(deadline - now, 0.001))
-            ):
+            fresh, pooled.fresh = pooled.fresh, False
+            if (not fresh and policy.needs_check(record, now, self.config)
+                    and not await self._check_out_of_band(
+                        pooled, min(self.config.op_timeout, max(deadline - now, 0.001)))):
                 continue
             conn = pooled.conn
             assert conn is not None
@@ -377,6 +378,7 @@ class GuardedPool(Generic[C]):
             self._to_idle(pooled)
 
     def _to_idle(self, pooled: Pooled[C]) -> None:
+        pooled.fresh = False
         if self._closing:
             self._retire(pooled, CloseReason.SHUTDOWN)
             return

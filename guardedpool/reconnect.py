@@ -64,7 +64,7 @@ class KeyBackoff:
         return False
 
 
-class backoff_wait(wait_base):  # noqa: N801 - tenacity's naming convention for waits
+class backoff_wait(wait_base):
     """tenacity wait: exponential in the key's failure count, capped, plus jitter."""
 
     def __init__(self, policy: RetryPolicy, backoff: KeyBackoff) -> None:

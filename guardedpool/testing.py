@@ -77,25 +77,55 @@ class LineServer:
         await self.stop()
 
 
+class _LineProtocol(asyncio.Protocol):
+    """Client side of the line protocol. Like aioimaplib's, it closes its transport on EOF."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\n" in self.buffer and self.waiter is not None and not self.waiter.done():
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            self.waiter.set_result(line + b"\n")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(b"")
+
+
 @dataclass(eq=False)
 class LineConnection:
     """One client connection to a :class:`LineServer`."""
 
     key: str
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    protocol: _LineProtocol
     op_timeout: float
     poisoned: bool = False
     pings: int = field(default=0)
 
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self.protocol.transport is not None
+        return self.protocol.transport
+
     async def ping(self, timeout: float | None = None) -> None:
         """Round-trip one PING; any failure poisons the connection (like the IMAP client)."""
-        if self.poisoned:
+        if self.poisoned or self.protocol.lost:
             raise ConnectionLost("connection is poisoned")
+        waiter = self.protocol.waiter = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(self.op_timeout if timeout is None else timeout):
-                self.writer.write(b"PING\n")
-                line = await self.reader.readline()
+                self.transport.write(b"PING\n")
+                line = await waiter
         except TimeoutError as exc:
             self.abort()
             raise OperationTimeout("PING timed out") from exc
@@ -109,7 +139,7 @@ class LineConnection:
 
     def abort(self) -> None:
         self.poisoned = True
-        self.writer.transport.abort()
+        self.transport.abort()
 
 
 class LineConnector:
@@ -125,39 +155,41 @@ class LineConnector:
         except KeyError:
             raise UnknownKey(key) from None
         self.opens += 1
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(config.connect_timeout):
-                reader, writer = await asyncio.open_connection(host, port)
+                _, protocol = await loop.create_connection(_LineProtocol, host, port)
         except TimeoutError as exc:
             raise ConnectTimeout(f"connect to {host}:{port} timed out") from exc
         except OSError as exc:
             raise ConnectError(f"connect to {host}:{port} failed: {exc}") from exc
-        sock = writer.get_extra_info("socket")
-        set_keepalive(sock, config.keepalive_idle, config.keepalive_interval,
-                      config.keepalive_count)
-        return LineConnection(key, reader, writer, config.op_timeout)
+        conn = LineConnection(key, protocol, config.op_timeout)
+        set_keepalive(
+            conn.transport.get_extra_info("socket"),
+            config.keepalive_idle,
+            config.keepalive_interval,
+            config.keepalive_count,
+        )
+        return conn
 
     async def check(self, conn: LineConnection, timeout: float) -> None:
         await conn.ping(timeout)
 
     async def close(self, conn: LineConnection, timeout: float) -> None:
-        conn.writer.close()
-        with contextlib.suppress(OSError):
-            async with asyncio.timeout(timeout):
-                await conn.writer.wait_closed()
+        conn.transport.close()
 
     def abort(self, conn: LineConnection) -> None:
         conn.abort()
 
     def is_alive(self, conn: LineConnection) -> bool:
-        if conn.poisoned or conn.writer.transport.is_closing() or conn.reader.at_eof():
+        if conn.poisoned or conn.protocol.lost or conn.transport.is_closing():
             return False
-        sock = conn.writer.get_extra_info("socket")
+        sock = conn.transport.get_extra_info("socket")
         state = tcp_state(sock.fileno()) if sock is not None else None
         return state in (None, "ESTABLISHED")
 
     def socket_of(self, conn: LineConnection) -> SocketLike | None:
-        sock: SocketLike | None = conn.writer.get_extra_info("socket")
+        sock: SocketLike | None = conn.transport.get_extra_info("socket")
         return sock
 
     def endpoints(self) -> Set[Address]:

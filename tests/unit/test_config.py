@@ -8,10 +8,24 @@ import pytest
 
 from guardedpool import AuditPolicy, PoolConfig, RetryPolicy
 
-FLOAT_POSITIVE = ["acquire_timeout", "connect_timeout", "op_timeout", "close_timeout",
-                  "idle_timeout", "max_lifetime", "leak_threshold", "housekeeping_interval"]
-INT_POSITIVE = ["max_per_key", "max_total", "max_connecting", "keepalive_idle",
-                "keepalive_interval", "keepalive_count"]
+FLOAT_POSITIVE = [
+    "acquire_timeout",
+    "connect_timeout",
+    "op_timeout",
+    "close_timeout",
+    "idle_timeout",
+    "max_lifetime",
+    "leak_threshold",
+    "housekeeping_interval",
+]
+INT_POSITIVE = [
+    "max_per_key",
+    "max_total",
+    "max_connecting",
+    "keepalive_idle",
+    "keepalive_interval",
+    "keepalive_count",
+]
 BAD_FLOATS = [0, 0.0, -1, -0.5, math.nan, math.inf, -math.inf, "1", None, True]
 BAD_INTS = [0, -1, 1.5, math.nan, "2", None, True, False]
 
@@ -35,45 +49,54 @@ def test_int_options_reject(name: str, value: object) -> None:
     assert repr(value) in str(info.value)
 
 
-@pytest.mark.parametrize(("kwargs", "names"), [
-    ({"max_per_key": 5, "max_total": 4}, "max_per_key"),
-    ({"lifetime_jitter": 0.6}, "lifetime_jitter"),
-    ({"lifetime_jitter": -0.1}, "lifetime_jitter"),
-    ({"check_after": -1.0}, "check_after"),
-    ({"check_after": math.nan}, "check_after"),
-    ({"heartbeat_interval": 0.0}, "heartbeat_interval"),
-    ({"heartbeat_interval": math.inf}, "heartbeat_interval"),
-    ({"reclaim_after": 10.0, "leak_threshold": 20.0}, "reclaim_after"),
-    ({"retry": "fast"}, "retry"),
-    ({"audit": {}}, "audit"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "names"),
+    [
+        ({"max_per_key": 5, "max_total": 4}, "max_per_key"),
+        ({"lifetime_jitter": 0.6}, "lifetime_jitter"),
+        ({"lifetime_jitter": -0.1}, "lifetime_jitter"),
+        ({"check_after": -1.0}, "check_after"),
+        ({"check_after": math.nan}, "check_after"),
+        ({"heartbeat_interval": 0.0}, "heartbeat_interval"),
+        ({"heartbeat_interval": math.inf}, "heartbeat_interval"),
+        ({"reclaim_after": 10.0, "leak_threshold": 20.0}, "reclaim_after"),
+        ({"retry": "fast"}, "retry"),
+        ({"audit": {}}, "audit"),
+    ],
+)
 def test_cross_field_and_optional_rules(kwargs: dict[str, object], names: str) -> None:
     with pytest.raises(ValueError, match=rf"PoolConfig\.{names}"):
         PoolConfig(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kwargs", "name"), [
-    ({"initial": -1.0}, "initial"),
-    ({"multiplier": 0.5}, "multiplier"),
-    ({"max_delay": 0.0}, "max_delay"),
-    ({"jitter": math.nan}, "jitter"),
-    ({"reconnect_deadline": math.inf}, "reconnect_deadline"),
-    ({"initial": 10.0, "max_delay": 1.0}, "initial"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"initial": -1.0}, "initial"),
+        ({"multiplier": 0.5}, "multiplier"),
+        ({"max_delay": 0.0}, "max_delay"),
+        ({"jitter": math.nan}, "jitter"),
+        ({"reconnect_deadline": math.inf}, "reconnect_deadline"),
+        ({"initial": 10.0, "max_delay": 1.0}, "initial"),
+    ],
+)
 def test_retry_policy_rejects(kwargs: dict[str, object], name: str) -> None:
     with pytest.raises(ValueError, match=rf"RetryPolicy\.{name}"):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kwargs", "name"), [
-    ({"backend": "netstat"}, "backend"),
-    ({"interval": 0.0}, "interval"),
-    ({"force_close_stragglers": 1}, "force_close_stragglers"),
-    ({"close_orphans": "no"}, "close_orphans"),
-    ({"fd_usage_unhealthy": 1.5}, "fd_usage_unhealthy"),
-    ({"graveyard_size": 0}, "graveyard_size"),
-    ({"graveyard_ttl": -5.0}, "graveyard_ttl"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"backend": "netstat"}, "backend"),
+        ({"interval": 0.0}, "interval"),
+        ({"force_close_stragglers": 1}, "force_close_stragglers"),
+        ({"close_orphans": "no"}, "close_orphans"),
+        ({"fd_usage_unhealthy": 1.5}, "fd_usage_unhealthy"),
+        ({"graveyard_size": 0}, "graveyard_size"),
+        ({"graveyard_ttl": -5.0}, "graveyard_ttl"),
+    ],
+)
 def test_audit_policy_rejects(kwargs: dict[str, object], name: str) -> None:
     with pytest.raises(ValueError, match=rf"AuditPolicy\.{name}"):
         AuditPolicy(**kwargs)  # type: ignore[arg-type]

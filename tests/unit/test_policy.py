@@ -8,46 +8,75 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardedpool import AuthenticationError, CertificateError, ConnectError, ConnectTimeout
-from guardedpool import PoolConfig, UnknownKey, policy
+from guardedpool import (
+    AuthenticationError,
+    CertificateError,
+    ConnectError,
+    ConnectTimeout,
+    PoolConfig,
+    UnknownKey,
+    policy,
+)
 from guardedpool.records import Borrow, CloseReason, ConnectionRecord, ConnState
 
-CFG = PoolConfig(idle_timeout=100.0, max_lifetime=1000.0, check_after=10.0,
-                 heartbeat_interval=50.0, leak_threshold=30.0, reclaim_after=60.0,
-                 max_per_key=2, max_total=5)
+CFG = PoolConfig(
+    idle_timeout=100.0,
+    max_lifetime=1000.0,
+    check_after=10.0,
+    heartbeat_interval=50.0,
+    leak_threshold=30.0,
+    reclaim_after=60.0,
+    max_per_key=2,
+    max_total=5,
+)
 
 
-def rec(*, created: float = 0.0, used: float = 0.0, checked: float = 0.0,
-        expires: float = 1000.0, state: ConnState = ConnState.IDLE) -> ConnectionRecord:
+def rec(
+    *,
+    created: float = 0.0,
+    used: float = 0.0,
+    checked: float = 0.0,
+    expires: float = 1000.0,
+    state: ConnState = ConnState.IDLE,
+) -> ConnectionRecord:
     r = ConnectionRecord("k", created_at=created, expires_at=expires)
     r.last_used_at, r.last_checked_at, r.state = used, checked, state
     return r
 
 
-@pytest.mark.parametrize(("now", "used", "expires", "want"), [
-    (50.0, 0.0, 1000.0, None),
-    (100.0, 0.0, 1000.0, CloseReason.IDLE),
-    (99.9, 0.0, 1000.0, None),
-    (1000.0, 999.0, 1000.0, CloseReason.LIFETIME),
-    (1000.0, 0.0, 1000.0, CloseReason.LIFETIME),  # lifetime wins over idle
-])
-def test_retire_when_idle(now: float, used: float, expires: float,
-                          want: CloseReason | None) -> None:
+@pytest.mark.parametrize(
+    ("now", "used", "expires", "want"),
+    [
+        (50.0, 0.0, 1000.0, None),
+        (100.0, 0.0, 1000.0, CloseReason.IDLE),
+        (99.9, 0.0, 1000.0, None),
+        (1000.0, 999.0, 1000.0, CloseReason.LIFETIME),
+        (1000.0, 0.0, 1000.0, CloseReason.LIFETIME),  # lifetime wins over idle
+    ],
+)
+def test_retire_when_idle(
+    now: float, used: float, expires: float, want: CloseReason | None
+) -> None:
     assert policy.retire_when_idle(rec(used=used, expires=expires), now, CFG) is want
 
 
-@pytest.mark.parametrize(("alive", "faulted", "closing", "now", "want"), [
-    (True, False, False, 10.0, None),
-    (False, False, False, 10.0, CloseReason.POISONED),
-    (True, True, False, 10.0, CloseReason.POISONED),
-    (True, False, True, 10.0, CloseReason.SHUTDOWN),
-    (False, True, True, 10.0, CloseReason.SHUTDOWN),
-    (True, False, False, 1000.0, CloseReason.LIFETIME),
-])
-def test_retire_on_release(alive: bool, faulted: bool, closing: bool, now: float,
-                           want: CloseReason | None) -> None:
-    assert policy.retire_on_release(rec(), now, alive=alive, faulted=faulted,
-                                    closing=closing) is want
+@pytest.mark.parametrize(
+    ("alive", "faulted", "closing", "now", "want"),
+    [
+        (True, False, False, 10.0, None),
+        (False, False, False, 10.0, CloseReason.POISONED),
+        (True, True, False, 10.0, CloseReason.POISONED),
+        (True, False, True, 10.0, CloseReason.SHUTDOWN),
+        (False, True, True, 10.0, CloseReason.SHUTDOWN),
+        (True, False, False, 1000.0, CloseReason.LIFETIME),
+    ],
+)
+def test_retire_on_release(
+    alive: bool, faulted: bool, closing: bool, now: float, want: CloseReason | None
+) -> None:
+    assert (
+        policy.retire_on_release(rec(), now, alive=alive, faulted=faulted, closing=closing) is want
+    )
 
 
 def test_checks_and_heartbeats() -> None:
@@ -84,8 +113,7 @@ def test_open_blocker_respects_both_caps(key: int, total: int) -> None:
         assert total >= CFG.max_total and key < CFG.max_per_key
 
 
-@given(created=st.floats(0, 1e6), u=st.floats(0, 1, exclude_max=True),
-       jitter=st.floats(0, 0.5))
+@given(created=st.floats(0, 1e6), u=st.floats(0, 1, exclude_max=True), jitter=st.floats(0, 0.5))
 def test_expiry_jitter_only_shortens(created: float, u: float, jitter: float) -> None:
     cfg = PoolConfig(max_lifetime=3600.0, lifetime_jitter=jitter)
     t = policy.expiry_time(created, cfg, u)
@@ -104,17 +132,20 @@ def test_pick_eviction_is_the_lru_idle(items: list[tuple[float, ConnState]]) -> 
         assert victim.last_used_at == min(r.last_used_at for r in idle)
 
 
-@pytest.mark.parametrize(("exc", "transient"), [
-    (ConnectError("refused"), True),
-    (ConnectTimeout("slow"), True),
-    (AuthenticationError("no"), False),
-    (CertificateError("untrusted"), False),
-    (UnknownKey("x"), False),
-    (ConnectionRefusedError(), True),
-    (ConnectionResetError(), True),
-    (TimeoutError(), True),
-    (asyncio.IncompleteReadError(b"", 5), True),
-    (ValueError("bug"), False),
-])
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectError("refused"), True),
+        (ConnectTimeout("slow"), True),
+        (AuthenticationError("no"), False),
+        (CertificateError("untrusted"), False),
+        (UnknownKey("x"), False),
+        (ConnectionRefusedError(), True),
+        (ConnectionResetError(), True),
+        (TimeoutError(), True),
+        (asyncio.IncompleteReadError(b"", 5), True),
+        (ValueError("bug"), False),
+    ],
+)
 def test_is_transient(exc: BaseException, transient: bool) -> None:
     assert policy.is_transient(exc) is transient

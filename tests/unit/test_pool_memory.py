@@ -29,13 +29,21 @@ from guardedpool import (
 from guardedpool.records import ConnState
 from guardedpool.testing import MemoryConnection, MemoryConnector
 
-FAST = PoolConfig(max_per_key=2, max_total=4, acquire_timeout=1.0, connect_timeout=1.0,
-                  close_timeout=0.2, housekeeping_interval=0.01, check_after=60.0,
-                  retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01))
+FAST = PoolConfig(
+    max_per_key=2,
+    max_total=4,
+    acquire_timeout=1.0,
+    connect_timeout=1.0,
+    close_timeout=0.2,
+    housekeeping_interval=0.01,
+    check_after=60.0,
+    retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01),
+)
 
 
-def make(config: PoolConfig = FAST, **kw: Any) -> tuple[GuardedPool[MemoryConnection],
-                                                          MemoryConnector]:
+def make(
+    config: PoolConfig = FAST, **kw: Any
+) -> tuple[GuardedPool[MemoryConnection], MemoryConnector]:
     connector = MemoryConnector(**kw)
     return GuardedPool(connector, config), connector
 
@@ -105,8 +113,8 @@ async def test_connection_handed_to_a_cancelled_waiter_is_not_lost() -> None:
         held = await pool.acquire("a")
         task = asyncio.create_task(pool._checkout("a"))
         await asyncio.sleep(0.01)
-        pool.release(held)   # hands it to the waiter's future...
-        task.cancel()        # ...which is cancelled before it runs
+        pool.release(held)  # hands it to the waiter's future...
+        task.cancel()  # ...which is cancelled before it runs
         with pytest.raises(asyncio.CancelledError):
             await task
         s = pool.stats()["keys"]["a"]
@@ -129,19 +137,23 @@ async def test_wrong_password_one_attempt_per_acquire() -> None:
             with pytest.raises(AuthenticationError):
                 await pool.acquire("a")
         assert connector.opens == 3
-        results = await asyncio.gather(*(pool.acquire("a") for _ in range(4)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(pool.acquire("a") for _ in range(4)), return_exceptions=True
+        )
         assert all(isinstance(r, AuthenticationError) for r in results)
         assert connector.opens == 7
 
 
 async def test_transient_failures_retry_then_recover() -> None:
     fired: list[tuple[str, str]] = []
-    cfg = PoolConfig(acquire_timeout=3.0, retry=RetryPolicy(
-        initial=0.01, max_delay=0.02, jitter=0.0, reconnect_deadline=0.05))
+    cfg = PoolConfig(
+        acquire_timeout=3.0,
+        retry=RetryPolicy(initial=0.01, max_delay=0.02, jitter=0.0, reconnect_deadline=0.05),
+    )
     connector = MemoryConnector()
-    pool = GuardedPool(connector, cfg,
-                       on_reconnect_failed=lambda k, e: fired.append((k, type(e).__name__)))
+    pool = GuardedPool(
+        connector, cfg, on_reconnect_failed=lambda k, e: fired.append((k, type(e).__name__))
+    )
     connector.fail_keys["a"] = ConnectError("refused")
     async with pool:
         task = asyncio.create_task(pool._checkout("a"))
@@ -157,8 +169,9 @@ async def test_transient_failures_retry_then_recover() -> None:
 
 
 async def test_timeout_carries_the_last_connect_error() -> None:
-    pool, connector = make(PoolConfig(acquire_timeout=0.2, retry=RetryPolicy(
-        initial=0.01, max_delay=0.02)))
+    pool, connector = make(
+        PoolConfig(acquire_timeout=0.2, retry=RetryPolicy(initial=0.01, max_delay=0.02))
+    )
     connector.fail_keys["a"] = ConnectError("connection refused")
     async with pool:
         with pytest.raises(PoolTimeout, match="connection refused") as info:
@@ -193,7 +206,7 @@ async def test_dead_idle_connection_is_never_handed_out() -> None:
     async with pool:
         async with pool.acquire("a") as c1:
             pass
-        c1.alive = False   # died while idle
+        c1.alive = False  # died while idle
         async with pool.acquire("a") as c2:
             assert c2 is not c1 and c2.alive
         assert pool.stats()["keys"]["a"]["closed"]["error"] == 1
@@ -235,8 +248,9 @@ async def test_max_total_evicts_idle_connection_of_another_key() -> None:
 
 
 async def test_close_wakes_waiters_and_is_idempotent() -> None:
-    pool, connector = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0,
-                                      close_timeout=0.1))
+    pool, connector = make(
+        PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0, close_timeout=0.1)
+    )
     await pool.__aenter__()
     held = await pool.acquire("a")
     waiter = asyncio.create_task(pool._checkout("a"))
@@ -273,23 +287,35 @@ async def test_cancelled_open_leaves_nothing_behind() -> None:
 
 # -- property: the caps and the books hold under any interleaving ----------------------
 
-OPS = st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 3),
-                         st.sampled_from(["ok", "fault", "cancel", "dead"])),
-               min_size=1, max_size=25)
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from("abc"),
+        st.integers(0, 3),
+        st.sampled_from(["ok", "fault", "cancel", "dead"]),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS, seed=st.integers(0, 2**16))
-def test_caps_and_books_hold_under_random_work(ops: list[tuple[str, int, str]],
-                                               seed: int) -> None:
+def test_caps_and_books_hold_under_random_work(ops: list[tuple[str, int, str]], seed: int) -> None:
     asyncio.run(_random_work(ops, seed))
 
 
 async def _random_work(ops: list[tuple[str, int, str]], seed: int) -> None:
     rnd = random.Random(seed)
-    cfg = PoolConfig(max_per_key=2, max_total=3, acquire_timeout=0.5, close_timeout=0.05,
-                     housekeeping_interval=0.005, idle_timeout=0.02, max_lifetime=0.08,
-                     check_after=0.0)
+    cfg = PoolConfig(
+        max_per_key=2,
+        max_total=3,
+        acquire_timeout=0.5,
+        close_timeout=0.05,
+        housekeeping_interval=0.005,
+        idle_timeout=0.02,
+        max_lifetime=0.08,
+        check_after=0.0,
+    )
     connector = MemoryConnector(open_delay=0.001)
     pool = GuardedPool(connector, cfg, rng=rnd.random)
     handed: list[MemoryConnection] = []
