@@ -21,7 +21,14 @@ from .errors import (
     UnknownKey,
 )
 from .pool import GuardedPool
-from .records import Borrow, CloseReason, ConnectionRecord, ConnState, LifecycleEvent, SocketIdentity
+from .records import (
+    Borrow,
+    CloseReason,
+    ConnectionRecord,
+    ConnState,
+    LifecycleEvent,
+    SocketIdentity,
+)
 
 __all__ = [
     "AuditPolicy",

@@ -1,0 +1,120 @@
+"""Shared fixtures: the session Dovecot, fault proxies, and the per-module socket-leak check.
+
+The harness lives in ``tests/harness`` (importable as ``harness`` because pytest puts this
+directory on ``sys.path`` for a rootdir conftest without ``__init__.py``).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from harness import DovecotServer, FaultProxy, Mode, ProxyFactory
+from harness.sockets import describe_sockets, socket_fds
+
+# How long sockets may take to close after a module's last test before they count as leaked
+# (the event loop of the last test is closed by then; this covers stragglers in threads).
+SOCKET_GRACE = 0.5
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[DovecotServer]:
+    """One real Dovecot for the whole session: plain + TLS ports, users alice..erin.
+
+    Tests that change a mailbox should use ``fresh_user`` so they do not see each other's
+    mail; tests that need odd server settings or a restart should use ``dovecot_factory``.
+    """
+    server = DovecotServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
+    """Start extra Dovecots for one test: ``dovecot_factory(max_userip_connections=2)``.
+
+    Takes the ``DovecotServer`` keyword arguments; every server is stopped at test end
+    (about 1 s each: Dovecot's master sleeps 1 s on shutdown).
+    """
+    servers: list[DovecotServer] = []
+
+    def make(**kwargs: Any) -> DovecotServer:
+        server = DovecotServer(**kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_user(dovecot: DovecotServer) -> tuple[str, str]:
+    """A new user on the session Dovecot with an empty mailbox: (username, password)."""
+    name = f"u{uuid.uuid4().hex[:12]}"
+    return name, dovecot.add_user(name)
+
+
+@pytest.fixture
+async def fault_proxy(dovecot: DovecotServer) -> AsyncIterator[ProxyFactory]:
+    """Factory for started ``FaultProxy`` objects, all stopped at the end of the test."""
+    proxies: list[FaultProxy] = []
+
+    async def make(
+        *,
+        tls: bool = False,
+        upstream: tuple[str, int] | None = None,
+        mode: Mode = Mode.PASS,
+        **params: Any,
+    ) -> FaultProxy:
+        host, port = upstream or (dovecot.host, dovecot.tls_port if tls else dovecot.port)
+        proxy = FaultProxy(host, port)
+        proxy.set_mode(mode, **params)
+        proxies.append(proxy)
+        return await proxy.start()
+
+    yield make
+    for proxy in proxies:
+        await proxy.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_socket_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a module that ends holding more sockets than it started with.
+
+    The baseline is taken when the module's first test starts, after any session fixture
+    that test uses; a session fixture first used later in a module must not hold sockets
+    in this process (the Dovecot fixture holds none: Dovecot is a child process).
+    """
+    before = socket_fds()
+    yield
+    deadline = time.monotonic() + SOCKET_GRACE
+    after = socket_fds()
+    while len(after) > len(before) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        after = socket_fds()
+    if len(after) <= len(before):
+        return
+    new = {fd: ino for fd, ino in after.items() if before.get(fd) != ino}
+    details = describe_sockets(set(new.values()))
+    lines = [f"  fd {fd}: {details[ino]} (inode {ino})" for fd, ino in sorted(new.items())]
+    gc.collect()
+    unreferenced = len(after) - len(socket_fds())
+    hint = (
+        f"\n{unreferenced} of them were unreferenced but never closed (freed by gc.collect())"
+        if unreferenced > 0
+        else ""
+    )
+    pytest.fail(
+        f"{request.module.__name__} leaked sockets: {len(before)} at start, {len(after)} at "
+        f"end{hint}\n" + "\n".join(lines),
+        pytrace=False,
+    )
