@@ -1,0 +1,135 @@
+"""The audit's I/O edge: gather the pool's books and the OS view, classify, act, report.
+
+``run_audit`` is what ``pool.audit()`` calls. The pool is reached only through the small
+:class:`AuditTarget` protocol below, so the auditor can be tested with any object that
+keeps records for real sockets, and the pool never needs to know how the OS is read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence, Set
+from typing import Protocol
+
+from ..config import PoolConfig
+from ..records import Borrow, ConnectionRecord, LifecycleEvent
+from .classify import Kind, classify
+from .enforce import Outcome, enforce
+from .report import AuditReport, Finding
+from .rows import Address
+from .scan import Backend, resolve_backend, scan
+
+__all__ = ["AuditTarget", "run_audit"]
+
+_ORDER = {
+    k: i
+    for i, k in enumerate(
+        (Kind.STRAGGLER, Kind.HALF_OPEN, Kind.OVERDUE, Kind.LEAK_SUSPECT, Kind.ORPHAN)
+    )
+}
+
+
+class AuditTarget(Protocol):
+    """What the auditor needs from a pool. Every method is synchronous and cheap.
+
+    * ``audit_now``: the pool's monotonic clock (records' times are in it).
+    * ``audit_records``: live records: OPENING, IDLE, IN_USE and CLOSING.
+    * ``audit_graveyard``: retired records whose close finished (CLOSED), kept for a while
+      so an audit can check their sockets really left the process.
+    * ``audit_endpoints``: the (ip, port) pairs the pool connects to, resolved.
+    * ``audit_poison``: the record is half-open: take it out of service (an idle one now,
+      one in use when it comes back) so it is replaced.
+    * ``audit_retire``: the record is overdue: retire it now (if still idle).
+    * ``audit_abort``: abort the record's transport if the pool still holds its connection;
+      False if it does not.
+    """
+
+    @property
+    def config(self) -> PoolConfig: ...
+
+    def audit_now(self) -> float: ...
+    def audit_records(self) -> Sequence[ConnectionRecord]: ...
+    def audit_graveyard(self) -> Sequence[ConnectionRecord]: ...
+    def audit_endpoints(self) -> Set[Address]: ...
+    def audit_poison(self, record: ConnectionRecord) -> None: ...
+    def audit_retire(self, record: ConnectionRecord) -> None: ...
+    def audit_abort(self, record: ConnectionRecord) -> bool: ...
+
+
+async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> AuditReport:
+    """Audit ``target`` against the OS once; act on what is found; return the report.
+
+    ``backend`` overrides ``target.config.audit.backend``. Bounded: the scan by
+    :data:`~guardedpool.audit.scan.SCAN_TIMEOUT` (psutil, lsof; procfs is one pass over
+    the fd table, in chunks that give the event loop a turn), force-close verification by
+    :data:`~guardedpool.audit.enforce.VERIFY_WAIT`. Raises
+    :class:`~guardedpool.audit.scan.ScanError` when the OS view cannot be read.
+    """
+    started = time.perf_counter()
+    checked_at = time.time()
+    config = target.config
+    chosen = backend or resolve_backend(config.audit.backend)
+    endpoints = frozenset(target.audit_endpoints())
+    known = [
+        r.socket
+        for group in (target.audit_records(), target.audit_graveyard())
+        for r in group
+        if r.socket is not None
+    ]
+    view = await scan(chosen, known, endpoints)
+    # From here to the actions nothing awaits: the records cannot change under the verdict.
+    live = list(target.audit_records())
+    grave = list(target.audit_graveyard())
+    now = target.audit_now()
+    wall = time.time() - now  # add to a monotonic record time to get wall-clock
+    verdict = classify(live, grave, view.sockets, endpoints, now, config, quiet=view.quiet)
+    outcomes = await enforce(verdict.decisions, target)
+    findings = sorted((_finding(o, wall) for o in outcomes), key=lambda f: _ORDER[f.kind])
+    return AuditReport(
+        checked_at=checked_at,
+        duration=time.perf_counter() - started,
+        backend=view.backend,
+        fds_used=view.fds_used,
+        fd_limit=view.fd_limit,
+        fd_usage_unhealthy=config.audit.fd_usage_unhealthy,
+        records_checked=len(live) + len(grave),
+        sockets_seen=sum(1 for s in view.sockets if s.is_tcp) + len(view.quiet),
+        findings=tuple(findings),
+        orphans_deferred=verdict.orphans_deferred,
+        notes=view.notes,
+    )
+
+
+def _wall(t: float | None, offset: float) -> float | None:
+    return None if t is None else t + offset
+
+
+def _finding(o: Outcome, offset: float) -> Finding:
+    d = o.decision
+    record = d.record
+    ident = record.socket if record is not None else None
+    row = d.sockets[0] if d.sockets else None
+    borrower: Borrow | None = record.borrower if d.kind is Kind.LEAK_SUSPECT and record else None
+    return Finding(
+        kind=d.kind,
+        action=o.action,
+        key=record.key if record else None,
+        record_id=record.id if record else None,
+        fd=o.fds[0] if o.fds else (ident.fd if ident else None),
+        fds=o.fds,
+        inode=o.inode,
+        local=ident.local if ident else (row.local if row else None),
+        remote=ident.remote if ident else (row.remote if row else None),
+        os_state=d.os_state,
+        record_state=d.record_state.value if d.record_state else None,
+        opened_at=_wall(record.created_at, offset) if record else None,
+        retired_at=_wall(record.retired_at, offset) if record else None,
+        should_have_closed_at=_wall(d.due_at, offset),
+        detail=o.detail,
+        history=tuple(LifecycleEvent(e.at + offset, e.event, e.detail) for e in record.history)
+        if record
+        else (),
+        task=borrower.task if borrower else None,
+        borrowed_at=_wall(borrower.since, offset) if borrower else None,
+        stack=borrower.stack if borrower else (),
+    )

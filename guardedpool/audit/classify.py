@@ -1,0 +1,259 @@
+"""Records x OS sockets x now -> decisions. Pure: no I/O, no await, no clock of its own.
+
+The auditor (:mod:`.auditor`) gathers the inputs and acts on the output; everything in
+between is here, so each rule is a line a reader can check and a row in a table test.
+
+Joining: a row with an inode belongs to the record whose socket has that inode (inodes are
+never reused while a socket exists, unlike fd numbers). A row without one (psutil, lsof)
+belongs to the record with the same (local, remote) pair -- a TCP 4-tuple names one
+connection at a time; its fd is not a key because psutil shows one fd of a dup'd socket.
+Live records claim rows before retired ones, so a reused inode or 4-tuple counts as the
+live connection's.
+
+The rules, per record (at most one of straggler / half_open / overdue, plus leak_suspect):
+  * straggler: retired (graveyard, or state CLOSED, or CLOSING for longer than
+    ``close_timeout + CLOSING_SLACK``) for at least ``STRAGGLER_GRACE`` s, and the OS still
+    holds its socket -> force-close (if ``force_close_stragglers``) else report.
+  * half_open: IDLE or IN_USE, and the OS has no socket for it or shows a state other than
+    ESTABLISHED -> poison. An unknown state (None) is no evidence either way.
+  * overdue: IDLE past ``last_used_at + idle_timeout`` or ``expires_at`` by more than two
+    housekeeping intervals (normal housekeeping lag) -> retire.
+  * leak_suspect: IN_USE by a borrower for ``leak_threshold`` s or more -> report.
+  * orphan: a TCP row no record owns whose peer is a pooled endpoint -> close (if
+    ``close_orphans``) else report. While a connect is in flight (an OPENING record with no
+    socket identity yet) its socket is indistinguishable from an orphan, so orphans are
+    counted as deferred instead.
+OPENING and (recently) CLOSING records are in flux: they own their rows, nothing more.
+Non-TCP rows (UNIX, UDP, or not inspected) never produce a finding.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
+
+from ..config import PoolConfig
+from ..records import ConnectionRecord, ConnState, SocketIdentity
+from .rows import Address, OsSocket, normalize_address, quiet_row
+
+__all__ = [
+    "CLOSING_SLACK",
+    "STRAGGLER_GRACE",
+    "Classification",
+    "Decision",
+    "Kind",
+    "Plan",
+    "classify",
+]
+
+STRAGGLER_GRACE = 0.5
+"""Seconds after close before a socket still held counts as a straggler: an aborted
+transport releases its fd from a loop callback, a moment after the pool marks it closed."""
+
+CLOSING_SLACK = 2.0
+"""Seconds beyond ``close_timeout`` a close may take (the pool's verify waits) before a
+record stuck in CLOSING is judged as retired."""
+
+_OPEN_OK = frozenset({"ESTABLISHED", "UNKNOWN"})
+_NO_QUIET: Mapping[int, int] = {}
+
+
+class Kind(enum.Enum):
+    STRAGGLER = "straggler"
+    HALF_OPEN = "half_open"
+    ORPHAN = "orphan"
+    LEAK_SUSPECT = "leak_suspect"
+    OVERDUE = "overdue"
+
+
+class Plan(enum.Enum):
+    """What the auditor should do; it confirms against the OS before it acts."""
+
+    FORCE_CLOSE = "force_close"
+    POISON = "poison"
+    RETIRE = "retire"
+    REPORT = "report"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One finding before any action: what, about which record and which OS rows, why.
+
+    ``sockets`` are every row of the socket (a dup'd socket has one per fd; empty when the
+    socket is gone). ``due_at`` is when the connection should have been closed (overdue)
+    or was closed (straggler), or when borrowing became suspect (leak), in the target's
+    monotonic clock.
+    """
+
+    kind: Kind
+    plan: Plan
+    record: ConnectionRecord | None
+    sockets: tuple[OsSocket, ...]
+    reason: str
+    due_at: float | None = None
+    record_state: ConnState | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        # The state the verdict was reached on; acting on it (poison, retire) changes it.
+        if self.record is not None:
+            object.__setattr__(self, "record_state", self.record.state)
+
+    @property
+    def os_state(self) -> str | None:
+        return next((s.state for s in self.sockets if s.state is not None), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    decisions: tuple[Decision, ...]
+    orphans_deferred: int = 0
+
+
+class _Index:
+    """Rows by inode and by address pair; claiming a socket removes its rows, so whatever
+    is left at the end is owned by no record (orphan candidates)."""
+
+    def __init__(self, rows: Iterable[OsSocket], quiet: Mapping[int, int]) -> None:
+        self.by_inode: dict[int, list[OsSocket]] = {}
+        self.by_pair: dict[tuple[Address, Address], list[OsSocket]] = {}
+        self.quiet = dict(quiet)
+        for row in rows:
+            if not row.is_tcp:
+                continue
+            if row.inode is not None:
+                self.by_inode.setdefault(row.inode, []).append(row)
+            elif row.local is not None and row.remote is not None:
+                self.by_pair.setdefault((row.local, row.remote), []).append(row)
+
+    def claim(self, ident: SocketIdentity) -> list[OsSocket]:
+        fd = self.quiet.pop(ident.inode, None)
+        if fd is not None:
+            return [quiet_row(ident.inode, fd, "inet6" if ":" in ident.local[0] else "inet")]
+        rows = self.by_inode.pop(ident.inode, [])
+        if self.by_pair:
+            rows += self.by_pair.pop((ident.local, ident.remote), [])
+        return rows
+
+    def unclaimed(self) -> Iterable[list[OsSocket]]:
+        yield from self.by_inode.values()
+        yield from self.by_pair.values()
+
+
+def _retired_since(record: ConnectionRecord, now: float, config: PoolConfig) -> float | None:
+    """Since when the record's socket should be gone, or None while its close is in flux."""
+    if record.state is ConnState.CLOSING:
+        started = record.retired_at if record.retired_at is not None else record.created_at
+        stuck_at = started + config.close_timeout + CLOSING_SLACK
+        return stuck_at if now >= stuck_at else None
+    # CLOSED, or any other state on a record the target calls retired.
+    for at in (record.closed_at, record.retired_at):
+        if at is not None:
+            return at
+    return record.created_at
+
+
+def _open_findings(
+    record: ConnectionRecord, rows: Sequence[OsSocket], now: float, config: PoolConfig
+) -> list[Decision]:
+    """Findings for a record the pool calls open (IDLE or IN_USE)."""
+    out: list[Decision] = []
+    bad = sorted({r.state for r in rows if r.state is not None and r.state not in _OPEN_OK})
+    if not rows:
+        out.append(Decision(Kind.HALF_OPEN, Plan.POISON, record, (), "socket gone"))
+    elif bad:
+        reason = f"OS state {bad[0]}"
+        out.append(Decision(Kind.HALF_OPEN, Plan.POISON, record, tuple(rows), reason))
+    elif record.state is ConnState.IDLE:
+        idle_due = record.last_used_at + config.idle_timeout
+        due = min(idle_due, record.expires_at)
+        if now >= due + 2 * config.housekeeping_interval:
+            why = "idle_timeout" if idle_due <= record.expires_at else "max_lifetime"
+            reason = f"past its {why} by {now - due:.1f} s"
+            out.append(Decision(Kind.OVERDUE, Plan.RETIRE, record, tuple(rows), reason, due))
+    borrower = record.borrower
+    if (
+        record.state is ConnState.IN_USE
+        and borrower is not None
+        and now - borrower.since >= config.leak_threshold
+    ):
+        reason = f"checked out for {now - borrower.since:.1f} s by task {borrower.task!r}"
+        due = borrower.since + config.leak_threshold
+        out.append(Decision(Kind.LEAK_SUSPECT, Plan.REPORT, record, tuple(rows), reason, due))
+    return out
+
+
+def _orphans(index: _Index, endpoints: Set[Address], close: bool) -> list[Decision]:
+    wanted = {normalize_address(e) for e in endpoints}
+    plan = Plan.FORCE_CLOSE if close else Plan.REPORT
+    out: list[Decision] = []
+    for rows in index.unclaimed():
+        # by_inode groups a dup'd socket's fds; by_pair rows are one socket each way.
+        hits = [r for r in rows if r.remote is not None and normalize_address(r.remote) in wanted]
+        if hits:
+            reason = "socket to a pooled endpoint that no record owns"
+            out.append(Decision(Kind.ORPHAN, plan, None, tuple(hits), reason))
+    return out
+
+
+def classify(
+    live_records: Iterable[ConnectionRecord],
+    graveyard_records: Iterable[ConnectionRecord],
+    os_sockets: Iterable[OsSocket],
+    endpoints: Set[Address],
+    now: float,
+    config: PoolConfig,
+    *,
+    quiet: Mapping[int, int] = _NO_QUIET,
+) -> Classification:
+    """Decide every finding; see the module docstring for the rules.
+
+    ``quiet`` (from a procfs scan) maps inode -> fd for the pool's sockets that are
+    ESTABLISHED at a single fd; they count as rows. The loop below takes a short cut
+    for records on such a socket that are neither overdue nor leaking, because at 10,000
+    connections this function's cost is the event loop's longest stall.
+    """
+    index = _Index(os_sockets, quiet)
+    q = index.quiet
+    decisions: list[Decision] = []
+    connecting = 0
+    settled: list[tuple[ConnectionRecord, list[OsSocket], float | None]] = []
+    idle_ok = config.idle_timeout + 2 * config.housekeeping_interval
+    lag = 2 * config.housekeeping_interval
+    leak = config.leak_threshold
+    idle, in_use = ConnState.IDLE, ConnState.IN_USE
+    for record in live_records:
+        ident = record.socket
+        if ident is None:
+            connecting += record.state is ConnState.OPENING
+            continue
+        state = record.state
+        if ident.inode in q:  # the common case, kept cheap: one of ours, ESTABLISHED
+            if state is idle:
+                if now < record.last_used_at + idle_ok and now < record.expires_at + lag:
+                    del q[ident.inode]
+                    continue
+            elif state is in_use:
+                borrower = record.borrower
+                if borrower is None or now - borrower.since < leak:
+                    del q[ident.inode]
+                    continue
+        rows = index.claim(ident)  # every record owns its rows, in flux or not
+        if state is idle or state is in_use:
+            decisions.extend(_open_findings(record, rows, now, config))
+        elif state is not ConnState.OPENING:
+            settled.append((record, rows, _retired_since(record, now, config)))
+    for record in graveyard_records:
+        if record.socket is not None:
+            rows = index.claim(record.socket)
+            settled.append((record, rows, _retired_since(record, now, config)))
+    policy = config.audit
+    plan = Plan.FORCE_CLOSE if policy.force_close_stragglers else Plan.REPORT
+    for record, rows, since in settled:
+        if rows and since is not None and now - since >= STRAGGLER_GRACE:
+            why = f"retired ({record.state.value}) {now - since:.1f} s ago, socket still open"
+            decisions.append(Decision(Kind.STRAGGLER, plan, record, tuple(rows), why, since))
+    orphans = _orphans(index, endpoints, policy.close_orphans)
+    if connecting:
+        return Classification(tuple(decisions), orphans_deferred=len(orphans))
+    return Classification(tuple(decisions + orphans))

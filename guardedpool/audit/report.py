@@ -1,0 +1,215 @@
+"""What an audit found and did, as frozen data: ``to_dict()`` for JSON, ``str()`` for people.
+
+Times in a report are wall-clock (``time.time()``) seconds, converted from the pool's
+monotonic record times, because a report is read next to logs and dashboards. Nothing here
+can hold a credential: records carry keys (inbox ids), addresses and history, never an
+account.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from ..records import LifecycleEvent
+from .classify import Kind
+from .rows import Address
+
+__all__ = ["Action", "AuditReport", "Finding"]
+
+
+class Action(enum.Enum):
+    FORCE_CLOSED = "force_closed"  # shut down, and verified gone from the process
+    CLOSE_FAILED = "close_failed"  # shut down (or tried), but an fd still holds it
+    POISONED = "poisoned"  # the pool will replace the connection
+    RETIRED = "retired"  # the pool retired the connection now
+    REPORTED = "reported"  # nothing done: look at it
+
+
+def _addr(addr: Address | None) -> str | None:
+    if addr is None:
+        return None
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One socket or connection that does not match the pool's books, and what was done.
+
+    ``record_id``/``key``/``record_state`` are None for an orphan (no record owns it).
+    ``fd`` is the first fd that held the socket, ``fds`` all of them (a dup'd leak shows up
+    as more than one). ``opened_at``/``retired_at``/``should_have_closed_at``/``borrowed_at``
+    are wall-clock seconds. ``history`` is the record's recent lifecycle (wall-clock ``at``);
+    ``task``/``stack`` name the borrower of a leak suspect.
+    """
+
+    kind: Kind
+    action: Action
+    key: str | None
+    record_id: int | None
+    fd: int | None
+    fds: tuple[int, ...]
+    inode: int | None
+    local: Address | None
+    remote: Address | None
+    os_state: str | None
+    record_state: str | None
+    opened_at: float | None
+    retired_at: float | None
+    should_have_closed_at: float | None
+    detail: str
+    history: tuple[LifecycleEvent, ...] = ()
+    task: str | None = None
+    borrowed_at: float | None = None
+    stack: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "action": self.action.value,
+            "key": self.key,
+            "record_id": self.record_id,
+            "fd": self.fd,
+            "fds": list(self.fds),
+            "inode": self.inode,
+            "local": _addr(self.local),
+            "remote": _addr(self.remote),
+            "os_state": self.os_state,
+            "record_state": self.record_state,
+            "opened_at": self.opened_at,
+            "retired_at": self.retired_at,
+            "should_have_closed_at": self.should_have_closed_at,
+            "detail": self.detail,
+            "history": [e.to_dict() for e in self.history],
+            "task": self.task,
+            "borrowed_at": self.borrowed_at,
+            "stack": list(self.stack),
+        }
+
+
+def _counts(findings: tuple[Finding, ...]) -> Mapping[str, int]:
+    counts = {kind.value: 0 for kind in Kind}
+    for f in findings:
+        counts[f.kind.value] += 1
+    return MappingProxyType(counts)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """The result of one audit.
+
+    ``healthy`` is False when any of these holds, True otherwise:
+      * a straggler is still open after the audit (its action is ``close_failed``, or
+        ``reported`` because ``force_close_stragglers`` is off): an fd is still leaking;
+      * there is any ``half_open``, ``orphan`` or ``leak_suspect`` finding, whatever was
+        done about it (a poisoned or closed socket was still a fault worth a look);
+      * the process uses more than ``fd_usage_unhealthy`` x its ``RLIMIT_NOFILE`` soft
+        limit (``fds_used > share * fd_limit``; never with an unlimited limit).
+    ``overdue`` findings alone leave it healthy: the connection was retired and the only
+    fault was housekeeping lag. ``orphans_deferred`` counts orphan candidates not reported
+    because a connect was in flight (its socket looks like one until it is identified).
+
+    Attributes:
+        healthy: see above.
+        checked_at: wall-clock time the audit started (``time.time()``).
+        duration: seconds the audit took, scan and actions included.
+        backend: the OS view used (``procfs``, ``psutil`` or ``lsof``).
+        counts: findings per kind, every kind present (0 if none).
+        fds_used: file descriptors the process holds.
+        fd_limit: the ``RLIMIT_NOFILE`` soft limit (None: unlimited).
+        fd_usage_unhealthy: the share of ``fd_limit`` above which the report is unhealthy.
+        records_checked: live plus retired records held against the OS.
+        sockets_seen: TCP sockets (rows) the OS view returned.
+        findings: the findings, in order: stragglers, half-open, overdue, leaks, orphans.
+        notes: what the audit could not look at, in words.
+    """
+
+    checked_at: float
+    duration: float
+    backend: str
+    fds_used: int
+    fd_limit: int | None
+    fd_usage_unhealthy: float
+    records_checked: int
+    sockets_seen: int
+    findings: tuple[Finding, ...] = ()
+    orphans_deferred: int = 0
+    notes: tuple[str, ...] = ()
+    counts: Mapping[str, int] = field(init=False)
+    healthy: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counts", _counts(self.findings))
+        object.__setattr__(self, "healthy", not self.problems())
+
+    def problems(self) -> list[str]:
+        """Why the report is unhealthy, one phrase per reason (empty when healthy)."""
+        out: list[str] = []
+        open_stragglers = sum(
+            1
+            for f in self.findings
+            if f.kind is Kind.STRAGGLER and f.action is not Action.FORCE_CLOSED
+        )
+        if open_stragglers:
+            out.append(f"{open_stragglers} straggler(s) still open")
+        for kind in (Kind.HALF_OPEN, Kind.ORPHAN, Kind.LEAK_SUSPECT):
+            if self.counts[kind.value]:
+                out.append(f"{self.counts[kind.value]} {kind.value}")
+        limit = self.fd_limit
+        if limit is not None and self.fds_used > self.fd_usage_unhealthy * limit:
+            out.append(f"fds {self.fds_used} > {self.fd_usage_unhealthy:g} x limit {limit}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "problems": self.problems(),
+            "checked_at": self.checked_at,
+            "duration": self.duration,
+            "backend": self.backend,
+            "counts": dict(self.counts),
+            "fds_used": self.fds_used,
+            "fd_limit": self.fd_limit,
+            "fd_usage_unhealthy": self.fd_usage_unhealthy,
+            "records_checked": self.records_checked,
+            "sockets_seen": self.sockets_seen,
+            "orphans_deferred": self.orphans_deferred,
+            "notes": list(self.notes),
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+    def __str__(self) -> str:
+        verdict = "healthy" if self.healthy else "UNHEALTHY: " + "; ".join(self.problems())
+        limit = "unlimited" if self.fd_limit is None else str(self.fd_limit)
+        lines = [
+            f"audit ({self.backend}, {self.duration * 1000:.1f} ms): {verdict}",
+            f"  records {self.records_checked}, tcp sockets {self.sockets_seen}, "
+            f"fds {self.fds_used}/{limit}, "
+            + ", ".join(f"{k} {n}" for k, n in self.counts.items()),
+        ]
+        lines.extend(f"  note: {note}" for note in self.notes)
+        if not self.findings:
+            return "\n".join(lines)
+        header = ("kind", "action", "key", "id", "fds", "os/record state", "local -> remote")
+        table = [header]
+        for f in self.findings:
+            table.append(
+                (
+                    f.kind.value,
+                    f.action.value,
+                    f.key or "-",
+                    "-" if f.record_id is None else str(f.record_id),
+                    ",".join(map(str, f.fds)) or "-",
+                    f"{f.os_state or ('?' if f.fds else 'gone')}/{f.record_state or '-'}",
+                    f"{_addr(f.local) or '?'} -> {_addr(f.remote) or '?'}",
+                )
+            )
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        for row in table:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        for f in self.findings:
+            lines.append(f"  {f.kind.value} {f.key or '-'}: {f.detail}")
+        return "\n".join(lines)

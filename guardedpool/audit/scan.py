@@ -1,0 +1,141 @@
+"""One entry point to the OS views: ``await scan(backend, known, endpoints)``.
+
+Three backends answer the same question ("which sockets does this process hold, and in
+what state?") at very different cost and completeness; see :mod:`.scan_procfs`,
+:mod:`.scan_psutil` and :mod:`.scan_lsof`. This module picks one, keeps it from stalling
+the event loop, fills psutil's and lsof's blind spot for the pool's own sockets, and adds
+the process's fd figures every report carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sys
+from collections.abc import Collection, Generator, Set
+from typing import Literal, TypeVar
+
+from ..config import AuditBackend
+from ..errors import PoolError
+from ..records import SocketIdentity
+from ..sockets import tcp_state
+from . import scan_procfs
+from .rows import Address, OsSocket, ScanResult
+from .scan_lsof import parse_lsof, run_lsof
+from .scan_psutil import psutil_rows
+
+__all__ = ["Backend", "SCAN_TIMEOUT", "ScanError", "fd_limit", "resolve_backend", "scan"]
+
+Backend = Literal["procfs", "psutil", "lsof"]
+
+SCAN_TIMEOUT = 10.0
+"""Seconds a psutil or lsof scan may take before the audit gives up on it."""
+
+CHUNK = 500
+"""fds handled between two turns of the event loop (procfs): about 1 ms of work."""
+
+T = TypeVar("T")
+
+
+class ScanError(PoolError):
+    """The OS view could not be read (lsof missing or too slow, procfs absent)."""
+
+
+def resolve_backend(name: AuditBackend) -> Backend:
+    """``auto`` means procfs where ``/proc/self/fd`` exists (Linux), else psutil."""
+    if name == "auto":
+        linux = sys.platform.startswith("linux")
+        return "procfs" if linux and scan_procfs.available() else "psutil"
+    return name
+
+
+def fd_limit() -> int | None:
+    """The ``RLIMIT_NOFILE`` soft limit, or None when unlimited."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+async def _drive(steps: Generator[None, None, T]) -> T:
+    """Run a chunked scan on the loop, giving other tasks a turn after every chunk.
+
+    Measured against running the same steps in a worker thread (``benchmarks/audit.py``):
+    chunks keep the loop's longest stall at the cost of one chunk, while a thread competes
+    for the GIL and stalls the loop by up to the interpreter's switch interval each time.
+    """
+    try:
+        while True:
+            next(steps)
+            await asyncio.sleep(0)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def _probe_missing(rows: list[OsSocket], known: Collection[SocketIdentity]) -> list[OsSocket]:
+    """Rows for the pool's sockets that psutil/lsof left out but whose fd still holds them.
+
+    Those views skip sockets in state CLOSE, the very stragglers an audit is for; an
+    ``fstat`` of the fd the pool recorded (same inode?) finds them without guessing.
+    """
+    seen = {(r.local, r.remote) for r in rows}
+    extra: list[OsSocket] = []
+    for ident in known:
+        if (ident.local, ident.remote) in seen:
+            continue
+        try:
+            if os.fstat(ident.fd).st_ino != ident.inode:
+                continue
+        except OSError:
+            continue
+        family = "inet6" if ":" in ident.local[0] else "inet"
+        extra.append(
+            OsSocket(ident.fd, ident.inode, family, "stream", None, None, tcp_state(ident.fd))
+        )
+    return extra
+
+
+async def scan(
+    backend: Backend,
+    known: Collection[SocketIdentity],
+    endpoints: Set[Address],
+    *,
+    inspect_all: bool = False,
+    time_limit: float = SCAN_TIMEOUT,
+) -> ScanResult:
+    """The process's sockets as ``backend`` sees them.
+
+    ``known``: the pool's socket identities (live and retired); ``endpoints``: pooled
+    (host, port) pairs, so unknown sockets to them can be reported as orphans (empty: do
+    not look). ``inspect_all`` (procfs) reads type, addresses and state of every socket.
+    psutil and lsof are bounded by ``time_limit`` seconds; procfs does a bounded amount of
+    local work (one pass over the fd table) and needs none.
+    """
+    limit = fd_limit()
+    if backend == "procfs":
+        if not scan_procfs.available():
+            raise ScanError(f"procfs backend needs {scan_procfs.FD_DIR}")
+        inodes = {ident.inode for ident in known}
+        rows, quiet, fds_used, notes = await _drive(
+            scan_procfs.scan_procfs(inodes, endpoints, inspect_all=inspect_all, chunk=CHUNK)
+        )
+        return ScanResult("procfs", tuple(rows), fds_used, limit, True, tuple(notes), quiet)
+    try:
+        async with asyncio.timeout(time_limit):
+            if backend == "psutil":
+                rows, fds_used = await asyncio.to_thread(psutil_rows)
+            else:
+                text = await run_lsof()
+                rows = await _drive(parse_lsof(text))
+                fds_used = await asyncio.to_thread(_fds_used)
+    except TimeoutError:
+        raise ScanError(f"{backend} scan took longer than {time_limit} s") from None
+    except FileNotFoundError as exc:
+        raise ScanError(f"{backend} backend unavailable: {exc}") from None
+    rows.extend(_probe_missing(rows, known))
+    return ScanResult(backend, tuple(rows), fds_used, limit, False)
+
+
+def _fds_used() -> int:
+    import psutil
+
+    return psutil.Process().num_fds()

@@ -1,0 +1,172 @@
+"""The procfs view (Linux): every fd of this process, without asking anyone else.
+
+Why this is the default: it lists ``/proc/self/fd`` and ``fstat``s each entry, so it sees
+every socket fd the process holds, including a dup'd fd and a socket whose TCP state is
+CLOSE (after an RST) -- exactly the dead stragglers psutil, lsof and ss leave out -- and it
+costs the same however many sockets the rest of the host has.
+
+For the pool's own sockets (known inodes) one ``poll()`` of all of them says which have
+news (peer FIN, hang-up, error, unread data); only those, and sockets held at more than
+one fd, get a row with their ``TCP_INFO`` state and addresses. The rest are returned as
+``quiet`` (inode -> fd), meaning ESTABLISHED: the other states ``poll`` finds quiet are
+SYN_SENT and a local half-close (FIN_WAIT*), which a pooled connection is never in while
+the pool calls it open. Unknown socket fds are inspected (type, addresses) only when the
+caller looks for orphans, and their TCP state only when their peer is a pooled endpoint.
+
+The work is a generator that yields every ``chunk`` fds, so the caller can hand the event
+loop back between chunks (see :func:`guardedpool.audit.scan.scan`).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import stat
+import struct
+from collections.abc import Generator, Set
+
+from ..sockets import TCP_STATES, tcp_state
+from .rows import Address, OsSocket, normalize_address
+
+__all__ = ["FD_DIR", "available", "peek", "scan_procfs"]
+
+FD_DIR = "/proc/self/fd"
+
+_FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}
+_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
+_TCP_INFO = getattr(socket, "TCP_INFO", 11)
+# POLLRDHUP (peer sent FIN) is Linux-only; select exposes it there.
+_NEWS = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0x2000)
+
+Quiet = dict[int, int]
+ScanSteps = Generator[None, None, tuple[list[OsSocket], Quiet, int, list[str]]]
+
+
+def available() -> bool:
+    return os.path.isdir(FD_DIR)
+
+
+def _address(raw: object) -> Address | None:
+    if isinstance(raw, tuple) and len(raw) >= 2:
+        return (str(raw[0]), int(raw[1]))
+    return None
+
+
+def peek(fd: int, inode: int | None, *, with_state: bool) -> OsSocket | None:
+    """Family, type, addresses (and TCP state if asked) of the socket at ``fd``.
+
+    Goes through a ``socket.socket`` that borrows the fd and is detached before it can
+    close it. The caller must make sure ``socket.getdefaulttimeout()`` is None for fds it
+    does not own: otherwise Python sets O_NONBLOCK on the shared file description.
+    """
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        family = _FAMILIES.get(s.family)
+        kind = _TYPES.get(s.type)
+        local = remote = state = None
+        if family in ("inet", "inet6"):
+            try:
+                local = _address(s.getsockname())
+                remote = _address(s.getpeername())
+            except OSError:  # ENOTCONN: listening, never connected, or reset (CLOSE)
+                pass
+            if kind == "stream" and with_state:
+                try:
+                    raw = s.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)
+                    state = TCP_STATES.get(struct.unpack_from("B", raw)[0], "UNKNOWN")
+                except OSError:
+                    state = None
+        return OsSocket(fd, inode, family, kind, local, remote, state)
+    finally:
+        s.detach()
+
+
+def scan_procfs(
+    known: Set[int],
+    endpoints: Set[Address],
+    *,
+    inspect_all: bool = False,
+    chunk: int = 1000,
+) -> ScanSteps:
+    """Every socket fd of this process; see the module docstring for what is read.
+
+    ``known`` holds the pool's socket inodes (live and retired); ``endpoints`` are the
+    pooled (host, port) pairs (orphans are sockets to them). ``inspect_all`` reads type,
+    addresses and state of every socket (for tests and cross-checks; slower).
+
+    Returns (rows, quiet, fds_used, notes). ``quiet`` maps inode -> fd for the pool's
+    sockets that sit at one fd with nothing to report (ESTABLISHED); they get no row
+    because at 10,000 connections building one each costs as much as the rest of the scan.
+    """
+    notes: list[str] = []
+    first: dict[int, int] = {}  # known inode -> its first fd
+    dups: list[tuple[int, int]] = []  # further (fd, inode) of a known inode
+    foreign: dict[int, int] = {}  # fd -> inode (int-only dicts cost the GC nothing)
+    fds_used = 0
+    fstat = os.fstat
+    is_sock = stat.S_ISSOCK
+    with os.scandir(FD_DIR) as entries:
+        for i, entry in enumerate(entries, 1):
+            try:
+                fd = int(entry.name)
+                st = fstat(fd)
+            except (ValueError, OSError):  # closed since the listing
+                continue
+            fds_used += 1
+            if is_sock(st.st_mode):
+                inode = st.st_ino
+                if inode not in known:
+                    foreign[fd] = inode
+                elif inode in first:
+                    dups.append((fd, inode))
+                else:
+                    first[inode] = fd
+            if i % chunk == 0:
+                yield
+
+    flagged: set[int] = set()
+    if not inspect_all:
+        fds = list(first.values())
+        for start in range(0, len(fds), chunk):
+            poller = select.poll()
+            for fd in fds[start : start + chunk]:
+                poller.register(fd, _NEWS)
+            flagged.update(fd for fd, _ in poller.poll(0))
+            yield
+    # Whatever is not flagged, dup'd or inspected stays in ``first``: that is ``quiet``.
+    loud = {inode for _, inode in dups}
+    loud.update(inode for inode, fd in first.items() if fd in flagged or inspect_all)
+    loud_fds = [(first.pop(inode), inode) for inode in loud] + dups
+    rows: list[OsSocket] = []
+    for i, (fd, inode) in enumerate(loud_fds, 1):
+        row = peek(fd, inode, with_state=True)
+        if row is not None:
+            rows.append(row)
+        if i % chunk == 0:
+            yield
+
+    look = inspect_all or bool(endpoints)
+    if look and socket.getdefaulttimeout() is not None:
+        # Borrowing someone else's blocking socket would flip it to non-blocking.
+        notes.append("other sockets not inspected: socket.setdefaulttimeout() is set")
+        look = False
+    wanted = {normalize_address(e) for e in endpoints}
+    for i, (fd, inode) in enumerate(foreign.items(), 1):
+        row = peek(fd, inode, with_state=inspect_all) if look else None
+        if row is None:
+            row = OsSocket(fd, inode, None, None, None, None, None)  # seen, not inspected
+        elif (
+            row.state is None
+            and row.is_tcp
+            and row.remote is not None
+            and normalize_address(row.remote) in wanted
+        ):
+            row = OsSocket(fd, inode, row.family, row.type, row.local, row.remote, tcp_state(fd))
+        rows.append(row)
+        if i % chunk == 0:
+            yield
+    return rows, first, fds_used, notes

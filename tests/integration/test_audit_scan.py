@@ -1,0 +1,551 @@
+"""The auditor against real loopback sockets: OS views, findings, and what is (not) touched.
+
+A tiny :class:`FakeTarget` stands in for the pool: it is the pool's side of the
+``AuditTarget`` protocol (records, graveyard, endpoints, and the poison/retire/abort
+callbacks), holding records for real sockets. Nothing about the OS is faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Sequence, Set
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import pytest
+
+from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan
+from guardedpool.audit.rows import Address
+from guardedpool.audit.scan import Backend
+from guardedpool.audit.scan_lsof import parse_lsof, run_lsof
+from guardedpool.audit.scan_psutil import psutil_rows
+from guardedpool.config import AuditPolicy, PoolConfig
+from guardedpool.records import Borrow, ConnectionRecord, ConnState, SocketIdentity
+from guardedpool.sockets import identify, tcp_state
+
+HOST = "127.0.0.1"
+T = TypeVar("T")
+BACKENDS: tuple[Backend, ...] = ("procfs", "psutil", "lsof")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Server:
+    """An echo server on 127.0.0.1 that can FIN or RST each accepted connection."""
+
+    def __init__(self) -> None:
+        self.peers: dict[tuple[str, int], asyncio.Transport] = {}
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (HOST, self.port)
+
+    async def start(self) -> Server:
+        server = self
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.Transport)
+                self.transport = transport
+                server.peers[transport.get_extra_info("peername")] = transport
+
+            def data_received(self, data: bytes) -> None:
+                self.transport.write(data)
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(Echo, HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def peer_of(self, local: tuple[str, int]) -> asyncio.Transport:
+        await wait_until(lambda: local in self.peers)
+        return self.peers[local]
+
+    async def fin(self, local: tuple[str, int]) -> None:
+        (await self.peer_of(local)).close()
+
+    async def rst(self, local: tuple[str, int]) -> None:
+        peer = await self.peer_of(local)
+        peer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        peer.abort()
+
+    async def stop(self) -> None:
+        for peer in self.peers.values():
+            peer.abort()
+        if self._server is not None:
+            self._server.close()
+            async with asyncio.timeout(5):
+                await self._server.wait_closed()
+
+
+async def wait_until(pred: Callable[[], bool], timeout: float = 3.0) -> None:
+    # Polls the OS (socket states, fd tables): there is no event to wait on.
+    async with asyncio.timeout(timeout):
+        while not pred():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def drain(steps: Generator[None, None, T]) -> T:
+    """Run one of the scan's chunked generators to the end, without an event loop."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def fds_holding(inode: int) -> list[int]:
+    """Every fd of this process that holds the socket with ``inode``."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/self/fd/{name}").st_ino == inode:
+                out.append(int(name))
+    return out
+
+
+@dataclass
+class FakeTarget:
+    """The pool's side of the audit, for real sockets the test opened."""
+
+    config: PoolConfig
+    endpoints: Set[tuple[str, int]]
+    live: list[ConnectionRecord] = field(default_factory=list)
+    grave: list[ConnectionRecord] = field(default_factory=list)
+    held: dict[int, asyncio.BaseTransport] = field(default_factory=dict)
+    poisoned: list[ConnectionRecord] = field(default_factory=list)
+    retired: list[ConnectionRecord] = field(default_factory=list)
+    aborted: list[ConnectionRecord] = field(default_factory=list)
+
+    def audit_now(self) -> float:
+        return time.monotonic()
+
+    def audit_records(self) -> Sequence[ConnectionRecord]:
+        return self.live
+
+    def audit_graveyard(self) -> Sequence[ConnectionRecord]:
+        return self.grave
+
+    def audit_endpoints(self) -> Set[tuple[str, int]]:
+        return self.endpoints
+
+    def audit_poison(self, record: ConnectionRecord) -> None:
+        self.poisoned.append(record)
+
+    def audit_retire(self, record: ConnectionRecord) -> None:
+        self.retired.append(record)
+
+    def audit_abort(self, record: ConnectionRecord) -> bool:
+        transport = self.held.pop(record.id, None)
+        if transport is None:
+            return False
+        self.aborted.append(record)
+        transport.abort()  # type: ignore[attr-defined]
+        return True
+
+    def add(
+        self,
+        sock: SocketIdentity,
+        state: ConnState = ConnState.IDLE,
+        *,
+        holding: asyncio.BaseTransport | None = None,
+        borrowed_for: float | None = None,
+        idle_for: float = 0.0,
+    ) -> ConnectionRecord:
+        """A record for ``sock``: live in ``state``, or retired 10 s ago if CLOSED."""
+        now = time.monotonic()
+        r = ConnectionRecord("inbox-1", created_at=now - 60, expires_at=now + 3600)
+        r.socket, r.state, r.last_used_at = sock, state, now - idle_for
+        if borrowed_for is not None:
+            r.borrower = Borrow("sync-inbox-1", now - borrowed_for, ("worker.py:42 in sync",))
+        if state is ConnState.CLOSED:
+            r.retired_at = r.closed_at = now - 10
+            self.grave.append(r)
+        else:
+            self.live.append(r)
+        if holding is not None:
+            self.held[r.id] = holding
+        return r
+
+
+class Sockets:
+    """Opens client sockets and closes every one at the end of the test."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self.transports: list[asyncio.BaseTransport] = []
+
+    def raw(self, address: tuple[str, int]) -> socket.socket:
+        return self._stack.enter_context(socket.create_connection(address, timeout=5))
+
+    def keep(self, sock: socket.socket) -> socket.socket:
+        return self._stack.enter_context(sock)
+
+    def fd(self, fd: int) -> int:
+        self._stack.callback(lambda: os.close(fd) if fds_exists(fd) else None)
+        return fd
+
+    async def transport(self, address: tuple[str, int]) -> asyncio.Transport:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(asyncio.Protocol, *address)
+        self.transports.append(transport)
+        return transport
+
+    async def stream(self, address: tuple[str, int]) -> asyncio.StreamWriter:
+        _, writer = await asyncio.open_connection(*address)
+        self.transports.append(writer.transport)
+        return writer
+
+    async def close(self) -> None:
+        for t in self.transports:
+            t.abort()  # type: ignore[attr-defined]
+        self._stack.close()
+        await asyncio.sleep(0.02)  # transports release their fds from loop callbacks
+
+
+def fds_exists(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = await Server().start()
+    yield srv
+    await srv.stop()
+    await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[Sockets]:
+    s = Sockets()
+    yield s
+    await s.close()
+
+
+def target_for(server: Server, **audit: object) -> FakeTarget:
+    config = PoolConfig(
+        idle_timeout=100.0,
+        leak_threshold=30.0,
+        housekeeping_interval=0.1,
+        audit=AuditPolicy(**audit),  # type: ignore[arg-type]
+    )
+    return FakeTarget(config, frozenset({server.address}))
+
+
+# --------------------------------------------------------------------------- OS views
+
+
+async def test_backends_agree_on_live_sockets(server: Server, sockets: Sockets) -> None:
+    clients = [sockets.raw(server.address) for _ in range(3)]
+    known = [identify(c) for c in clients]
+    await wait_until(lambda: len(server.peers) == 3)
+
+    def ours(rows: Sequence[OsSocket]) -> set[tuple[int | None, Address, Address | None, str]]:
+        out = set()
+        for r in rows:
+            if not r.is_tcp or r.local is None or r.state is None:
+                continue
+            if server.port in (r.local[1], r.remote[1] if r.remote else None):
+                out.add((r.fd, r.local, r.remote, r.state))
+        return out
+
+    views = {}
+    for backend in BACKENDS:
+        view = await scan(backend, known, {server.address}, inspect_all=True)
+        views[backend] = ours(view.sockets)
+    assert views["procfs"] == views["lsof"] == views["psutil"]
+    states = sorted(state for *_, state in views["procfs"])
+    assert states == ["ESTABLISHED"] * 6 + ["LISTEN"]
+    for ident in known:
+        assert (ident.fd, ident.local, ident.remote, "ESTABLISHED") in views["lsof"]
+
+
+async def test_procfs_default_scan_reports_pool_sockets_quietly(
+    server: Server, sockets: Sockets
+) -> None:
+    clients = [sockets.raw(server.address) for _ in range(3)]
+    known = [identify(c) for c in clients]
+    view = await scan("procfs", known, {server.address})
+    assert view.full_view
+    assert {i.inode: i.fd for i in known}.items() <= dict(view.quiet).items()
+    assert view.fds_used == len(os.listdir("/proc/self/fd"))  # both count their own dir fd
+    assert view.fd_limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+async def test_rst_socket_is_close_in_procfs_and_missed_by_psutil(
+    server: Server, sockets: Sockets
+) -> None:
+    client = sockets.raw(server.address)
+    ident = identify(client)
+    await server.rst(ident.local)
+    await wait_until(lambda: tcp_state(ident.fd) == "CLOSE")
+
+    procfs = await scan("procfs", [ident], {server.address})
+    assert [r.state for r in procfs.sockets if r.inode == ident.inode] == ["CLOSE"]
+    assert ident.inode not in procfs.quiet
+    # psutil's and lsof's own views have no row for it (they read the kernel's
+    # connection tables, which drop a socket in CLOSE) ...
+    raw, _ = psutil_rows()
+    assert not [r for r in raw if r.fd == ident.fd]
+    lsof_rows = drain(parse_lsof(await run_lsof()))
+    assert [r.fd for r in lsof_rows if r.fd == ident.fd] == []
+    assert lsof_rows  # it does list the others
+    # ... so the scan fills the gap by probing the pool's own fds.
+    slow: tuple[Backend, ...] = ("psutil", "lsof")
+    for backend in slow:
+        view = await scan(backend, [ident], {server.address})
+        assert [(r.fd, r.inode, r.state) for r in view.sockets if r.fd == ident.fd] == [
+            (ident.fd, ident.inode, "CLOSE")
+        ]
+
+
+# --------------------------------------------------------------------------- stragglers
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["protocol", "stream"])
+async def test_straggler_is_force_closed_and_gone(
+    server: Server, sockets: Sockets, backend: Backend, kind: str
+) -> None:
+    """A connector's close left the socket open in a transport nobody will close."""
+    if kind == "stream":
+        writer = await sockets.stream(server.address)  # kept: a dropped writer closes itself
+        transport = writer.transport
+    else:
+        transport = await sockets.transport(server.address)
+    ident = identify(transport.get_extra_info("socket"))
+    target = target_for(server, backend=backend)
+    target.add(ident, ConnState.CLOSED)
+
+    report = await run_audit(target)
+
+    (f,) = report.findings
+    assert (f.kind, f.action, f.fd, f.inode) == (
+        Kind.STRAGGLER,
+        Action.FORCE_CLOSED,
+        ident.fd,
+        ident.inode,
+    )
+    assert f.record_state == "closed" and f.retired_at is not None
+    assert fds_holding(ident.inode) == []
+    assert report.healthy
+
+
+async def test_straggler_the_pool_still_holds_is_aborted(server: Server, sockets: Sockets) -> None:
+    transport = await sockets.transport(server.address)
+    ident = identify(transport.get_extra_info("socket"))
+    target = target_for(server)
+    record = target.add(ident, ConnState.CLOSED, holding=transport)
+
+    report = await run_audit(target)
+
+    (f,) = report.findings
+    assert f.action is Action.FORCE_CLOSED and "pool aborted" in f.detail
+    assert target.aborted == [record]
+    assert fds_holding(ident.inode) == []
+
+
+async def test_dupd_fd_of_a_retired_socket_is_found_and_left_to_its_holder(
+    server: Server, sockets: Sockets
+) -> None:
+    client = sockets.raw(server.address)
+    ident = identify(client)
+    dup = sockets.fd(os.dup(ident.fd))
+    client.close()  # the pool closed its fd; a dup it never knew about lives on
+    target = target_for(server)
+    target.add(ident, ConnState.CLOSED)
+
+    report = await run_audit(target)
+
+    (f,) = report.findings
+    assert (f.kind, f.action, f.fds) == (Kind.STRAGGLER, Action.CLOSE_FAILED, (dup,))
+    assert f"fd {dup} still holds it" in f.detail
+    assert not report.healthy
+    # Shut down (the peer saw the connection end), but the fd number stays with its holder.
+    assert os.fstat(dup).st_ino == ident.inode
+    assert tcp_state(dup) != "ESTABLISHED"
+
+
+async def test_straggler_reported_only_when_force_close_is_off(
+    server: Server, sockets: Sockets
+) -> None:
+    client = sockets.raw(server.address)
+    ident = identify(client)
+    target = target_for(server, force_close_stragglers=False)
+    target.add(ident, ConnState.CLOSED)
+
+    (f,) = (await run_audit(target)).findings
+    assert (f.kind, f.action) == (Kind.STRAGGLER, Action.REPORTED)
+    assert tcp_state(ident.fd) == "ESTABLISHED"
+
+
+# --------------------------------------------------------------------------- half-open
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("how", "os_state"), [("fin", "CLOSE_WAIT"), ("rst", "CLOSE")])
+async def test_half_open_is_poisoned(
+    server: Server, sockets: Sockets, backend: Backend, how: str, os_state: str
+) -> None:
+    client = sockets.raw(server.address)
+    ident = identify(client)
+    await (server.fin if how == "fin" else server.rst)(ident.local)
+    await wait_until(lambda: tcp_state(ident.fd) == os_state)
+    target = target_for(server, backend=backend)
+    record = target.add(ident, ConnState.IDLE)
+
+    report = await run_audit(target)
+
+    (f,) = report.findings
+    assert (f.kind, f.action, f.os_state) == (Kind.HALF_OPEN, Action.POISONED, os_state)
+    assert target.poisoned == [record]
+    assert not report.healthy
+    assert os.fstat(ident.fd).st_ino == ident.inode  # poisoning is the pool's job
+
+
+async def test_half_open_when_the_socket_is_gone(server: Server, sockets: Sockets) -> None:
+    client = sockets.raw(server.address)
+    ident = identify(client)
+    client.close()
+    target = target_for(server)
+    record = target.add(ident, ConnState.IN_USE, borrowed_for=1.0)
+
+    (f,) = (await run_audit(target)).findings
+    assert (f.kind, f.action, f.fds, f.os_state) == (Kind.HALF_OPEN, Action.POISONED, (), None)
+    assert target.poisoned == [record]
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_orphan_is_reported_and_left_open(
+    server: Server, sockets: Sockets, backend: Backend
+) -> None:
+    pooled = sockets.raw(server.address)
+    beside = sockets.raw(server.address)  # opened beside the pool: no record owns it
+    target = target_for(server, backend=backend)
+    target.add(identify(pooled))
+
+    report = await run_audit(target)
+
+    (f,) = report.findings
+    assert (f.kind, f.action, f.key, f.record_id) == (Kind.ORPHAN, Action.REPORTED, None, None)
+    assert f.local == beside.getsockname() and f.fd == beside.fileno()
+    assert tcp_state(beside.fileno()) == "ESTABLISHED"
+    assert not report.healthy
+
+
+async def test_orphan_is_closed_when_asked(server: Server, sockets: Sockets) -> None:
+    beside = await sockets.transport(server.address)
+    ident = identify(beside.get_extra_info("socket"))
+    target = target_for(server, close_orphans=True)
+
+    (f,) = (await run_audit(target)).findings
+    assert (f.kind, f.action) == (Kind.ORPHAN, Action.FORCE_CLOSED)
+    assert fds_holding(ident.inode) == []
+
+
+async def test_orphans_wait_while_a_connect_is_in_flight(server: Server, sockets: Sockets) -> None:
+    sockets.raw(server.address)
+    target = target_for(server)
+    target.live.append(ConnectionRecord("inbox-2", time.monotonic(), time.monotonic() + 60))
+
+    report = await run_audit(target)
+    assert report.findings == () and report.orphans_deferred == 1
+
+
+# --------------------------------------------------------------------------- hands off
+
+
+async def test_unrelated_sockets_are_never_touched(server: Server, sockets: Sockets) -> None:
+    other = await Server().start()
+    try:
+        unrelated = [
+            sockets.raw(other.address),  # another port on the same host
+            *(sockets.keep(s) for s in socket.socketpair()),  # UNIX
+        ]
+        udp = sockets.keep(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        udp.connect(server.address)  # "to" a pooled endpoint, but not TCP
+        unrelated.append(udp)
+        straggler = await sockets.transport(server.address)
+        target = target_for(server, close_orphans=True)
+        target.add(identify(straggler.get_extra_info("socket")), ConnState.CLOSED)
+        before = {s.fileno(): os.fstat(s.fileno()).st_ino for s in unrelated}
+
+        report = await run_audit(target)
+
+        assert [f.kind for f in report.findings] == [Kind.STRAGGLER]
+        assert {s.fileno(): os.fstat(s.fileno()).st_ino for s in unrelated} == before
+        tcp = unrelated[0]
+        tcp.sendall(b"ping")
+        assert await asyncio.to_thread(tcp.recv, 4) == b"ping"  # the server is on this loop
+        a, b = unrelated[1], unrelated[2]
+        a.sendall(b"x")
+        assert b.recv(1) == b"x"
+    finally:
+        await other.stop()
+
+
+# --------------------------------------------------------------------------- leaks, overdue
+
+
+async def test_leak_suspect_has_task_and_stack(server: Server, sockets: Sockets) -> None:
+    ident = identify(sockets.raw(server.address))
+    target = target_for(server)
+    target.add(ident, ConnState.IN_USE, borrowed_for=31.0)
+
+    report = await run_audit(target)
+
+    (f,) = report.findings
+    assert (f.kind, f.action) == (Kind.LEAK_SUSPECT, Action.REPORTED)
+    assert f.task == "sync-inbox-1" and f.stack == ("worker.py:42 in sync",)
+    assert f.borrowed_at is not None and abs(f.borrowed_at - (time.time() - 31.0)) < 2.0
+    assert f.should_have_closed_at is not None
+    assert not report.healthy
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["findings"][0]["stack"] == ["worker.py:42 in sync"]
+    assert "leak_suspect" in str(report)
+
+
+async def test_overdue_idle_connection_is_retired(server: Server, sockets: Sockets) -> None:
+    ident = identify(sockets.raw(server.address))
+    target = target_for(server)
+    record = target.add(ident, ConnState.IDLE, idle_for=150.0)
+
+    report = await run_audit(target)
+
+    (f,) = report.findings
+    assert (f.kind, f.action) == (Kind.OVERDUE, Action.RETIRED)
+    assert target.retired == [record]
+    assert report.healthy
+
+
+async def test_clean_pool_is_healthy_with_process_figures(server: Server, sockets: Sockets) -> None:
+    target = target_for(server)
+    for _ in range(3):
+        target.add(identify(sockets.raw(server.address)))
+    await wait_until(lambda: len(server.peers) == 3)
+    report = await run_audit(target)
+    assert report.healthy and report.findings == ()
+    assert report.backend == "procfs" and report.records_checked == 3
+    assert report.sockets_seen >= 7  # 3 clients, their 3 peers, the listener
+    assert report.fds_used > 6 and report.fd_limit is not None
+    assert abs(report.checked_at - time.time()) < 5
+    json.dumps(report.to_dict())
