@@ -715,6 +715,17 @@ class GuardedPool(Generic[C]):
         for finding in report.findings:
             log.warning("guardedpool: audit finding", extra={"finding": finding.to_dict()})
 
+    def record_of(self, conn: C) -> ConnectionRecord:
+        """The record of a connection you hold: its expiry, socket identity, history.
+
+        Long holders (an IDLE loop, say) read ``expires_at`` to give the connection back
+        on time. Raises :class:`PoolError` for a connection not checked out from this pool.
+        """
+        pooled = self._in_use.get(id(conn))
+        if pooled is None:
+            raise PoolError("record_of() of a connection that is not checked out from this pool")
+        return pooled.record
+
     # ----------------------------------------------------------------- stats and audit
 
     def stats(self) -> dict[str, Any]:

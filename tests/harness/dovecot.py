@@ -245,6 +245,14 @@ class DovecotServer:
                 self.port, self.tls_port = _free_port(), _free_port()
                 self._write_config()
 
+    def pause(self) -> None:
+        """Stop, keeping config and mail: every connection dies and the ports refuse."""
+        self.stop(_cleanup=False)
+
+    def resume(self) -> None:
+        """Start again after :meth:`pause`, on the same ports with the same mail."""
+        self._spawn_and_wait()
+
     def restart(self) -> None:
         """Stop and start again on the same ports with the same mail (for reconnect tests)."""
         self.stop(_cleanup=False)

@@ -1,0 +1,1 @@
+"""Runnable examples built on guardedpool (``python -m examples.imap_sync demo``)."""

@@ -1,0 +1,127 @@
+"""Pool stats and worker counters as Prometheus metrics, read at scrape time.
+
+A custom collector on its own ``CollectorRegistry`` rather than module-level ``Counter``
+objects: the numbers already live in ``pool.stats()`` and the worker's counters, so
+reading them when scraped means no second copy to keep in step, and a private registry
+means two pools (two tests, a demo and a worker) never collide in the global one.
+
+Names follow Prometheus conventions: ``_total`` counters, ``_seconds`` units, one label
+per dimension (``key``/``inbox`` is the account key, never a user name or host).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .worker import InboxCounters
+
+__all__ = ["SyncCollector", "make_registry", "render"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_GAUGES = ("open", "idle", "in_use", "opening", "closing", "waiting")
+_COUNTERS = (
+    ("acquires", "acquires_total", "Connections handed out."),
+    ("acquire_timeouts", "acquire_timeouts_total", "acquire() calls that timed out."),
+    ("acquire_wait_total", "acquire_wait_seconds_total", "Seconds spent waiting in acquire()."),
+    ("opened", "opened_total", "Connections opened."),
+    ("connect_failures", "connect_failures_total", "Failed connect attempts."),
+)
+
+
+class SyncCollector(Collector):
+    """Collects ``stats()`` (a pool's) and ``counters()`` (the worker's) on every scrape."""
+
+    def __init__(
+        self,
+        stats: Callable[[], Mapping[str, Any]],
+        counters: Callable[[], Mapping[str, InboxCounters]],
+    ) -> None:
+        self._stats = stats
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._pool_metrics(self._stats())
+        yield from self._sync_metrics(self._counters())
+
+    @staticmethod
+    def _pool_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:
+        keys: Mapping[str, Mapping[str, Any]] = stats.get("keys", {})
+        conns = GaugeMetricFamily(
+            "guardedpool_connections", "Connections per key and state.", labels=["key", "state"]
+        )
+        for key, s in keys.items():
+            for state in _GAUGES:
+                conns.add_metric([key, state], float(s.get(state, 0)))
+        yield conns
+        for stat, name, doc in _COUNTERS:
+            family = CounterMetricFamily(f"guardedpool_{name}", doc, labels=["key"])
+            for key, s in keys.items():
+                family.add_metric([key], float(s.get(stat, 0)))
+            yield family
+        for stat, name, doc in (
+            ("closed", "closed_total", "Connections retired, by reason."),
+            ("reconnects", "reconnects_total", "Replacement connects, by what was replaced."),
+        ):
+            family = CounterMetricFamily(f"guardedpool_{name}", doc, labels=["key", "reason"])
+            for key, s in keys.items():
+                for reason, n in s.get(stat, {}).items():
+                    family.add_metric([key, reason], float(n))
+            yield family
+        failing = GaugeMetricFamily(
+            "guardedpool_consecutive_connect_failures",
+            "Connect failures in a row (0 once a connect succeeds).",
+            labels=["key"],
+        )
+        for key, s in keys.items():
+            failing.add_metric([key], float(s.get("consecutive_failures", 0)))
+        yield failing
+        total = stats.get("total", {})
+        yield GaugeMetricFamily(
+            "guardedpool_slots",
+            "Connections counted against max_total.",
+            value=float(total.get("slots", 0)),
+        )
+        yield GaugeMetricFamily(
+            "guardedpool_connecting", "Connects in flight.", value=float(total.get("connecting", 0))
+        )
+
+    @staticmethod
+    def _sync_metrics(counters: Mapping[str, InboxCounters]) -> Iterator[Metric]:
+        for attr, name, doc in (
+            ("messages", "messages_total", "Messages fetched and stored."),
+            ("bytes", "bytes_total", "Bytes of messages stored."),
+            ("flags_changed", "flag_changes_total", "Stored messages whose flags changed."),
+            ("expunged", "expunged_total", "Stored messages removed after a server expunge."),
+            ("errors", "errors_total", "Mailbox syncs that failed."),
+            ("passes", "passes_total", "Sync passes over the inbox."),
+        ):
+            family = CounterMetricFamily(f"imap_sync_{name}", doc, labels=["inbox"])
+            for key, c in counters.items():
+                family.add_metric([key], float(getattr(c, attr)))
+            yield family
+        last = GaugeMetricFamily(
+            "imap_sync_last_success_timestamp_seconds",
+            "Unix time of the inbox's last pass without error (absent: none yet).",
+            labels=["inbox"],
+        )
+        for key, c in counters.items():
+            if c.last_success is not None:
+                last.add_metric([key], c.last_success)
+        yield last
+
+
+def make_registry(collector: Collector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text exposition format (what ``/metrics`` serves)."""
+    return generate_latest(registry)

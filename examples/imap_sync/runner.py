@@ -1,0 +1,94 @@
+"""``run``: config -> pool, store, worker, health endpoint; one pass or passes until stopped.
+
+Order matters for the promises the CLI makes: the config is fully validated before the
+store is opened (a bad config leaves the store untouched), and the pool is closed --
+every connection logged out or aborted and verified closed -- before the store is.
+SIGINT/SIGTERM end continuous mode after the pass in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from rich.console import Console
+
+from guardedpool import GuardedPool
+from guardedpool.imap import IMAPClient, IMAPConnector
+
+from .config import SyncConfig
+from .health import HealthServer, make_app
+from .metrics import SyncCollector, make_registry
+from .progress import RichObserver, summary_table
+from .store import Store
+from .worker import PassSummary, SyncWorker
+
+__all__ = ["run_sync"]
+
+
+async def run_sync(config: SyncConfig, *, once: bool, console: Console) -> int:
+    """Exit code: 0 when the (last) pass had no failure, 1 otherwise."""
+    store = Store.open(config.store_path)
+    try:
+        pool: GuardedPool[IMAPClient] = GuardedPool(
+            IMAPConnector(config.accounts_by_key()), config.pool
+        )
+        async with pool:
+            with RichObserver(console) as observer:
+                worker = SyncWorker(
+                    pool,
+                    store,
+                    config.accounts,
+                    concurrency=config.concurrency,
+                    batch_size=config.batch_size,
+                    observer=observer,
+                )
+                if once:
+                    summary = await worker.run_pass()
+                    console.print(summary_table(summary, worker.counters, pool.stats()))
+                    _print_failures(console, summary)
+                    return 0 if summary.ok else 1
+                return await _continuous(config, pool, worker, console)
+    finally:
+        store.close()
+
+
+async def _continuous(
+    config: SyncConfig, pool: GuardedPool[IMAPClient], worker: SyncWorker, console: Console
+) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    last: list[PassSummary] = []
+
+    def report(summary: PassSummary) -> None:
+        last[:] = [summary]
+        changed = any(r.new or r.flags_changed or r.expunged or r.reset for r in summary.results)
+        if changed or summary.failures or worker.passes == 1:
+            console.print(summary_table(summary, worker.counters, pool.stats()))
+            _print_failures(console, summary)
+        else:
+            console.print(f"pass {worker.passes}: no changes ({summary.duration:.2f} s)")
+
+    health: HealthServer | None = None
+    try:
+        if config.health_bind is not None:
+            registry = make_registry(SyncCollector(pool.stats, lambda: worker.counters))
+            health = HealthServer(make_app(pool, registry), *config.health_bind)
+            await health.start()
+            console.print(f"health: {health.url}/healthz  metrics: {health.url}/metrics")
+        await worker.run_forever(config.poll_interval, stop, on_pass=report)
+    finally:
+        if health is not None:
+            await health.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    return 0 if not last or last[0].ok else 1
+
+
+def _print_failures(console: Console, summary: PassSummary) -> None:
+    for f in summary.failures:
+        console.print(f"[red]failed[/red] {f.account}/{f.mailbox}: {f.error}", highlight=False)

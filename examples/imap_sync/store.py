@@ -1,0 +1,323 @@
+"""The local mirror: SQLite, with checkpoints that never run ahead of the messages.
+
+The one invariant that makes ``kill -9`` safe: a mailbox's checkpoint ``last_uid`` ("every
+message with a UID up to here is stored, or was expunged") is raised only in the same
+transaction that inserts those messages. A crash loses at most the batch in flight, and
+its checkpoint with it, so the next pass fetches that batch again; ``UNIQUE(account,
+mailbox, uidvalidity, uid)`` makes a second insert of a stored message a no-op rather than
+a duplicate. ``highestmodseq`` (flags are current up to this mod-sequence) is likewise
+written only after the flag updates it vouches for.
+
+A mailbox whose UIDVALIDITY changed is reset in one transaction: its messages are
+deleted, its checkpoints cleared, the new UIDVALIDITY recorded. UIDs of the old
+generation mean nothing any more (RFC 3501 2.3.1.1), so nothing of it is kept.
+
+WAL mode lets readers (``/metrics``, a test, ``sqlite3`` in a shell) look while a sync
+writes. ``synchronous=NORMAL`` does not fsync each commit: a killed process loses
+nothing committed, a power cut may lose the last transactions -- but always whole ones, in
+order, so a checkpoint still never outruns its messages. The calls are synchronous: a
+commit is a few milliseconds, and one writer connection on the event loop's thread needs
+no locking.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["MailboxState", "NewMessage", "Store", "StoreError"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    key          TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    username     TEXT NOT NULL,
+    last_success REAL                -- wall clock of the last pass with no error
+);
+CREATE TABLE IF NOT EXISTS mailboxes (
+    account       TEXT NOT NULL REFERENCES accounts(key) ON DELETE CASCADE,
+    name          TEXT NOT NULL,
+    uidvalidity   INTEGER,           -- NULL until the first SELECT
+    last_uid      INTEGER NOT NULL DEFAULT 0,  -- checkpoint: all UIDs <= this are stored
+    uidnext       INTEGER,           -- as of the last completed pass
+    highestmodseq INTEGER,           -- flags current up to here; NULL: unknown/no CONDSTORE
+    last_sync     REAL,              -- wall clock of the last completed pass
+    PRIMARY KEY (account, name)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    account     TEXT NOT NULL,
+    mailbox     TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uid         INTEGER NOT NULL,
+    flags       TEXT NOT NULL,       -- space-separated, sorted; \\Recent is never stored
+    size        INTEGER NOT NULL,
+    raw         BLOB NOT NULL,       -- the RFC 822 bytes as the server sent them
+    stored_at   REAL NOT NULL,
+    UNIQUE (account, mailbox, uidvalidity, uid),
+    FOREIGN KEY (account, mailbox) REFERENCES mailboxes(account, name) ON DELETE CASCADE
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store refused an operation that would break its invariants."""
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxState:
+    """A mailbox's checkpoints as stored (see the schema for each field)."""
+
+    uidvalidity: int | None
+    last_uid: int
+    uidnext: int | None
+    highestmodseq: int | None
+    last_sync: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    uid: int
+    flags: tuple[str, ...]
+    raw: bytes
+
+
+def flags_text(flags: Iterable[str]) -> str:
+    """The stored form of a flag list: sorted, no duplicates, without the session-only \\Recent."""
+    return " ".join(sorted({f for f in flags if f.lower() != "\\recent"}))
+
+
+class Store:
+    """One SQLite file; open with :meth:`open` (creates the schema), close when done."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        p = Path(path)
+        db = sqlite3.connect(p, isolation_level=None)  # we BEGIN/COMMIT ourselves
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=5000")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StoreError(f"{p}: schema version {version}, expected {SCHEMA_VERSION}")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, p)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it is committed, or none of it."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- accounts and mailboxes ---------------------------------------------------------
+
+    def ensure_account(self, key: str, host: str, username: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO accounts(key, host, username) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET host=excluded.host, username=excluded.username",
+                (key, host, username),
+            )
+
+    def mark_success(self, key: str, when: float | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE accounts SET last_success=? WHERE key=?",
+                (time.time() if when is None else when, key),
+            )
+
+    def mailbox(self, account: str, name: str) -> MailboxState:
+        """The mailbox's checkpoints; a mailbox seen for the first time starts empty."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO mailboxes(account, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (account, name),
+            )
+            row = db.execute(
+                "SELECT uidvalidity, last_uid, uidnext, highestmodseq, last_sync "
+                "FROM mailboxes WHERE account=? AND name=?",
+                (account, name),
+            ).fetchone()
+        return MailboxState(*row)
+
+    def reset_mailbox(self, account: str, name: str, uidvalidity: int) -> int:
+        """Start the mailbox over under a new UIDVALIDITY; returns messages dropped."""
+        with self._tx() as db:
+            dropped = db.execute(
+                "DELETE FROM messages WHERE account=? AND mailbox=?", (account, name)
+            ).rowcount
+            db.execute(
+                "INSERT INTO mailboxes(account, name, uidvalidity) VALUES (?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET uidvalidity=excluded.uidvalidity, last_uid=0, "
+                "uidnext=NULL, highestmodseq=NULL",
+                (account, name, uidvalidity),
+            )
+        return int(dropped)
+
+    # -- messages ----------------------------------------------------------------------
+
+    def store_batch(
+        self,
+        account: str,
+        name: str,
+        uidvalidity: int,
+        messages: Iterable[NewMessage],
+        checkpoint: int,
+    ) -> int:
+        """Insert ``messages`` and raise ``last_uid`` to ``checkpoint``, atomically.
+
+        ``checkpoint`` is the highest UID the batch asked for: a UID in the batch that the
+        server no longer had was expunged meanwhile and will never come back. Returns how
+        many messages were new (a re-fetched batch after a crash inserts 0 of those it had).
+        """
+        now = time.time()
+        with self._tx() as db:
+            self._guard(db, account, name, uidvalidity)
+            inserted = 0
+            for m in messages:
+                cur = db.execute(
+                    "INSERT INTO messages(account, mailbox, uidvalidity, uid, flags, size, raw, "
+                    "stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (
+                        account,
+                        name,
+                        uidvalidity,
+                        m.uid,
+                        flags_text(m.flags),
+                        len(m.raw),
+                        m.raw,
+                        now,
+                    ),
+                )
+                inserted += cur.rowcount
+            db.execute(
+                "UPDATE mailboxes SET last_uid=MAX(last_uid, ?) WHERE account=? AND name=?",
+                (checkpoint, account, name),
+            )
+        return inserted
+
+    def update_flags(
+        self, account: str, name: str, uidvalidity: int, flags: Mapping[int, Iterable[str]]
+    ) -> int:
+        """Set the flags of stored messages; returns how many actually changed."""
+        changed = 0
+        with self._tx() as db:
+            self._guard(db, account, name, uidvalidity)
+            for uid, value in flags.items():
+                text = flags_text(value)
+                cur = db.execute(
+                    "UPDATE messages SET flags=? WHERE account=? AND mailbox=? AND uidvalidity=? "
+                    "AND uid=? AND flags<>?",
+                    (text, account, name, uidvalidity, uid, text),
+                )
+                changed += cur.rowcount
+        return changed
+
+    def expunge(self, account: str, name: str, uidvalidity: int, uids: Iterable[int]) -> int:
+        """Delete messages the server no longer has; returns how many were deleted."""
+        deleted = 0
+        with self._tx() as db:
+            self._guard(db, account, name, uidvalidity)
+            for uid in uids:
+                deleted += db.execute(
+                    "DELETE FROM messages WHERE account=? AND mailbox=? AND uidvalidity=? "
+                    "AND uid=?",
+                    (account, name, uidvalidity, uid),
+                ).rowcount
+        return deleted
+
+    def finish_pass(
+        self,
+        account: str,
+        name: str,
+        uidvalidity: int,
+        *,
+        uidnext: int | None,
+        highestmodseq: int | None,
+    ) -> None:
+        """Record a completed pass: every change up to ``highestmodseq`` is now stored."""
+        with self._tx() as db:
+            self._guard(db, account, name, uidvalidity)
+            db.execute(
+                "UPDATE mailboxes SET uidnext=?, highestmodseq=?, last_sync=? "
+                "WHERE account=? AND name=?",
+                (uidnext, highestmodseq, time.time(), account, name),
+            )
+
+    @staticmethod
+    def _guard(db: sqlite3.Connection, account: str, name: str, uidvalidity: int) -> None:
+        """Refuse writes for a UIDVALIDITY generation the mailbox is no longer at."""
+        row = db.execute(
+            "SELECT uidvalidity FROM mailboxes WHERE account=? AND name=?", (account, name)
+        ).fetchone()
+        if row is None or row[0] != uidvalidity:
+            raise StoreError(
+                f"{account}/{name}: write for UIDVALIDITY {uidvalidity}, "
+                f"mailbox is at {None if row is None else row[0]}"
+            )
+
+    # -- reads -------------------------------------------------------------------------
+
+    def uids(self, account: str, name: str, uidvalidity: int) -> list[int]:
+        rows = self._db.execute(
+            "SELECT uid FROM messages WHERE account=? AND mailbox=? AND uidvalidity=? ORDER BY uid",
+            (account, name, uidvalidity),
+        )
+        return [r[0] for r in rows]
+
+    def flags(self, account: str, name: str, uidvalidity: int) -> dict[int, str]:
+        rows = self._db.execute(
+            "SELECT uid, flags FROM messages WHERE account=? AND mailbox=? AND uidvalidity=?",
+            (account, name, uidvalidity),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def message(self, account: str, name: str, uid: int) -> tuple[str, bytes] | None:
+        """(flags, raw) of the message with ``uid`` in the mailbox's current generation."""
+        row = self._db.execute(
+            "SELECT m.flags, m.raw FROM messages m JOIN mailboxes b "
+            "ON b.account=m.account AND b.name=m.mailbox AND b.uidvalidity=m.uidvalidity "
+            "WHERE m.account=? AND m.mailbox=? AND m.uid=?",
+            (account, name, uid),
+        ).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """account key -> (messages, bytes) currently stored."""
+        rows = self._db.execute(
+            "SELECT a.key, COUNT(m.uid), COALESCE(SUM(m.size), 0) FROM accounts a "
+            "LEFT JOIN messages m ON m.account=a.key GROUP BY a.key ORDER BY a.key"
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}

@@ -1,0 +1,206 @@
+"""Many mailboxes at once, bounded; passes on a timer; counters for /metrics and the summary.
+
+A pass syncs every configured (account, mailbox) pair. At most ``concurrency`` of them run
+at a time, and each takes its semaphore slot *before* asking the pool for a connection, so
+the bound caps connections in flight as well as work (the pool's ``max_per_key`` still
+caps each account). A failure is counted against its inbox and logged in one line; the
+other mailboxes carry on, and the next pass retries from the store's checkpoints. There
+is nothing to undo: the store only ever holds whole batches.
+
+Continuous mode polls: a pass every ``poll_interval`` seconds. IDLE would push changes
+sooner, at the price of one held connection per mailbox; polling keeps the pool's
+connections shareable, which is the point of a pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from guardedpool import GuardedPool
+from guardedpool.imap import IMAPClient
+
+from .config import AccountConfig
+from .mailbox import MailboxResult, sync_mailbox
+from .store import Store
+
+__all__ = ["InboxCounters", "MailboxFailure", "Observer", "PassSummary", "SyncWorker"]
+
+log = logging.getLogger("imap_sync")
+
+
+@dataclass(slots=True)
+class InboxCounters:
+    """Running totals for one inbox (account key) since the worker started."""
+
+    messages: int = 0
+    bytes: int = 0
+    flags_changed: int = 0
+    expunged: int = 0
+    errors: int = 0
+    passes: int = 0
+    last_success: float | None = None  # wall clock of the last pass with no error
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxFailure:
+    account: str
+    mailbox: str
+    error: str  # "ExceptionType: message" (messages from guardedpool carry no secrets)
+
+
+@dataclass(slots=True)
+class PassSummary:
+    started: float
+    duration: float = 0.0
+    results: list[MailboxResult] = field(default_factory=list)
+    failures: list[MailboxFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class Observer(Protocol):
+    """Progress hooks (see :mod:`.progress`); every method is called on the loop thread."""
+
+    def planned(self, account: str, mailbox: str, new: int) -> None: ...
+    def advanced(self, account: str, mailbox: str, messages: int, size: int) -> None: ...
+    def finished(self, account: str, mailbox: str, error: str | None) -> None: ...
+
+
+class SyncWorker:
+    """Syncs ``accounts`` from ``pool`` into ``store``.
+
+    Args:
+        pool: the shared pool (keys are account keys).
+        store: the open SQLite mirror.
+        accounts: what to sync (key + mailboxes; host/username are recorded in the store).
+        concurrency: mailboxes synced at once (>= 1).
+        batch_size: messages per UID FETCH and per store transaction (>= 1).
+        observer: progress hooks, or None.
+    """
+
+    def __init__(
+        self,
+        pool: GuardedPool[IMAPClient],
+        store: Store,
+        accounts: Sequence[AccountConfig],
+        *,
+        concurrency: int = 8,
+        batch_size: int = 100,
+        observer: Observer | None = None,
+    ) -> None:
+        if concurrency < 1 or batch_size < 1:
+            raise ValueError(
+                f"concurrency and batch_size must be >= 1, got {concurrency}, {batch_size}"
+            )
+        self.pool = pool
+        self.store = store
+        self.accounts = tuple(accounts)
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.observer = observer
+        self.counters: dict[str, InboxCounters] = {a.key: InboxCounters() for a in self.accounts}
+        self.passes = 0
+        for a in self.accounts:
+            store.ensure_account(a.key, a.account.host, a.account.username)
+
+    def jobs(self) -> Iterable[tuple[str, str]]:
+        for a in self.accounts:
+            for mailbox in a.mailboxes:
+                yield a.key, mailbox
+
+    async def run_pass(self) -> PassSummary:
+        """Sync every mailbox once; never raises for a mailbox's failure (see the summary)."""
+        summary = PassSummary(started=time.time())
+        clock = time.monotonic()
+        gate = asyncio.Semaphore(self.concurrency)
+        jobs = list(self.jobs())
+        outcomes = await asyncio.gather(*(self._job(gate, key, name) for key, name in jobs))
+        failed_keys: set[str] = set()
+        for (key, name), outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, MailboxResult):
+                summary.results.append(outcome)
+            else:
+                summary.failures.append(MailboxFailure(key, name, outcome))
+                failed_keys.add(key)
+        now = time.time()
+        for a in self.accounts:
+            counters = self.counters[a.key]
+            counters.passes += 1
+            if a.key not in failed_keys:
+                counters.last_success = now
+                self.store.mark_success(a.key, now)
+        self.passes += 1
+        summary.duration = time.monotonic() - clock
+        return summary
+
+    async def _job(self, gate: asyncio.Semaphore, key: str, mailbox: str) -> MailboxResult | str:
+        """One mailbox: the result, or the error as text (counted, logged once)."""
+        obs = self.observer
+        counters = self.counters[key]
+        async with gate:
+            try:
+                async with self.pool.acquire(key) as imap:
+                    result = await sync_mailbox(
+                        imap,
+                        self.store,
+                        key,
+                        mailbox,
+                        batch_size=self.batch_size,
+                        on_plan=(lambda n: obs.planned(key, mailbox, n)) if obs else None,
+                        on_batch=(lambda m, b: obs.advanced(key, mailbox, m, b)) if obs else None,
+                    )
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                counters.errors += 1
+                counters.last_error = error
+                log.warning(
+                    "sync of %s/%s failed: %s",
+                    key,
+                    mailbox,
+                    error,
+                    extra={"key": key, "mailbox": mailbox},
+                )
+                if obs is not None:
+                    obs.finished(key, mailbox, error)
+                return error
+        counters.messages += result.new
+        counters.bytes += result.bytes
+        counters.flags_changed += result.flags_changed
+        counters.expunged += result.expunged
+        if result.reset:
+            log.warning(
+                "%s/%s: UIDVALIDITY changed; dropped %d stored messages and resynced",
+                key,
+                mailbox,
+                result.dropped,
+                extra={"key": key, "mailbox": mailbox},
+            )
+        if obs is not None:
+            obs.finished(key, mailbox, None)
+        return result
+
+    async def run_forever(
+        self,
+        poll_interval: float,
+        stop: asyncio.Event,
+        *,
+        on_pass: Callable[[PassSummary], None] | None = None,
+    ) -> None:
+        """A pass, then wait ``poll_interval`` seconds (or until ``stop`` is set), repeat."""
+        while not stop.is_set():
+            summary = await self.run_pass()
+            if on_pass is not None:
+                on_pass(summary)
+            try:
+                async with asyncio.timeout(poll_interval):
+                    await stop.wait()
+            except TimeoutError:
+                pass

@@ -1,0 +1,232 @@
+"""Long-lived IDLE on top of the pool: pushes in, reconnects and lifetimes handled.
+
+``async with idle(pool, key, "INBOX") as pushes: async for event in pushes: ...`` keeps a
+connection in IDLE for as long as the block runs. Each IDLE round lasts at most
+``renew_after`` seconds (RFC 2177 asks for less than 29 minutes) and never past the
+connection's jittered ``max_lifetime``; between rounds the connection is given back to the
+pool when it is due, and a fresh one takes over, transparently.
+
+A dead IDLE is never a hang (aioimaplib #110): a lost connection or ``BYE`` fails the wait
+at once; a peer that stops answering is caught when the round ends and DONE goes
+unanswered within ``op_timeout``; TCP keepalive catches a peer that vanished. Either way
+the connection is poisoned, the pool replaces it with backoff, and the consumer receives a
+``CONNECTED`` event with ``resumed=True``: pushes may have been missed, resync.
+
+The session runs as a task feeding a bounded queue, so a slow consumer never delays a
+DONE. If the consumer falls more than ``queue_size`` events behind, the backlog is dropped
+and one ``OVERFLOW`` event says so (resync, like after a reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+
+from ..errors import ConnectionPoisoned, IMAPCommandError, PoolClosed, PoolError, PoolTimeout
+from ..policy import is_transient
+from ..pool import GuardedPool
+from .client import IMAPClient
+from .parse import parse_idle_push
+
+__all__ = ["IdleEvent", "IdleSession", "idle"]
+
+log = logging.getLogger("guardedpool.imap.idle")
+
+TWENTY_NINE_MINUTES = 29 * 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class IdleEvent:
+    """What an IDLE session yields.
+
+    ``kind``: a server push (``"EXISTS"``, ``"EXPUNGE"``, ``"RECENT"``, ``"FETCH"``,
+    ``"OK"`` for keepalives, ``"OTHER"``), or the session's own ``"CONNECTED"`` (IDLE
+    started on a connection; ``resumed`` is True after a reconnect or a lifetime
+    hand-over, when pushes may have been missed) and ``"OVERFLOW"`` (the consumer fell
+    behind and events were dropped). ``number`` is the message count or sequence number.
+    """
+
+    kind: str
+    number: int | None = None
+    raw: bytes = b""
+    resumed: bool = False
+
+
+_END = object()
+
+
+class IdleSession:
+    """The running IDLE loop behind :func:`idle`. Use it as an async context manager.
+
+    Args:
+        pool: a pool of :class:`IMAPClient` connections.
+        key: the inbox to watch.
+        mailbox: the mailbox to select (default ``"INBOX"``).
+        renew_after: seconds per IDLE round before DONE and re-IDLE (default 29 min).
+        queue_size: events buffered for a slow consumer (default 1024).
+    """
+
+    def __init__(
+        self,
+        pool: GuardedPool[IMAPClient],
+        key: str,
+        mailbox: str = "INBOX",
+        *,
+        renew_after: float = TWENTY_NINE_MINUTES,
+        queue_size: int = 1024,
+    ) -> None:
+        if not renew_after > 0:
+            raise ValueError(f"renew_after must be > 0, got {renew_after!r}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size!r}")
+        self.pool = pool
+        self.key = key
+        self.mailbox = mailbox
+        self.renew_after = renew_after
+        self.connections = 0  # connections that reached IDLE, for stats and tests
+        self.rounds = 0
+        self._queue: asyncio.Queue[IdleEvent | object] = asyncio.Queue(queue_size)
+        self._overflowed = False
+        self._error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> IdleSession:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"guardedpool-idle-{self.key}"
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """End the session: DONE (bounded), give the connection back. Idempotent."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def __aiter__(self) -> AsyncIterator[IdleEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[IdleEvent]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                if self._error is not None:
+                    raise self._error
+                return
+            assert isinstance(item, IdleEvent)
+            yield item
+
+    def _emit(self, event: IdleEvent) -> None:
+        if self._overflowed:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._overflowed = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(IdleEvent("OVERFLOW"))
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._error = error
+        while self._queue.full():  # make room for the end marker
+            self._queue.get_nowait()
+        self._queue.put_nowait(_END)
+
+    async def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            while not self.pool.closed:
+                try:
+                    await self._one_connection()
+                except (PoolClosed, asyncio.CancelledError):
+                    raise
+                except (ConnectionPoisoned, PoolTimeout, OSError, TimeoutError) as exc:
+                    # The pool paces reconnects (per-key backoff); we just ask again.
+                    log.info(
+                        "guardedpool: IDLE connection lost; reconnecting",
+                        extra={"key": self.key, "error": f"{type(exc).__name__}: {exc}"},
+                    )
+                except PoolError as exc:
+                    if is_transient(exc):
+                        continue
+                    error = exc
+                    return
+        except PoolClosed:
+            return
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._finish(error)
+
+    async def _one_connection(self) -> None:
+        """Hold one connection in IDLE until it is due, faulty, or the session ends."""
+        pool = self.pool
+        conn = await pool.acquire(self.key)
+        error: BaseException | None = None
+        try:
+            await conn.select(self.mailbox)
+            record = pool.record_of(conn)
+            self._overflowed = False
+            self._emit(IdleEvent("CONNECTED", resumed=self.connections > 0))
+            self.connections += 1
+            clock = pool.audit_now  # the pool's monotonic clock, in which expires_at lives
+            while not pool.closed:
+                start = clock()
+                if start >= record.expires_at:
+                    return  # due: the pool retires it on release; the next loop reconnects
+                round_end = min(start + self.renew_after, record.expires_at)
+                await conn.idle_start()
+                self.rounds += 1
+                while (left := round_end - clock()) > 0 and not pool.closed:
+                    lines = await conn.wait_server_push(timeout=left)
+                    for push in parse_idle_push(lines):
+                        if push.kind == "BYE":
+                            conn.abort("server sent BYE during IDLE")
+                            raise ConnectionPoisoned(f"server sent BYE during IDLE on {self.key!r}")
+                        self._emit(IdleEvent(push.kind, push.number, push.raw))
+                await conn.idle_done()
+        except IMAPCommandError as exc:
+            error = exc  # SELECT said NO: permanent for this mailbox
+            raise
+        except BaseException as exc:
+            error = exc
+            if conn.idling:
+                # Cancelled mid-round (stop() or close()): end IDLE politely, bounded.
+                try:
+                    await asyncio.shield(conn.idle_done())
+                except BaseException:
+                    conn.abort("IDLE not ended cleanly")
+            raise
+        finally:
+            pool.release(conn, error=error if isinstance(error, Exception) else None)
+
+
+def idle(
+    pool: GuardedPool[IMAPClient],
+    key: str,
+    mailbox: str = "INBOX",
+    *,
+    renew_after: float = TWENTY_NINE_MINUTES,
+    queue_size: int = 1024,
+) -> IdleSession:
+    """Watch ``mailbox`` of ``key`` with IDLE: ``async with idle(...) as pushes``.
+
+    See :class:`IdleSession` for the arguments and :class:`IdleEvent` for what it yields.
+    """
+    return IdleSession(pool, key, mailbox, renew_after=renew_after, queue_size=queue_size)

@@ -1,0 +1,209 @@
+"""The sync worker against a real Dovecot: the store must end up equal to the server.
+
+"Equal" is checked against the server itself after every pass -- UIDs, flags and the raw
+bytes of each message -- not against counts the worker reports. Dovecot offers CONDSTORE,
+so these tests cover the CHANGEDSINCE path (the pymap tests cover the other one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from harness import DovecotServer, make_message
+
+from examples.imap_sync.config import AccountConfig
+from examples.imap_sync.mailbox import MailboxResult
+from examples.imap_sync.store import Store, flags_text
+from examples.imap_sync.worker import SyncWorker
+from guardedpool import GuardedPool, PoolConfig
+from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector, parse_fetch, parse_search
+
+CFG = PoolConfig(
+    max_per_key=2,
+    connect_timeout=5.0,
+    op_timeout=10.0,
+    close_timeout=2.0,
+    housekeeping_interval=0.1,
+)
+
+
+def new_user(dovecot: DovecotServer, count: int = 0, **seed: object) -> AccountConfig:
+    name = f"s{uuid.uuid4().hex[:10]}"
+    password = dovecot.add_user(name)
+    if count:
+        dovecot.seed_messages(name, count, **seed)  # type: ignore[arg-type]
+    account = IMAPAccount(
+        host=dovecot.host, port=dovecot.port, username=name, password=password, tls=False
+    )
+    return AccountConfig(name, account, ("INBOX",))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    with Store.open(tmp_path / "mirror.sqlite3") as s:
+        yield s
+
+
+def make_pool(accounts: list[AccountConfig]) -> GuardedPool[IMAPClient]:
+    return GuardedPool(IMAPConnector({a.key: a.account for a in accounts}), CFG)
+
+
+async def server_view(
+    pool: GuardedPool[IMAPClient], key: str, mailbox: str = "INBOX"
+) -> tuple[int, dict[int, tuple[str, bytes]]]:
+    """(uidvalidity, uid -> (flags, raw)) straight from the server."""
+    async with pool.acquire(key) as imap:
+        resp = await imap.examine(mailbox)
+        validity = next(
+            int(line.split()[2].rstrip(b"]")) for line in resp.lines if b"[UIDVALIDITY" in line
+        )
+        uids = parse_search((await imap.uid_search("ALL")).lines)
+        if not uids:
+            return validity, {}
+        items = parse_fetch((await imap.uid_fetch("1:*", "(UID FLAGS BODY.PEEK[])")).lines)
+    return validity, {
+        i.uid: (flags_text(i.flags or ()), bytes(i.body or b"")) for i in items if i.uid is not None
+    }
+
+
+async def assert_mirrored(
+    pool: GuardedPool[IMAPClient], store: Store, key: str, mailbox: str = "INBOX"
+) -> int:
+    validity, server = await server_view(pool, key, mailbox)
+    assert store.mailbox(key, mailbox).uidvalidity == validity
+    assert store.uids(key, mailbox, validity) == sorted(server)
+    assert store.flags(key, mailbox, validity) == {u: f for u, (f, _) in server.items()}
+    for uid, (_, raw) in server.items():
+        stored = store.message(key, mailbox, uid)
+        assert stored is not None and stored[1] == raw
+    return len(server)
+
+
+def by_key(results: list[MailboxResult]) -> dict[str, MailboxResult]:
+    return {r.account: r for r in results}
+
+
+async def test_sync_several_inboxes_then_changes(dovecot: DovecotServer, store: Store) -> None:
+    accounts = [new_user(dovecot, n) for n in (23, 9, 4)]
+    accounts.append(new_user(dovecot))  # an empty inbox
+    a, b, c, empty = (x.key for x in accounts)
+    async with make_pool(accounts) as pool:
+        worker = SyncWorker(pool, store, accounts, concurrency=3, batch_size=5)
+        first = await worker.run_pass()
+        assert first.ok, first.failures
+        assert {k: r.new for k, r in by_key(first.results).items()} == {a: 23, b: 9, c: 4, empty: 0}
+        assert all(r.condstore for r in first.results)
+        for key in (a, b, c, empty):
+            await assert_mirrored(pool, store, key)
+
+        async with pool.acquire(a) as imap:  # two new messages, one with a flag
+            await imap.append(make_message(100), "INBOX")
+            await imap.append(make_message(101), "INBOX", flags="\\Flagged")
+        async with pool.acquire(b) as imap:  # flag one, unflag... and expunge two
+            await imap.select("INBOX")
+            await imap.uid("STORE", "1", "+FLAGS.SILENT", "(\\Answered $Label1)")
+            await imap.uid("STORE", "2:3", "+FLAGS.SILENT", "(\\Deleted)")
+            await imap.expunge()
+        async with pool.acquire(c) as imap:  # a flag removed
+            await imap.select("INBOX")
+            await imap.uid("STORE", "1:4", "+FLAGS.SILENT", "(\\Seen)")
+        second = await worker.run_pass()
+        assert second.ok, second.failures
+        got = by_key(second.results)
+        assert (got[a].new, got[a].flags_changed, got[a].expunged) == (2, 0, 0)
+        assert (got[b].new, got[b].flags_changed, got[b].expunged) == (0, 1, 2)
+        assert (got[c].new, got[c].flags_changed, got[c].expunged) == (0, 4, 0)
+        assert got[empty].unchanged
+        assert [await assert_mirrored(pool, store, k) for k in (a, b, c, empty)] == [25, 7, 4, 0]
+
+        third = await worker.run_pass()  # nothing changed: one SELECT per mailbox
+        assert all(r.unchanged for r in third.results)
+        counters = worker.counters
+        assert (counters[a].messages, counters[b].expunged, counters[c].flags_changed) == (25, 2, 4)
+        assert all(c.errors == 0 and c.last_success is not None for c in counters.values())
+
+
+async def test_uidvalidity_change_drops_and_resyncs(dovecot: DovecotServer, store: Store) -> None:
+    acc = new_user(dovecot, 3)
+    dovecot.seed_messages(acc.account.username, 6, folder="Archive")
+    acc = AccountConfig(acc.key, acc.account, ("INBOX", "Archive"))
+    async with make_pool([acc]) as pool:
+        worker = SyncWorker(pool, store, [acc], batch_size=4)
+        assert (await worker.run_pass()).ok
+        old = store.mailbox(acc.key, "Archive").uidvalidity
+        assert await assert_mirrored(pool, store, acc.key, "Archive") == 6
+    # Delete and recreate the mailbox on the server, with different mail in it.
+    # Dovecot gives a recreated mailbox a new UIDVALIDITY (it keeps a per-user counter).
+    shutil.rmtree(dovecot.maildir(acc.account.username, "Archive"))
+    dovecot.seed_messages(acc.account.username, 2, folder="Archive")
+    async with make_pool([acc]) as pool:
+        worker = SyncWorker(pool, store, [acc], batch_size=4)
+        summary = await worker.run_pass()
+        assert summary.ok, summary.failures
+        archive = next(r for r in summary.results if r.mailbox == "Archive")
+        assert (archive.reset, archive.dropped, archive.new) == (True, 6, 2)
+        assert store.mailbox(acc.key, "Archive").uidvalidity != old
+        assert await assert_mirrored(pool, store, acc.key, "Archive") == 2
+        assert await assert_mirrored(pool, store, acc.key, "INBOX") == 3
+
+
+async def test_cancelled_mid_sync_then_restarted(dovecot: DovecotServer, store: Store) -> None:
+    acc = new_user(dovecot, 60)
+    batches = 0
+    cut = asyncio.Event()
+
+    class CutAfterTwoBatches:
+        def planned(self, account: str, mailbox: str, new: int) -> None:
+            pass
+
+        def advanced(self, account: str, mailbox: str, messages: int, size: int) -> None:
+            nonlocal batches
+            batches += 1
+            if batches == 2:
+                cut.set()
+
+        def finished(self, account: str, mailbox: str, error: str | None) -> None:
+            pass
+
+    async with make_pool([acc]) as pool:
+        worker = SyncWorker(pool, store, [acc], batch_size=7, observer=CutAfterTwoBatches())
+        task = asyncio.create_task(worker.run_pass())
+        async with asyncio.timeout(10):
+            await cut.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        state = store.mailbox(acc.key, "INBOX")
+        stored = store.uids(acc.key, "INBOX", state.uidvalidity or 0)
+        assert 14 <= len(stored) < 60
+        assert stored == list(range(1, state.last_uid + 1))  # only whole batches
+
+        worker = SyncWorker(pool, store, [acc], batch_size=7)
+        summary = await worker.run_pass()
+        assert summary.ok
+        assert summary.results[0].new == 60 - len(stored)
+        assert await assert_mirrored(pool, store, acc.key) == 60
+
+
+async def test_missing_mailbox_is_one_error_not_a_stop(
+    dovecot: DovecotServer, store: Store
+) -> None:
+    good = new_user(dovecot, 2)
+    bad = new_user(dovecot, 1)
+    bad = AccountConfig(bad.key, bad.account, ("INBOX", "NoSuchFolder"))
+    async with make_pool([good, bad]) as pool:
+        worker = SyncWorker(pool, store, [good, bad])
+        summary = await worker.run_pass()
+        assert [(f.account, f.mailbox) for f in summary.failures] == [(bad.key, "NoSuchFolder")]
+        assert "IMAPCommandError" in summary.failures[0].error
+        assert worker.counters[bad.key].errors == 1
+        assert worker.counters[bad.key].last_success is None
+        assert worker.counters[good.key].last_success is not None
+        assert await assert_mirrored(pool, store, bad.key) == 1  # INBOX still synced
+        # A NO leaves the connection usable: nothing was retired for it.
+        assert pool.stats()["keys"][bad.key]["closed_total"] == 0
