@@ -81,6 +81,9 @@ class BenchTarget:
     def audit_retire(self, record: ConnectionRecord) -> None:
         raise AssertionError(f"healthy benchmark connection retired: {record.id}")
 
+    def audit_foreign(self) -> tuple[frozenset[int], int]:
+        return frozenset(), 0
+
     def audit_abort(self, record: ConnectionRecord) -> bool:
         return False
 

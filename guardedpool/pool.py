@@ -20,6 +20,7 @@ import logging
 import random
 import sys
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Set
 from types import FrameType, TracebackType
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["GuardedPool"]
 
 log = logging.getLogger("guardedpool.pool")
+
+# Every pool of the process, so an audit can tell a sibling pool's socket from an orphan.
+_POOLS: weakref.WeakSet[GuardedPool[Any]] = weakref.WeakSet()
 
 C = TypeVar("C")
 
@@ -145,6 +149,7 @@ class GuardedPool(Generic[C]):
         self._close_task: asyncio.Task[None] | None = None
         self._returned = asyncio.Event()
         self._last_audit: float | None = None
+        _POOLS.add(self)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -256,9 +261,13 @@ class GuardedPool(Generic[C]):
             record = pooled.record
             now = self._clock()
             fresh, pooled.fresh = pooled.fresh, False
-            if (not fresh and policy.needs_check(record, now, self.config)
-                    and not await self._check_out_of_band(
-                        pooled, min(self.config.op_timeout, max(deadline - now, 0.001)))):
+            if (
+                not fresh
+                and policy.needs_check(record, now, self.config)
+                and not await self._check_out_of_band(
+                    pooled, min(self.config.op_timeout, max(deadline - now, 0.001))
+                )
+            ):
                 continue
             conn = pooled.conn
             assert conn is not None
@@ -787,6 +796,20 @@ class GuardedPool(Generic[C]):
         pooled = self._live.get(record.id)
         if pooled is not None and record.state is ConnState.IDLE:
             self._retire(pooled, CloseReason.AUDIT, detail="overdue")
+
+    def audit_foreign(self) -> tuple[frozenset[int], int]:
+        inodes: set[int] = set()
+        connecting = 0
+        for pool in list(_POOLS):
+            if pool is self:
+                continue
+            for record in pool.audit_records():
+                if record.socket is not None:
+                    inodes.add(record.socket.inode)
+                elif record.state is ConnState.OPENING:
+                    connecting += 1
+            inodes.update(r.socket.inode for r in pool._graveyard if r.socket is not None)
+        return frozenset(inodes), connecting
 
     def audit_abort(self, record: ConnectionRecord) -> bool:
         pooled = self._live.get(record.id)

@@ -42,6 +42,8 @@ class AuditTarget(Protocol):
     * ``audit_retire``: the record is overdue: retire it now (if still idle).
     * ``audit_abort``: abort the record's transport if the pool still holds its connection;
       False if it does not.
+    * ``audit_foreign``: the socket inodes other pools of this process own, and how many
+      connects they have in flight: two pools to one server are not each other's orphans.
     """
 
     @property
@@ -54,6 +56,7 @@ class AuditTarget(Protocol):
     def audit_poison(self, record: ConnectionRecord) -> None: ...
     def audit_retire(self, record: ConnectionRecord) -> None: ...
     def audit_abort(self, record: ConnectionRecord) -> bool: ...
+    def audit_foreign(self) -> tuple[frozenset[int], int]: ...
 
 
 async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> AuditReport:
@@ -82,7 +85,18 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
     grave = list(target.audit_graveyard())
     now = target.audit_now()
     wall = time.time() - now  # add to a monotonic record time to get wall-clock
-    verdict = classify(live, grave, view.sockets, endpoints, now, config, quiet=view.quiet)
+    foreign, foreign_connecting = target.audit_foreign()
+    verdict = classify(
+        live,
+        grave,
+        view.sockets,
+        endpoints,
+        now,
+        config,
+        quiet=view.quiet,
+        foreign=foreign,
+        foreign_connecting=foreign_connecting,
+    )
     outcomes = await enforce(verdict.decisions, target)
     findings = sorted((_finding(o, wall) for o in outcomes), key=lambda f: _ORDER[f.kind])
     return AuditReport(

@@ -183,13 +183,21 @@ def _open_findings(
     return out
 
 
-def _orphans(index: _Index, endpoints: Set[Address], close: bool) -> list[Decision]:
+def _orphans(
+    index: _Index, endpoints: Set[Address], close: bool, foreign: Set[int]
+) -> list[Decision]:
     wanted = {normalize_address(e) for e in endpoints}
     plan = Plan.FORCE_CLOSE if close else Plan.REPORT
     out: list[Decision] = []
     for rows in index.unclaimed():
         # by_inode groups a dup'd socket's fds; by_pair rows are one socket each way.
-        hits = [r for r in rows if r.remote is not None and normalize_address(r.remote) in wanted]
+        hits = [
+            r
+            for r in rows
+            if r.remote is not None
+            and normalize_address(r.remote) in wanted
+            and r.inode not in foreign
+        ]
         if hits:
             reason = "socket to a pooled endpoint that no record owns"
             out.append(Decision(Kind.ORPHAN, plan, None, tuple(hits), reason))
@@ -205,6 +213,8 @@ def classify(
     config: PoolConfig,
     *,
     quiet: Mapping[int, int] = _NO_QUIET,
+    foreign: Set[int] = frozenset(),
+    foreign_connecting: int = 0,
 ) -> Classification:
     """Decide every finding; see the module docstring for the rules.
 
@@ -212,6 +222,9 @@ def classify(
     ESTABLISHED at a single fd; they count as rows. The loop below takes a short cut
     for records on such a socket that are neither overdue nor leaking, because at 10,000
     connections this function's cost is the event loop's longest stall.
+
+    ``foreign``: inodes owned by other pools in this process (never orphans of this one);
+    ``foreign_connecting``: their connects in flight, which defer orphans like ours do.
     """
     index = _Index(os_sockets, quiet)
     q = index.quiet
@@ -253,7 +266,7 @@ def classify(
         if rows and since is not None and now - since >= STRAGGLER_GRACE:
             why = f"retired ({record.state.value}) {now - since:.1f} s ago, socket still open"
             decisions.append(Decision(Kind.STRAGGLER, plan, record, tuple(rows), why, since))
-    orphans = _orphans(index, endpoints, policy.close_orphans)
-    if connecting:
+    orphans = _orphans(index, endpoints, policy.close_orphans, foreign)
+    if connecting or foreign_connecting:
         return Classification(tuple(decisions), orphans_deferred=len(orphans))
     return Classification(tuple(decisions + orphans))

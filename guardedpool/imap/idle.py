@@ -182,9 +182,7 @@ class IdleSession:
         try:
             await conn.select(self.mailbox)
             record = pool.record_of(conn)
-            self._overflowed = False
-            self._emit(IdleEvent("CONNECTED", resumed=self.connections > 0))
-            self.connections += 1
+            announced = False
             clock = pool.audit_now  # the pool's monotonic clock, in which expires_at lives
             while not pool.closed:
                 start = clock()
@@ -193,6 +191,11 @@ class IdleSession:
                 round_end = min(start + self.renew_after, record.expires_at)
                 await conn.idle_start()
                 self.rounds += 1
+                if not announced:  # IDLE is live on this connection: pushes will arrive
+                    announced = True
+                    self._overflowed = False
+                    self._emit(IdleEvent("CONNECTED", resumed=self.connections > 0))
+                    self.connections += 1
                 while (left := round_end - clock()) > 0 and not pool.closed:
                     lines = await conn.wait_server_push(timeout=left)
                     for push in parse_idle_push(lines):

@@ -147,6 +147,9 @@ class FakeTarget:
     def audit_retire(self, record: ConnectionRecord) -> None:
         self.retired.append(record)
 
+    def audit_foreign(self) -> tuple[frozenset[int], int]:
+        return frozenset(), 0
+
     def audit_abort(self, record: ConnectionRecord) -> bool:
         transport = self.held.pop(record.id, None)
         if transport is None:
