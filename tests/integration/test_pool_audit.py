@@ -20,7 +20,7 @@ async def test_two_pools_to_one_server_do_not_report_each_other() -> None:
                 assert report.healthy, str(report)
                 assert report.counts[Kind.ORPHAN.value] == 0
             # A socket to the same endpoint that no pool owns is still an orphan.
-            reader, writer = await asyncio.open_connection(*server.address)
+            _, writer = await asyncio.open_connection(*server.address)
             try:
                 report = await first.audit()
                 assert report.counts[Kind.ORPHAN.value] == 1
