@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .reconnect import KeyBackoff
 from .records import CloseReason, ConnectionRecord
 
-__all__ = ["KeyState", "Pooled", "Waiter"]
+__all__ = ["KeyState", "Pooled", "Waiter", "aggregate"]
 
 C = TypeVar("C")
 
@@ -83,3 +84,25 @@ class KeyState(Generic[C]):
             "consecutive_failures": self.backoff.failures,
             "last_error": None if err is None else f"{type(err).__name__}: {err}",
         }
+
+
+# Per-key figures that make no sense summed over keys.
+_NOT_SUMMED = frozenset({"consecutive_failures", "last_error"})
+
+
+def aggregate(per_key: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Sum per-key stats into pool totals; the same keys whether or not any key exists."""
+    totals = {k: v for k, v in KeyState("").stats().items() if k not in _NOT_SUMMED}
+    for entry in per_key:
+        for name, value in entry.items():
+            if name in _NOT_SUMMED:
+                continue
+            if isinstance(value, dict):
+                bucket = totals[name]
+                for sub, n in value.items():
+                    bucket[sub] += n
+            elif name == "acquire_wait_max":
+                totals[name] = max(totals[name], value)
+            else:
+                totals[name] += value
+    return totals

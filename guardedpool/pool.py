@@ -27,13 +27,14 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import policy
+from .closing import close_and_verify
 from .config import PoolConfig
 from .connector import Address, Connector
 from .errors import ConnectionPoisoned, PoolClosed, PoolError, PoolTimeout
-from .keystate import KeyState, Pooled, Waiter
+from .keystate import KeyState, Pooled, Waiter, aggregate
 from .reconnect import connect_with_retry
 from .records import Borrow, CloseReason, ConnectionRecord, ConnState
-from .sockets import identify, is_open, shutdown_socket
+from .sockets import identify
 
 if TYPE_CHECKING:
     from .audit.report import AuditReport
@@ -51,8 +52,6 @@ C = TypeVar("C")
 _GRACEFUL = frozenset(
     {CloseReason.IDLE, CloseReason.LIFETIME, CloseReason.SHUTDOWN, CloseReason.EVICTED}
 )
-# How long the close path waits for an aborted transport to release its socket.
-_CLOSE_VERIFY_WAIT = 0.5
 _STACK_DEPTH = 8
 _PKG_DIR = __file__.rsplit("/", 1)[0]
 
@@ -574,18 +573,16 @@ class GuardedPool(Generic[C]):
         self._spawn(self._close(pooled, reason in _GRACEFUL), f"guardedpool-close-{ks.key}")
 
     async def _close(self, pooled: Pooled[C], graceful: bool) -> None:
-        conn = pooled.conn
         record = pooled.record
         try:
-            if conn is not None:
-                if graceful:
-                    try:
-                        async with asyncio.timeout(self.config.close_timeout):
-                            await self._connector.close(conn, self.config.close_timeout)
-                    except Exception as exc:
-                        record.note(self._clock(), "close_failed", type(exc).__name__)
-                self._connector.abort(conn)
-            record.os_closed = await self._verify_closed(record)
+            record.os_closed = await close_and_verify(
+                self._connector,
+                pooled.conn,
+                record,
+                graceful=graceful,
+                close_timeout=self.config.close_timeout,
+                clock=self._clock,
+            )
         finally:
             pooled.keystate.closing -= 1
             if record.close_reason is CloseReason.EVICTED:
@@ -593,42 +590,6 @@ class GuardedPool(Generic[C]):
             pooled.conn = None
             self._free_slot(pooled, "closed")
             self._after_slot_freed(pooled.keystate)
-
-    async def _verify_closed(self, record: ConnectionRecord) -> bool:
-        """Wait (bounded) for the socket to leave the process; force it out if it lingers."""
-        ident = record.socket
-        if ident is None:
-            return True
-        if await self._gone_within(record, _CLOSE_VERIFY_WAIT):
-            return True
-        forced = shutdown_socket(ident.fd, ident.inode)
-        record.note(self._clock(), "force_close", "shutdown on dup" if forced else "not needed")
-        log.warning(
-            "guardedpool: socket still open after abort; shut it down",
-            extra={"key": record.key, "conn_id": record.id, "fd": ident.fd, "inode": ident.inode},
-        )
-        if await self._gone_within(record, _CLOSE_VERIFY_WAIT):
-            return True
-        log.error(
-            "guardedpool: socket still open after force-close (straggler)",
-            extra={"key": record.key, "conn_id": record.id, "fd": ident.fd, "inode": ident.inode},
-        )
-        return False
-
-    async def _gone_within(self, record: ConnectionRecord, seconds: float) -> bool:
-        ident = record.socket
-        assert ident is not None
-        # The transport closes its socket from a loop callback: a few iterations usually do.
-        for _ in range(3):
-            if not is_open(ident):
-                return True
-            await asyncio.sleep(0)
-        end = self._clock() + seconds
-        while is_open(ident):
-            if self._clock() >= end:
-                return False
-            await asyncio.sleep(0.01)
-        return True
 
     def _free_slot(self, pooled: Pooled[C], event: str) -> None:
         record = pooled.record
@@ -740,17 +701,7 @@ class GuardedPool(Generic[C]):
     def stats(self) -> dict[str, Any]:
         """Plain data with stable keys: totals and one entry per key (see the README)."""
         per_key = {key: ks.stats() for key, ks in self._keys.items()}
-        totals: dict[str, Any] = {}
-        for entry in per_key.values():
-            for name, value in entry.items():
-                if isinstance(value, dict):
-                    bucket = totals.setdefault(name, {})
-                    for sub, n in value.items():
-                        bucket[sub] = bucket.get(sub, 0) + n
-                elif name == "acquire_wait_max":
-                    totals[name] = max(totals.get(name, 0.0), value)
-                elif isinstance(value, (int, float)) and name != "consecutive_failures":
-                    totals[name] = totals.get(name, 0) + value
+        totals = aggregate(per_key.values())
         totals.update(
             connecting=self._connecting,
             peak_connecting=self._peak_connecting,

@@ -364,3 +364,38 @@ async def _random_work(ops: list[tuple[str, int, str]], seed: int) -> None:
     for record in pool.audit_graveyard():
         assert record.state is ConnState.CLOSED and record.close_reason is not None
     assert pool.stats()["total"]["slots"] == 0
+
+
+async def test_stats_keys_are_stable_and_json_ready() -> None:
+    import json
+
+    pool, _ = make()
+    empty = pool.stats()
+    async with pool:
+        async with pool.acquire("a"):
+            pass
+        full = pool.stats()
+    assert set(empty["total"]) == set(full["total"])
+    assert set(full["keys"]["a"]) >= {
+        "open",
+        "idle",
+        "in_use",
+        "waiting",
+        "acquires",
+        "acquire_wait_total",
+        "opened",
+        "closed",
+        "reconnects",
+        "consecutive_failures",
+        "last_error",
+    }
+    assert set(full["total"]["closed"]) == {
+        "idle",
+        "lifetime",
+        "error",
+        "poisoned",
+        "shutdown",
+        "audit",
+        "evicted",
+    }
+    json.dumps(full)

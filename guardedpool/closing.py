@@ -1,0 +1,78 @@
+"""Closing a connection, and proving at the OS level that its socket is gone.
+
+The reconnect guarantee ("the old socket is closed before the new one is opened") rests
+here: the pool frees a slot only after :func:`close_and_verify` returns. A goodbye is tried
+when it is worth it (bounded by ``close_timeout``), the transport is aborted, and then the
+fd recorded at connect is checked by inode; a socket still there is shut down through a
+``dup`` (never ``os.close``: see :mod:`guardedpool.sockets`) and checked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from .connector import Connector
+from .records import ConnectionRecord, SocketIdentity
+from .sockets import is_open, shutdown_socket
+
+__all__ = ["VERIFY_WAIT", "close_and_verify", "wait_gone"]
+
+log = logging.getLogger("guardedpool.pool")
+
+C = TypeVar("C")
+
+VERIFY_WAIT = 0.5
+"""Seconds an aborted (then a shut down) socket gets to leave the process."""
+
+
+async def wait_gone(ident: SocketIdentity, seconds: float) -> bool:
+    """True once the recorded fd no longer holds that socket; False after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    # The transport closes its socket from a loop callback: a few iterations usually do.
+    for _ in range(3):
+        if not is_open(ident):
+            return True
+        await asyncio.sleep(0)
+    end = loop.time() + seconds
+    while is_open(ident):
+        if loop.time() >= end:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def close_and_verify(
+    connector: Connector[C],
+    conn: C | None,
+    record: ConnectionRecord,
+    *,
+    graceful: bool,
+    close_timeout: float,
+    clock: Callable[[], float],
+) -> bool:
+    """Close ``conn`` and return whether its socket verifiably left the process.
+
+    Bounded: ``close_timeout`` for the goodbye, then at most ``2 * VERIFY_WAIT``.
+    """
+    if conn is not None:
+        if graceful:
+            try:
+                async with asyncio.timeout(close_timeout):
+                    await connector.close(conn, close_timeout)
+            except Exception as exc:
+                record.note(clock(), "close_failed", type(exc).__name__)
+        connector.abort(conn)
+    ident = record.socket
+    if ident is None or await wait_gone(ident, VERIFY_WAIT):
+        return True
+    forced = shutdown_socket(ident.fd, ident.inode)
+    record.note(clock(), "force_close", "shutdown on dup" if forced else "not needed")
+    where = {"key": record.key, "conn_id": record.id, "fd": ident.fd, "inode": ident.inode}
+    log.warning("guardedpool: socket still open after abort; shut it down", extra=where)
+    if await wait_gone(ident, VERIFY_WAIT):
+        return True
+    log.error("guardedpool: socket still open after force-close (straggler)", extra=where)
+    return False
