@@ -1,0 +1,340 @@
+"""The guarded IMAP client handed to users: the IMAP commands, each bounded.
+
+The rules every command follows (bounds, poisoning, typed errors) live in
+:mod:`guardedpool.imap.guard`; this module is the command surface and IDLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import re
+from typing import Any
+
+from ..errors import IMAPCommandError, ProtocolError
+from .guard import GuardedSession, consume
+from .parse import Response
+from .protocol import GuardedProtocol, quoted
+
+__all__ = ["IMAPClient"]
+
+# A mailbox name that needs no quoting; anything else is sent as a quoted string.
+_ATOM = re.compile(r"^[A-Za-z0-9_.&+,/\-]+$")
+
+
+def mailbox_arg(name: str) -> str:
+    """``name`` as a command argument: as is when it is a plain atom or already quoted."""
+    if _ATOM.match(name) or (len(name) >= 2 and name[0] == name[-1] == '"'):
+        return name
+    return str(quoted(name))
+
+
+_IDLING = Response("OK", [b"+ idling"])
+
+
+class IMAPClient(GuardedSession):
+    """One logged-in IMAP connection, guarded. Made by :class:`IMAPConnector`, not by users.
+
+    Args:
+        protocol: the connected, authenticated protocol.
+        key: the pool key (inbox id) this connection belongs to; shown in every error.
+        op_timeout: default bound of each command, seconds (``PoolConfig.op_timeout``).
+
+    Every command takes ``timeout=`` (seconds, > 0) to override ``op_timeout`` for one
+    call, e.g. a large FETCH or APPEND. Mailbox names are quoted when they need it. See
+    :mod:`guardedpool.imap.guard` for how a command can end.
+    """
+
+    def __init__(self, protocol: GuardedProtocol, *, key: str, op_timeout: float) -> None:
+        super().__init__(protocol, key=key, op_timeout=op_timeout)
+        self._idle_command: Any = None  # aioimaplib's IdleCommand of the current round
+        self._done_sent = False
+        self.selected: str | None = None
+        """The mailbox selected (or examined) last, None when none is."""
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def capability(self, *, timeout: float | None = None) -> frozenset[str]:
+        """Ask the server for its capabilities (and remember them)."""
+        p = self._protocol
+        resp = await self._run("CAPABILITY", p.capability_command, timeout)
+        return p.adopt_capability_response(resp.lines)
+
+    async def noop(self, *, timeout: float | None = None) -> Response:
+        """NOOP: the liveness check; its lines carry any unsolicited updates."""
+        return await self._run("NOOP", lambda: self._protocol.simple_command("NOOP"), timeout)
+
+    async def select(self, mailbox: str = "INBOX", *, timeout: float | None = None) -> Response:
+        """SELECT; see :func:`~guardedpool.imap.parse.parse_select` for the counters."""
+        return await self._select("SELECT", mailbox, timeout)
+
+    async def examine(self, mailbox: str = "INBOX", *, timeout: float | None = None) -> Response:
+        """EXAMINE: SELECT read-only."""
+        return await self._select("EXAMINE", mailbox, timeout)
+
+    async def _select(self, name: str, mailbox: str, timeout: float | None) -> Response:
+        p = self._protocol
+        arg = mailbox_arg(mailbox)
+        self.selected = None
+        try:
+            if name == "SELECT":
+                resp = await self._run(name, lambda: p.select(arg), timeout)
+            else:
+                resp = await self._run(name, lambda: p.simple_command("EXAMINE", arg), timeout)
+        except IMAPCommandError:
+            # RFC 3501: a failed SELECT/EXAMINE leaves no mailbox selected.
+            if p.state == "SELECTED":
+                p.state = "AUTH"
+            raise
+        p.state = "SELECTED"  # aioimaplib forgets to after EXAMINE
+        self.selected = mailbox
+        return resp
+
+    async def status(
+        self,
+        mailbox: str,
+        items: str = "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)",
+        *,
+        timeout: float | None = None,
+    ) -> Response:
+        """STATUS; see :func:`~guardedpool.imap.parse.parse_status`."""
+        arg = mailbox_arg(mailbox)
+        p = self._protocol
+        return await self._run("STATUS", lambda: p.simple_command("STATUS", arg, items), timeout)
+
+    async def list(
+        self, reference: str = '""', pattern: str = "*", *, timeout: float | None = None
+    ) -> Response:
+        """LIST; see :func:`~guardedpool.imap.parse.parse_list`."""
+        ref, pat = mailbox_arg(reference), mailbox_arg(pattern)
+        p = self._protocol
+        return await self._run("LIST", lambda: p.simple_command("LIST", ref, pat), timeout)
+
+    async def search(
+        self, *criteria: str, charset: str | None = None, timeout: float | None = None
+    ) -> Response:
+        """SEARCH (sequence numbers); see :func:`~guardedpool.imap.parse.parse_search`."""
+        p = self._protocol
+        return await self._run("SEARCH", lambda: p.search(*criteria, charset=charset), timeout)
+
+    async def uid_search(
+        self, *criteria: str, charset: str | None = None, timeout: float | None = None
+    ) -> Response:
+        """UID SEARCH; see :func:`~guardedpool.imap.parse.parse_search`."""
+        p = self._protocol
+        return await self._run(
+            "UID SEARCH", lambda: p.search(*criteria, charset=charset, by_uid=True), timeout
+        )
+
+    async def fetch(
+        self, message_set: str, items: str, *, timeout: float | None = None
+    ) -> Response:
+        """FETCH; see :func:`~guardedpool.imap.parse.parse_fetch`. The bound is total."""
+        p = self._protocol
+        return await self._run("FETCH", lambda: p.fetch(message_set, items, timeout=None), timeout)
+
+    async def uid_fetch(
+        self, uid_set: str, items: str, *, timeout: float | None = None
+    ) -> Response:
+        """UID FETCH; see :func:`~guardedpool.imap.parse.parse_fetch`. The bound is total."""
+        return await self.uid("FETCH", uid_set, items, timeout=timeout)
+
+    async def store(
+        self, message_set: str, item: str, flags: str, *, timeout: float | None = None
+    ) -> Response:
+        """STORE, e.g. ``store("1:3", "+FLAGS.SILENT", r"(\\Seen)")``."""
+        p = self._protocol
+        return await self._run("STORE", lambda: p.store(message_set, item, flags), timeout)
+
+    async def uid(self, command: str, *args: str, timeout: float | None = None) -> Response:
+        """UID FETCH / STORE / COPY / MOVE / EXPUNGE / SEARCH, all bounded.
+
+        aioimaplib puts no timeout at all on UID STORE/COPY/MOVE/EXPUNGE; here they get
+        the same bound as everything else.
+        """
+        p = self._protocol
+        cmd = command.upper()
+        name = f"UID {cmd}"
+        if cmd == "SEARCH":
+            return await self._run(
+                name, lambda: p.search(*args, charset=None, by_uid=True), timeout
+            )
+        if cmd in ("COPY", "MOVE") and args:
+            args = (*args[:-1], mailbox_arg(args[-1]))
+        if cmd == "FETCH":
+            if len(args) != 2:
+                raise ValueError(f"UID FETCH takes a uid set and items, got {len(args)} args")
+            uid_set, items = args
+            return await self._run(
+                name, lambda: p.fetch(uid_set, items, by_uid=True, timeout=None), timeout
+            )
+        return await self._run(name, lambda: p.uid(cmd.lower(), *args, timeout=None), timeout)
+
+    async def copy(
+        self, message_set: str, mailbox: str, *, timeout: float | None = None
+    ) -> Response:
+        p = self._protocol
+        return await self._run("COPY", lambda: p.copy(message_set, mailbox_arg(mailbox)), timeout)
+
+    async def move(
+        self, message_set: str, mailbox: str, *, timeout: float | None = None
+    ) -> Response:
+        """MOVE (RFC 6851; the server must offer it)."""
+        p = self._protocol
+        return await self._run("MOVE", lambda: p.move(message_set, mailbox_arg(mailbox)), timeout)
+
+    async def expunge(self, *, timeout: float | None = None) -> Response:
+        return await self._run("EXPUNGE", lambda: self._protocol.expunge(), timeout)
+
+    async def append(
+        self,
+        message: bytes,
+        mailbox: str = "INBOX",
+        *,
+        flags: str | None = None,
+        date: Any = None,
+        timeout: float | None = None,
+    ) -> Response:
+        """APPEND; ``flags`` like ``r"\\Seen"``; the bound covers sending the whole message.
+
+        See :func:`~guardedpool.imap.parse.parse_appenduid` for the new message's UID.
+        """
+        p = self._protocol
+        arg = mailbox_arg(mailbox)
+        return await self._run(
+            "APPEND", lambda: p.append(message, arg, flags, date, timeout=None), timeout
+        )
+
+    async def enable(self, capability: str, *, timeout: float | None = None) -> Response:
+        """ENABLE (RFC 5161), e.g. ``enable("CONDSTORE")``; only before SELECT."""
+        p = self._protocol
+        return await self._run("ENABLE", lambda: p.simple_command("ENABLE", capability), timeout)
+
+    async def logout(self, *, timeout: float | None = None) -> Response:
+        """End the session: DONE first if IDLE is active, then LOGOUT, then abort.
+
+        One bound covers both. Afterwards the client is closed (``poisoned`` is True with
+        reason "logged out"): a logged-out connection is never handed out again.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._bound(timeout)
+        try:
+            if self._idle is not None:
+                # aioimaplib's logout would queue behind the pending IDLE (bug 5).
+                await self.idle_done(timeout=max(deadline - loop.time(), 1e-3))
+            self._protocol.logging_out = True
+            return await self._run(
+                "LOGOUT",
+                self._protocol.logout,
+                timeout,
+                expect_close=True,
+                deadline=deadline,
+            )
+        finally:
+            self.abort("logged out")
+
+    # -- IDLE --------------------------------------------------------------------------
+
+    async def idle_start(self, *, timeout: float | None = None) -> None:
+        """Send IDLE and wait (bounded) for the server's ``+``; a mailbox must be selected.
+
+        aioimaplib has no bound on this wait at all (and never returns on a dead
+        connection, upstream #110). NO/BAD raise :class:`IMAPCommandError`.
+        """
+        p = self._protocol
+        self._check("IDLE")
+        idle_task: asyncio.Future[Any] | None = None
+
+        async def start() -> Any:
+            nonlocal idle_task
+            idle_task = asyncio.ensure_future(p.idle())
+            idle_task.add_done_callback(consume)
+            self._inflight.add(idle_task)
+            idle_task.add_done_callback(self._inflight.discard)
+            ack = asyncio.ensure_future(p.wait_for_idle_response())
+            try:
+                await asyncio.wait({idle_task, ack}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ack.cancel()
+            if idle_task.done():
+                return await idle_task  # IDLE ended before '+': NO/BAD or refused locally
+            return _IDLING
+
+        try:
+            await self._run("IDLE", start, timeout)
+        except BaseException:
+            if idle_task is not None and not idle_task.done():
+                idle_task.cancel()
+            raise
+        # An OK without '+' would be odd but harmless: there is no IDLE left to end.
+        if idle_task is not None and not idle_task.done():
+            self._idle = idle_task
+            self._idle_command = p.pending_sync_command
+            self._done_sent = False
+
+    async def wait_server_push(self, timeout: float | None = None) -> builtins.list[bytes]:
+        """Wait up to ``timeout`` (default ``op_timeout``) for lines pushed during IDLE.
+
+        Returns the next batch (see :func:`~guardedpool.imap.parse.parse_idle_push`), or
+        ``[]`` when nothing came in time: silence is not a fault. A lost connection or a
+        ``BYE`` raises at once. Cancelling this wait does not poison the connection.
+        """
+        idle = self._idle
+        if idle is None:
+            raise RuntimeError("wait_server_push() without idle_start()")
+        self._check("IDLE", idle_ok=True)
+        p = self._protocol
+        bound = self._bound(timeout)
+        get = asyncio.ensure_future(p.idle_queue.get())
+        try:
+            await asyncio.wait(
+                {get, p.fault, idle}, timeout=bound, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not get.done():
+                get.cancel()
+        if get.done() and not get.cancelled():
+            return [bytes(line) for line in get.result()]
+        if p.fault.done() or self._poison is not None:
+            raise self._poisoned_by(self._fault_error("IDLE"))
+        if idle.done() and not self._done_sent:
+            raise self._poisoned_by(
+                ProtocolError(f"server ended IDLE on key {self.key!r} without DONE")
+            )
+        return []
+
+    def pending_pushes(self) -> builtins.list[bytes]:
+        """Take every pushed line not yet returned by :meth:`wait_server_push`.
+
+        Lines that arrive around DONE land here rather than being lost; call this after
+        :meth:`idle_done` to see them (they are otherwise returned by the next round's
+        first ``wait_server_push``).
+        """
+        out: builtins.list[bytes] = []
+        queue = self._protocol.idle_queue
+        while not queue.empty():
+            out.extend(bytes(line) for line in queue.get_nowait())
+        return out
+
+    async def idle_done(self, *, timeout: float | None = None) -> Response:
+        """Send DONE and wait (bounded) for IDLE's tagged completion."""
+        idle = self._idle
+        if idle is None:
+            raise RuntimeError("idle_done() without idle_start()")
+        p = self._protocol
+
+        async def finish() -> Any:
+            if not idle.done():
+                self._done_sent = True
+                p.idle_done()
+            return await idle
+
+        try:
+            return await self._run("IDLE DONE", finish, timeout)
+        finally:
+            self._idle = None
+            command, self._idle_command = self._idle_command, None
+            if command is not None:
+                # aioimaplib only flushes IDLE's buffered pushes while IDLE is pending, so
+                # a push read together with IDLE's tagged OK would be dropped.
+                command.flush()

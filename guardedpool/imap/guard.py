@@ -1,0 +1,273 @@
+"""The bounded-call machinery under :class:`~guardedpool.imap.IMAPClient`.
+
+A command ends one of four ways:
+
+* ``OK``: its :class:`~guardedpool.imap.parse.Response` is returned.
+* ``NO`` / ``BAD`` (or a command the client refuses before sending it): an
+  :class:`~guardedpool.errors.IMAPCommandError`; the connection is fine and stays usable.
+* A timeout, a protocol error, an untagged ``BYE``, a lost connection, or the caller being
+  cancelled while the command is on the wire: the transport is aborted at once, the client
+  is *poisoned*, and :class:`~guardedpool.errors.OperationTimeout`,
+  :class:`~guardedpool.errors.ProtocolError` or :class:`~guardedpool.errors.ConnectionLost`
+  is raised. The command's state on the server is unknown, so nothing is reused.
+* The client was already poisoned: :class:`~guardedpool.errors.ConnectionPoisoned` at once.
+
+Every command waits against the protocol's ``fault`` future as well as its own bound, so
+a dropped connection fails the pending command immediately rather than after its timeout.
+Commands run one at a time (a lock); the time spent queued counts against the bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import (
+    ConnectionLost,
+    ConnectionPoisoned,
+    IMAPCommandError,
+    OperationTimeout,
+    ProtocolError,
+)
+from ..sockets import SocketLike
+from .parse import Response
+from .protocol import GuardedProtocol
+
+__all__ = ["GuardedSession", "consume"]
+
+log = logging.getLogger("guardedpool.imap")
+
+
+def consume(task: asyncio.Future[Any]) -> None:
+    """Done-callback: a cancelled or failed inner task nobody awaits must not log
+    "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
+
+
+class GuardedSession:
+    """State, poisoning and the bounded, fault-racing ``_run`` that every command uses.
+
+    Args:
+        protocol: the connected, authenticated protocol.
+        key: the pool key (inbox id) this connection belongs to; shown in every error.
+        op_timeout: default bound of each command, seconds (``PoolConfig.op_timeout``).
+    """
+
+    def __init__(self, protocol: GuardedProtocol, *, key: str, op_timeout: float) -> None:
+        self._protocol = protocol
+        self.key = key
+        self.op_timeout = op_timeout
+        self._lock = asyncio.Lock()
+        self._poison: ConnectionPoisoned | None = None
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._idle: asyncio.Future[Any] | None = None
+
+    def __repr__(self) -> str:
+        state = f"poisoned: {self.poison_reason}" if self.poisoned else self.state
+        return f"<{type(self).__name__} key={self.key!r} {state}>"
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def poisoned(self) -> bool:
+        """True once a fault (or logout, or abort) ended this connection for good."""
+        return self._poison is not None or self._protocol.fault.done()
+
+    @property
+    def poison_reason(self) -> str | None:
+        """Why the connection is poisoned (no credentials in it), or None."""
+        if self._poison is not None:
+            return str(self._poison)
+        if self._protocol.fault.done():
+            return str(self._protocol.fault.result())
+        return None
+
+    @property
+    def state(self) -> str:
+        """aioimaplib's protocol state: NONAUTH, AUTH, SELECTED or LOGOUT."""
+        return str(self._protocol.state)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The server's capabilities (upper-case), as last announced."""
+        return frozenset(str(c).upper() for c in self._protocol.capabilities)
+
+    def has_capability(self, name: str) -> bool:
+        return name.upper() in self.capabilities
+
+    @property
+    def idling(self) -> bool:
+        """True between a successful :meth:`idle_start` and :meth:`idle_done`."""
+        return self._idle is not None
+
+    @property
+    def socket(self) -> SocketLike | None:
+        """The connection's socket (``asyncio.TransportSocket``), None before connect."""
+        transport = self._protocol.transport
+        if transport is None:
+            return None
+        sock: SocketLike | None = transport.get_extra_info("socket")
+        return sock
+
+    @property
+    def transport_closing(self) -> bool:
+        return self._protocol.closing
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Poison (if not yet) and abort the transport now; idempotent, never raises.
+
+        The socket itself is closed by asyncio on the next loop iteration.
+        """
+        try:
+            if self._poison is None:
+                self._poison = ConnectionPoisoned(f"connection for key {self.key!r} {reason}")
+            self._idle = None
+            for task in list(self._inflight):
+                task.cancel()
+            self._protocol.abort()
+        except Exception:  # pragma: no cover - abort must never raise
+            log.exception("aborting an IMAP connection failed", extra={"key": self.key})
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _bound(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.op_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (0 < timeout < float("inf"))
+        ):
+            raise ValueError(f"timeout must be a finite number > 0, got {timeout!r}")
+        return float(timeout)
+
+    def _check(self, name: str, *, idle_ok: bool = False) -> None:
+        if self.poisoned:
+            raise ConnectionPoisoned(
+                f"{name} refused: connection for key {self.key!r} is poisoned "
+                f"({self.poison_reason}); it is never used again"
+            )
+        if self._idle is not None and not idle_ok:
+            raise RuntimeError(f"{name} while IDLE is active: call idle_done() first")
+
+    def _poisoned_by(self, exc: ConnectionPoisoned) -> ConnectionPoisoned:
+        """Poison with ``exc`` (first reason wins), abort, and return what to raise."""
+        if self._poison is None and not self._protocol.fault.done():
+            self._poison = exc
+        elif self._poison is None:
+            self._poison = self._protocol.fault.result()
+        log.warning(
+            "imap connection poisoned: %s",
+            exc,
+            extra={"key": self.key, "reason": str(exc), "error": type(exc).__name__},
+        )
+        self.abort()
+        return exc
+
+    def _fault_error(self, name: str) -> ConnectionPoisoned:
+        fault = self._protocol.fault.result() if self._protocol.fault.done() else self._poison
+        kind = type(fault) if fault is not None else ConnectionPoisoned
+        return kind(f"{name} on key {self.key!r} failed: {fault}")
+
+    async def _run(
+        self,
+        name: str,
+        factory: Callable[[], Awaitable[Any]],
+        timeout: float | None,
+        *,
+        expect_close: bool = False,
+        deadline: float | None = None,
+    ) -> Response:
+        """Run one aioimaplib call under the lock, the bound and the fault race."""
+        self._check(name, idle_ok=name == "IDLE DONE")
+        loop = asyncio.get_running_loop()
+        bound = self._bound(timeout)
+        if deadline is None:
+            deadline = loop.time() + bound
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise self._poisoned_by(
+                OperationTimeout(
+                    f"{name} on key {self.key!r} waited {bound:.3g} s behind another command"
+                )
+            ) from None
+        try:
+            self._check(name, idle_ok=name == "IDLE DONE")
+            raw = await self._race(name, factory, deadline, bound, expect_close=expect_close)
+        finally:
+            self._lock.release()
+        return self._result(name, raw)
+
+    async def _race(
+        self,
+        name: str,
+        factory: Callable[[], Awaitable[Any]],
+        deadline: float,
+        bound: float,
+        *,
+        expect_close: bool = False,
+    ) -> Any:
+        proto = self._protocol
+        loop = asyncio.get_running_loop()
+        sent_before = proto.sent
+        task = asyncio.ensure_future(factory())
+        task.add_done_callback(consume)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        try:
+            await asyncio.wait(
+                {task, proto.fault},
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except asyncio.CancelledError:
+            # The command may be half-sent or half-answered: its state is unknown.
+            self._poisoned_by(
+                ConnectionPoisoned(f"{name} on key {self.key!r} was cancelled in flight")
+            )
+            raise
+        if task.done() and not task.cancelled():
+            exc = task.exception()
+            if exc is None:
+                return task.result()
+            if proto.sent == sent_before and not proto.fault.done():
+                # aioimaplib refused it before writing anything (wrong state, missing
+                # capability, bad argument): a usage error, the connection is untouched.
+                if isinstance(exc, ValueError | NotImplementedError):
+                    raise exc
+                raise IMAPCommandError(name, "BAD", f"refused by the client: {exc}") from None
+            raise self._poisoned_by(
+                ProtocolError(
+                    f"{name} on key {self.key!r} failed: {type(exc).__name__}: "
+                    f"{proto.redact(str(exc))[:200]}"
+                )
+            ) from None
+        if proto.fault.done() or self._poison is not None:
+            task.cancel()
+            fault = proto.fault.result() if proto.fault.done() else self._poison
+            if expect_close and isinstance(fault, ConnectionLost):
+                return None  # the server closed after LOGOUT, as it should
+            raise self._poisoned_by(self._fault_error(name)) from None
+        task.cancel()
+        raise self._poisoned_by(
+            OperationTimeout(f"{name} on key {self.key!r} did not complete within {bound:.3g} s")
+        )
+
+    def _result(self, name: str, raw: Any) -> Response:
+        if raw is None:
+            return Response("OK", [b"connection closed by the server"])
+        result = str(raw.result)
+        lines = [bytes(line) for line in raw.lines]
+        if result == "OK":
+            return Response(result, lines)
+        text = lines[-1].decode("utf-8", "replace") if lines else ""
+        if result in ("NO", "BAD"):
+            raise IMAPCommandError(name, result, self._protocol.redact(text)[:300])
+        raise self._poisoned_by(
+            ProtocolError(f"{name} on key {self.key!r}: unexpected result {result!r} {text[:200]}")
+        )

@@ -1,0 +1,304 @@
+"""The aioimaplib edge: its client protocol with the known bugs made harmless.
+
+This is the only module that imports aioimaplib (2.0.x; the overrides below follow that
+version's internals, which is why the dependency is pinned below 3). What it changes:
+
+* A dropped connection, an untagged ``BYE`` outside LOGOUT and any exception while
+  parsing server data set :attr:`GuardedProtocol.fault` (and abort the transport at once)
+  instead of leaving pending commands to wait forever (aioimaplib bugs 1 and 3).
+* The greeting outcome is a future: a ``BYE`` or garbage greeting fails fast instead of
+  leaving ``wait_hello_from_server`` to time out.
+* XOAUTH2 is done here: an error challenge (``+ <base64 json>``) is answered with an empty
+  line so the server sends its tagged ``NO`` (bug 4), and servers without SASL-IR get the
+  initial response after their first ``+``.
+* Nothing that carries a credential is logged: aioimaplib's own scrubbing misses the
+  quoted password (any ``"`` or ``\\`` in it) and the base64 XOAUTH2 string.
+* Untagged lines lose only their ``* `` prefix (aioimaplib deletes every ``"* "`` in the
+  line, corrupting e.g. a subject ``"a * b"``), and server data is fed to the parser a
+  few hundred lines at a time: aioimaplib's parser recurses once per line, so one large
+  read of short lines (``UID FETCH 1:* (FLAGS)`` on a big mailbox) overflowed the stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from base64 import b64encode
+from collections.abc import Awaitable
+from typing import Any
+
+from aioimaplib.aioimaplib import (
+    AUTH,
+    CONNECTED,
+    Command,
+    IMAP4ClientProtocol,
+    IncompleteRead,
+    message_data_re,
+    quoted,
+)
+
+from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError
+from .parse import parse_capabilities
+
+__all__ = ["GuardedProtocol", "quoted"]
+
+log = logging.getLogger("guardedpool.imap")
+wire_log = logging.getLogger("guardedpool.imap.wire")
+
+_BYE = re.compile(rb"^\* BYE\b", re.IGNORECASE)
+_LINES_PER_FEED = 256
+_MAX_TEXT = 200
+
+
+def _text(data: bytes | str) -> str:
+    s = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return s if len(s) <= _MAX_TEXT else s[:_MAX_TEXT] + "..."
+
+
+class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib is untyped
+    """An ``IMAP4ClientProtocol`` that reports faults instead of hanging.
+
+    Attributes:
+        fault: resolves (with a :class:`ConnectionPoisoned` instance as its *result*, so an
+            unobserved fault never logs "exception was never retrieved") when the connection
+            can no longer be trusted. Everything that waits on the server races it.
+        greeting: resolves with None once the server greeted and answered CAPABILITY, or
+            with a reason string when the greeting was a refusal or unusable.
+        sent: number of lines written; lets the client tell a command aioimaplib refused
+            locally (nothing sent) from one that failed on the wire.
+        logging_out: set before LOGOUT, so the ``BYE`` that follows is not a fault.
+    """
+
+    # aioimaplib's parser state, declared for the type checker.
+    incomplete_line: bytes
+    current_command: Any
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop, None)
+        self.fault: asyncio.Future[ConnectionPoisoned] = loop.create_future()
+        self.greeting: asyncio.Future[str | None] = loop.create_future()
+        self.sent = 0
+        self.logging_out = False
+        self._secrets: tuple[str, ...] = ()
+        self._sasl_initial: str | None = None
+
+    # -- faults ----------------------------------------------------------------------
+
+    def fail(self, exc: ConnectionPoisoned) -> None:
+        """Record the first fault and abort the transport at once; later faults are moot."""
+        if not self.fault.done():
+            self.fault.set_result(exc)
+            log.debug("imap connection fault: %s", exc, extra={"reason": str(exc)})
+        self.abort()
+
+    def abort(self) -> None:
+        """Abort the transport (RST, no flush) and stop aioimaplib's helper tasks."""
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
+        for task in list(self.tasks):
+            task.cancel()
+
+    @property
+    def closing(self) -> bool:
+        """True once the transport is closing (or was never made)."""
+        return self.transport is None or bool(self.transport.is_closing())
+
+    def set_secrets(self, *secrets: str) -> None:
+        """Credentials (in every form they take on the wire) to cut out of any message."""
+        self._secrets = tuple(s for s in secrets if s)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
+
+    async def call(self, coro: Awaitable[Any]) -> Any:
+        """Await ``coro`` unless the connection faults first; raise the fault then.
+
+        No bound of its own: callers wrap it in their timeout. On cancellation the inner
+        task is cancelled too, so nothing keeps waiting on a dead connection.
+        """
+        task = asyncio.ensure_future(coro)
+        try:
+            await asyncio.wait({task, self.fault}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise self.fault.result()
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        detail = f": {type(exc).__name__}: {_text(str(exc))}" if exc is not None else ""
+        self.fail(ConnectionLost(f"connection lost{detail}"))
+
+    def data_received(self, data: bytes) -> None:
+        # Not aioimaplib's data_received: it formats every chunk for a DEBUG log line
+        # even when DEBUG is off (a repr of each megabyte of a large FETCH).
+        if self.fault.done():
+            return
+        try:
+            start, size = 0, len(data)
+            while start < size:
+                end = start
+                for _ in range(_LINES_PER_FEED):
+                    end = data.find(b"\n", end) + 1
+                    if end == 0:
+                        end = size
+                        break
+                self._feed(data[start:end] if start or end < size else data)
+                start = end
+        except Exception as exc:  # anything the parser chokes on, e.g. aioimaplib's Abort
+            self.fail(
+                ProtocolError(
+                    f"unexpected data from server ({type(exc).__name__}: "
+                    f"{_text(self.redact(str(exc)))})"
+                )
+            )
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._handle_responses(
+                self.incomplete_line + data, self._handle_line, self.current_command
+            )
+            self.incomplete_line = b""
+            self.current_command = None
+        except IncompleteRead as incomplete:
+            self.current_command = incomplete.cmd
+            self.incomplete_line = incomplete.data
+
+    # -- aioimaplib overrides ----------------------------------------------------------
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        data = f"{line}\r\n".encode()
+        if scrub is not None or (self._secrets and any(s in line for s in self._secrets)):
+            # Log the tag and the command name only: the rest is a credential.
+            wire_log.debug("send %s <credentials redacted>", " ".join(line.split(" ", 2)[:2]))
+        elif wire_log.isEnabledFor(logging.DEBUG):
+            wire_log.debug("send %r", data[:_MAX_TEXT])
+        self.transport.write(data)
+        self.sent += 1
+
+    def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
+        if self.state != CONNECTED and not self.logging_out and _BYE.match(line):
+            self.fail(ProtocolError(f"server said {_text(line[2:])}"))
+            return None
+        return super()._handle_line(line, current_cmd)
+
+    def _untagged_response(self, line: bytes) -> Any:
+        # aioimaplib 2.0.3 with its `line.replace(b'* ', b'')` fixed to strip the prefix only.
+        if line.startswith(b"* "):
+            line = line[2:]
+        if self.pending_sync_command is not None:
+            self.pending_sync_command.append_to_resp(line)
+            return self.pending_sync_command
+        match = message_data_re.match(line)
+        if match:
+            cmd_name, text = match.group(1), line
+        else:
+            cmd_name, _, text = line.partition(b" ")
+        command = self.pending_async_commands.get(cmd_name.decode("ascii", "replace").upper())
+        if command is not None:
+            command.append_to_resp(text)
+            return command
+        # Unsolicited data goes to a pending NOOP, as in aioimaplib.
+        command = self.pending_async_commands.get("NOOP")
+        if command is not None:
+            command.append_to_resp(line)
+        else:
+            wire_log.debug("ignored untagged response %r", line[:_MAX_TEXT])
+        return command
+
+    def _continuation(self, line: bytes) -> None:
+        cmd = self.pending_sync_command
+        name = cmd.name if cmd is not None else None
+        if name == "AUTHENTICATE":
+            if self._sasl_initial is not None:
+                response, self._sasl_initial = self._sasl_initial, None
+            else:
+                # An error challenge: an empty response ends the exchange with a tagged NO.
+                response = ""
+            self.transport.write(f"{response}\r\n".encode())
+            self.sent += 1
+            return
+        if name == "LOGIN":
+            # aioimaplib would log the LOGIN command (with the password) here.
+            self.fail(ProtocolError("server sent a continuation request during LOGIN"))
+            return
+        super()._continuation(line)
+
+    async def welcome(self, command: bytes) -> None:
+        if _BYE.match(command):
+            self._greeted(f"server refused the connection: {_text(command[2:])}")
+            return
+        try:
+            await super().welcome(command)
+        except Exception as exc:  # Error('...') for a non-OK greeting or no IMAP4rev1
+            self._greeted(f"unusable greeting {_text(command)!r} ({_text(str(exc))})")
+        else:
+            self._greeted(None)
+
+    def _greeted(self, reason: str | None) -> None:
+        if not self.greeting.done():
+            self.greeting.set_result(reason)
+
+    # -- capabilities ------------------------------------------------------------------
+
+    async def capability_command(self) -> Any:
+        """CAPABILITY, without aioimaplib's parsing (the client adopts the result)."""
+        return await self.execute(Command("CAPABILITY", self.new_tag(), loop=self.loop))
+
+    def adopt_capabilities(self, lines: list[bytes]) -> frozenset[str] | None:
+        """Take the capabilities listed in a LOGIN/AUTHENTICATE response, if it has any.
+
+        aioimaplib's own post-LOGIN parsing adds words of the status text to the set (bug
+        6); this replaces the set with exactly what the server listed, upper-cased.
+        Returns None (and changes nothing) when the response lists none.
+        """
+        caps = parse_capabilities(lines)
+        if caps is not None:
+            self.capabilities = set(caps)
+        return caps
+
+    def adopt_capability_response(self, lines: list[bytes]) -> frozenset[str]:
+        """Take the capabilities from a CAPABILITY command's response.
+
+        aioimaplib files the untagged ``* CAPABILITY a b`` line of this (async) command
+        without its keyword: every line but the tagged status text is capability words.
+        """
+        caps = frozenset(
+            word.upper() for line in lines[:-1] for word in line.decode("ascii", "replace").split()
+        )
+        self.capabilities = set(caps)
+        return caps
+
+    # -- authentication --------------------------------------------------------------
+
+    async def login_quoted(self, username: str, password: str) -> Any:
+        """LOGIN with the user name quoted too (aioimaplib sends it raw)."""
+        quoted_password = quoted(password)
+        self.set_secrets(password, quoted_password)
+        return await self.login(quoted(username), password)
+
+    async def xoauth2_auth(self, username: str, token: str) -> Any:
+        """AUTHENTICATE XOAUTH2, with SASL-IR when the server offers it."""
+        sasl = b64encode(f"user={username}\1auth=Bearer {token}\1\1".encode("ascii")).decode()
+        self.set_secrets(token, sasl)
+        args: tuple[str, ...] = ("XOAUTH2",)
+        if "SASL-IR" in {str(c).upper() for c in self.capabilities}:
+            args = ("XOAUTH2", sasl)
+        else:
+            self._sasl_initial = sasl
+        async with self.state_condition:
+            command = Command("AUTHENTICATE", self.new_tag(), *args, loop=self.loop)
+            response = await self.execute(command, scrub=token)
+            if response.result == "OK":
+                self.state = AUTH
+            self.state_condition.notify_all()
+        self._sasl_initial = None
+        return response
