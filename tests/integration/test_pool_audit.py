@@ -1,11 +1,18 @@
-"""``pool.audit()`` on a real pool: sibling pools in one process are not each other's orphans."""
+"""``pool.audit()`` on a real pool: every finding produced for real, and sibling pools."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 
-from guardedpool import GuardedPool, PoolConfig
-from guardedpool.audit import Kind
+import aioimaplib
+import pytest
+from harness import DovecotServer, ProxyFactory
+
+from guardedpool import AuditPolicy, GuardedPool, PoolConfig
+from guardedpool.audit import Action, Kind
+from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 from guardedpool.testing import LineConnector, LineServer
 
 
@@ -42,3 +49,120 @@ async def test_clean_pool_reports_healthy_with_process_figures() -> None:
             assert report.healthy and not report.findings
             data = report.to_dict()
             assert data["fds_used"] > 0 and data["backend"] == "procfs"
+
+
+# -- each finding produced for real by a real pool -------------------------------------
+
+QUIET = PoolConfig(housekeeping_interval=3600.0, check_after=3600.0, heartbeat_interval=None)
+
+
+def imap_pool(
+    host: str, port: int, user: str, password: str, config: PoolConfig = QUIET
+) -> GuardedPool[IMAPClient]:
+    account = IMAPAccount(host=host, port=port, username=user, password=password, tls=False)
+    return GuardedPool(IMAPConnector({"k": account}), config)
+
+
+async def test_orphan_from_a_plain_aioimaplib_client_is_reported_and_left_open(
+    dovecot: DovecotServer,
+) -> None:
+    pool = imap_pool(dovecot.host, dovecot.port, "alice", dovecot.users["alice"])
+    async with pool:
+        async with pool.acquire("k") as imap:
+            await imap.noop()
+        outsider = aioimaplib.IMAP4(host=dovecot.host, port=dovecot.port, timeout=5)
+        await outsider.wait_hello_from_server()
+        try:
+            report = await pool.audit()
+            orphans = [f for f in report.findings if f.kind is Kind.ORPHAN]
+            assert len(orphans) == 1 and orphans[0].action is Action.REPORTED
+            assert not report.healthy
+            assert (await outsider.noop()).result == "OK"  # untouched
+        finally:
+            await outsider.logout()
+            outsider.protocol.transport.close()
+
+
+async def test_half_open_after_rst_is_poisoned_and_replaced(
+    dovecot: DovecotServer, fault_proxy: ProxyFactory
+) -> None:
+    proxy = await fault_proxy()
+    pool = imap_pool(proxy.host, proxy.port, "bob", dovecot.users["bob"])
+    async with pool:
+        async with pool.acquire("k") as imap:
+            await imap.noop()
+        proxy.reset_all()
+        await asyncio.sleep(0.05)
+        report = await pool.audit()
+        (finding,) = [f for f in report.findings if f.kind is Kind.HALF_OPEN]
+        assert finding.action is Action.POISONED and finding.key == "k"
+        async with pool.acquire("k") as imap:  # a replacement, not the dead one
+            await imap.noop()
+        assert pool.stats()["keys"]["k"]["closed"]["audit"] == 1
+
+
+async def test_half_open_after_the_server_stopped(
+    dovecot_factory: Callable[..., DovecotServer],
+) -> None:
+    server = dovecot_factory()
+    pool = imap_pool(server.host, server.port, "carol", server.users["carol"])
+    async with pool:
+        async with pool.acquire("k") as imap:
+            await imap.noop()
+        await asyncio.to_thread(server.pause)
+        report = await pool.audit()
+        kinds = [(f.kind, f.action) for f in report.findings]
+        assert (Kind.HALF_OPEN, Action.POISONED) in kinds
+        await asyncio.to_thread(server.resume)
+
+
+async def test_leak_suspect_carries_the_borrowers_task_and_stack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with LineServer() as server:
+        cfg = PoolConfig(leak_threshold=0.1, housekeeping_interval=0.02, check_after=3600.0)
+        pool = GuardedPool(LineConnector({"a": server.address}), cfg)
+        async with pool:
+
+            async def forgetful_worker() -> None:
+                async with pool.acquire("a"):
+                    await asyncio.sleep(0.4)
+
+            caplog.set_level(logging.INFO, logger="guardedpool")
+            task = asyncio.create_task(forgetful_worker(), name="sync-alice")
+            await asyncio.sleep(0.2)
+            report = await pool.audit()
+            (finding,) = report.findings
+            assert finding.kind is Kind.LEAK_SUSPECT and finding.task == "sync-alice"
+            assert any("forgetful_worker" in frame for frame in finding.stack)
+            assert not report.healthy
+            await task
+            messages = [r.getMessage() for r in caplog.records]
+            assert any("leak suspect" in m and "returned" in m for m in messages)
+            assert (await pool.audit()).healthy
+
+
+async def test_reclaim_aborts_a_connection_held_too_long() -> None:
+    async with LineServer() as server:
+        cfg = PoolConfig(leak_threshold=0.05, reclaim_after=0.1, housekeeping_interval=0.02)
+        pool = GuardedPool(LineConnector({"a": server.address}), cfg)
+        async with pool:
+            conn = await pool.acquire("a")
+            await asyncio.sleep(0.3)
+            assert conn.poisoned  # aborted under the holder: its next command fails
+            pool.release(conn)
+            assert pool.stats()["keys"]["a"]["closed"]["poisoned"] == 1
+
+
+async def test_periodic_audit_logs_findings(caplog: pytest.LogCaptureFixture) -> None:
+    async with LineServer() as server:
+        cfg = PoolConfig(
+            leak_threshold=0.05, housekeeping_interval=0.02, audit=AuditPolicy(interval=0.05)
+        )
+        pool = GuardedPool(LineConnector({"a": server.address}), cfg)
+        caplog.set_level(logging.WARNING, logger="guardedpool")
+        async with pool:
+            async with pool.acquire("a"):
+                await asyncio.sleep(0.3)
+        found = [r for r in caplog.records if r.getMessage() == "guardedpool: audit finding"]
+        assert found and found[0].finding["kind"] == "leak_suspect"  # type: ignore[attr-defined]
