@@ -161,8 +161,7 @@ async def test_periodic_audit_logs_findings(caplog: pytest.LogCaptureFixture) ->
         )
         pool = GuardedPool(LineConnector({"a": server.address}), cfg)
         caplog.set_level(logging.WARNING, logger="guardedpool")
-        async with pool:
-            async with pool.acquire("a"):
-                await asyncio.sleep(0.3)
+        async with pool, pool.acquire("a"):
+            await asyncio.sleep(0.3)
         found = [r for r in caplog.records if r.getMessage() == "guardedpool: audit finding"]
         assert found and found[0].finding["kind"] == "leak_suspect"  # type: ignore[attr-defined]
