@@ -6,7 +6,8 @@ The modules, one concept each:
 * ``store``     the SQLite mirror and its checkpoints (kill -9 safe)
 * ``mailbox``   one sync pass of one mailbox over one IMAP connection
 * ``uids``      UID sets and batching, pure
-* ``worker``    many mailboxes at once, bounded; passes on a timer; counters
+* ``worker``    many mailboxes at once, bounded; passes on a timer or on pushes; counters
+* ``push``      idle mode: IDLE pushes trigger passes, the rest is polled
 * ``runner``    ``run``: config -> pool, store, worker, health; once or until stopped
 * ``progress``  what the terminal shows (rich)
 * ``metrics``   pool stats + worker counters -> Prometheus

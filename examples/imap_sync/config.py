@@ -17,6 +17,8 @@ is required)::
     concurrency = 8                    # mailboxes synced at once
     poll_interval = 60.0               # seconds between passes (run without --once)
     batch_size = 100                   # messages per UID FETCH and per transaction
+    mode = "poll"                      # "idle": IDLE pushes for INBOX (needs max_per_key >= 2)
+    idle_renew_after = 1740.0          # seconds per IDLE round (at most 29 minutes)
 
     [health]
     bind = "127.0.0.1:8025"            # /healthz and /metrics; enabled = false turns off
@@ -64,6 +66,10 @@ _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _TOP = frozenset({"store", "secrets_file", "sync", "health", "pool", "accounts"})
+_SYNC = frozenset({"concurrency", "poll_interval", "batch_size", "mode", "idle_renew_after"})
+MODES = ("poll", "idle")
+# RFC 2177: a server may drop a client idle for 30 minutes; 29 leaves a margin.
+MAX_IDLE_RENEW = 1740.0
 _ACCOUNT = frozenset(
     {
         "key",
@@ -105,6 +111,12 @@ class SyncConfig:
         poll_interval: seconds between passes in continuous mode (default 60.0).
         batch_size: messages per ``UID FETCH`` and per store transaction (default 100);
             bounds memory, since aioimaplib holds each whole response.
+        mode: continuous mode's trigger, ``"poll"`` (default: a pass every
+            ``poll_interval``) or ``"idle"`` (IDLE pushes for each account's INBOX, or
+            its first mailbox; the others are still polled). ``"idle"`` holds one
+            connection per account, so it needs ``pool.max_per_key >= 2``.
+        idle_renew_after: seconds per IDLE round before DONE and a new IDLE (default
+            1740.0, 29 minutes, the most RFC 2177 allows).
         health_bind: (host, port) of the health endpoint, None when disabled
             (default 127.0.0.1:8025).
     """
@@ -115,6 +127,8 @@ class SyncConfig:
     concurrency: int = 8
     poll_interval: float = 60.0
     batch_size: int = 100
+    mode: str = "poll"
+    idle_renew_after: float = MAX_IDLE_RENEW
     health_bind: tuple[str, int] | None = ("127.0.0.1", DEFAULT_HEALTH_PORT)
 
     def accounts_by_key(self) -> dict[str, IMAPAccount]:
@@ -362,6 +376,38 @@ def _account(
     return AccountConfig(key, account, _mailboxes(r, raw, where))
 
 
+def _mode(r: _Reader, sync: Mapping[str, Any]) -> tuple[str, float]:
+    mode = r.string(sync, "mode", "sync", "poll")
+    if mode not in MODES:
+        raise r.fail("sync.mode", f'must be "poll" or "idle", got {_show(mode)}')
+    renew = r.number(sync, "idle_renew_after", "sync", MAX_IDLE_RENEW)
+    if renew > MAX_IDLE_RENEW:
+        raise r.fail(
+            "sync.idle_renew_after",
+            f"must be at most {MAX_IDLE_RENEW:g} s (29 minutes, RFC 2177), got {renew:g}",
+        )
+    return mode, renew
+
+
+def _check_idle_pool(r: _Reader, mode: str, pool: PoolConfig, accounts: int) -> str:
+    """Idle mode holds a connection per account in IDLE: the pool must leave room to sync."""
+    if mode != "idle":
+        return mode
+    if pool.max_per_key < 2:
+        raise r.fail(
+            "sync.mode",
+            '"idle" needs pool.max_per_key >= 2 (one connection held in IDLE, one to sync '
+            f"with), got {pool.max_per_key}",
+        )
+    if pool.max_total < accounts + 1:
+        raise r.fail(
+            "sync.mode",
+            f'"idle" needs pool.max_total >= {accounts + 1} (one connection held in IDLE '
+            f"per account, plus one to sync with), got {pool.max_total}",
+        )
+    return mode
+
+
 def parse_config(
     data: Mapping[str, Any], *, source: str = "sync.toml", base: Path | None = None
 ) -> SyncConfig:
@@ -370,7 +416,8 @@ def parse_config(
     base = base if base is not None else Path.cwd()
     r.unknown(data, _TOP, "")
     sync = r.table(data, "sync", "sync")
-    r.unknown(sync, frozenset({"concurrency", "poll_interval", "batch_size"}), "sync")
+    r.unknown(sync, _SYNC, "sync")
+    mode, renew = _mode(r, sync)
     health = r.table(data, "health", "health")
     r.unknown(health, frozenset({"bind", "enabled"}), "health")
     bind: tuple[str, int] | None = None
@@ -401,6 +448,8 @@ def parse_config(
         concurrency=r.integer(sync, "concurrency", "sync", 8, low=1, high=1024),
         poll_interval=r.number(sync, "poll_interval", "sync", 60.0),
         batch_size=r.integer(sync, "batch_size", "sync", 100, low=1, high=10_000),
+        mode=_check_idle_pool(r, mode, pool, len(accounts)),
+        idle_renew_after=renew,
         health_bind=bind,
     )
 

@@ -1,9 +1,9 @@
 """One sync pass of one mailbox over one IMAP connection: the algorithm, in order.
 
-1. SELECT. CONDSTORE, when the server offers it, is ENABLEd first (only possible before
-   any mailbox is selected on the connection; it then stays on), so SELECT reports
-   HIGHESTMODSEQ. A UIDVALIDITY other than the stored one voids every stored UID: the
-   mailbox is reset and synced from scratch.
+1. SELECT, as ``SELECT mailbox (CONDSTORE)`` when the server offers CONDSTORE, so it
+   reports HIGHESTMODSEQ (and works on any pooled connection: ENABLE would only be
+   allowed before its first SELECT). A UIDVALIDITY other than the stored one voids every
+   stored UID: the mailbox is reset and synced from scratch.
 2. Nothing changed (same UIDNEXT, same message count, same HIGHESTMODSEQ under CONDSTORE):
    stop here. This is what makes an idle inbox cost one round trip.
 3. ``UID SEARCH ALL``: the UIDs the server has. Stored UIDs missing from it were expunged.
@@ -23,7 +23,6 @@ poisons the connection and propagates, and the next pass starts over from the st
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,13 +64,16 @@ class MailboxResult:
 
 async def _select(imap: IMAPClient, mailbox: str) -> tuple[int, int | None, int, int | None]:
     """(uidvalidity, uidnext, exists, highestmodseq) of a freshly selected mailbox."""
-    caps = imap.capabilities
-    if "CONDSTORE" in caps and "ENABLE" in caps and imap.state == "AUTH":
-        # A refusal only costs the fast path: SELECT then reports no HIGHESTMODSEQ and
-        # the pass falls back to fetching all flags.
-        with contextlib.suppress(IMAPCommandError):
-            await imap.enable("CONDSTORE")
-    info = parse_select((await imap.select(mailbox)).lines)
+    condstore = imap.has_capability("CONDSTORE")
+    try:
+        resp = await imap.select(mailbox, condstore=condstore)
+    except IMAPCommandError as exc:
+        if not condstore or exc.result != "BAD":
+            raise  # NO: the mailbox itself is the problem
+        # A server that lists CONDSTORE but rejects the parameter only costs the fast
+        # path: without HIGHESTMODSEQ the pass falls back to fetching all flags.
+        resp = await imap.select(mailbox)
+    info = parse_select(resp.lines)
     if info.uidvalidity is None:
         raise SyncError(f"SELECT {mailbox!r} on key {imap.key!r} reported no UIDVALIDITY")
     return info.uidvalidity, info.uidnext, info.exists or 0, info.highestmodseq

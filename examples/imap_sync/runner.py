@@ -79,7 +79,13 @@ async def _continuous(
             health = HealthServer(make_app(pool, registry), *config.health_bind)
             await health.start()
             console.print(f"health: {health.url}/healthz  metrics: {health.url}/metrics")
-        await worker.run_forever(config.poll_interval, stop, on_pass=report)
+        await worker.run_forever(
+            config.poll_interval,
+            stop,
+            on_pass=report,
+            mode=config.mode,
+            idle_renew_after=config.idle_renew_after,
+        )
     finally:
         if health is not None:
             await health.stop()

@@ -1,4 +1,4 @@
-"""Many mailboxes at once, bounded; passes on a timer; counters for /metrics and the summary.
+"""Many mailboxes at once, bounded; passes on a timer or on pushes; counters for /metrics.
 
 A pass syncs every configured (account, mailbox) pair. At most ``concurrency`` of them run
 at a time, and each takes its semaphore slot *before* asking the pool for a connection, so
@@ -7,9 +7,10 @@ caps each account). A failure is counted against its inbox and logged in one lin
 other mailboxes carry on, and the next pass retries from the store's checkpoints. There
 is nothing to undo: the store only ever holds whole batches.
 
-Continuous mode polls: a pass every ``poll_interval`` seconds. IDLE would push changes
-sooner, at the price of one held connection per mailbox; polling keeps the pool's
-connections shareable, which is the point of a pool.
+Continuous mode polls by default: a pass every ``poll_interval`` seconds, which keeps the
+pool's connections shareable, the point of a pool. ``mode="idle"`` (:mod:`.push`) trades
+one held connection per account for changes seen within a second: IDLE pushes trigger
+passes of each account's INBOX, and its other mailboxes are still polled.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Protocol
 from guardedpool import GuardedPool
 from guardedpool.imap import IMAPClient
 
-from .config import AccountConfig
+from .config import MAX_IDLE_RENEW, AccountConfig
 from .mailbox import MailboxResult, sync_mailbox
+from .push import PushSync
 from .store import Store
 
 __all__ = ["InboxCounters", "MailboxFailure", "Observer", "PassSummary", "SyncWorker"]
@@ -108,6 +110,8 @@ class SyncWorker:
         self.observer = observer
         self.counters: dict[str, InboxCounters] = {a.key: InboxCounters() for a in self.accounts}
         self.passes = 0
+        self._gate = asyncio.Semaphore(concurrency)
+        self._busy: dict[tuple[str, str], asyncio.Lock] = {}
         for a in self.accounts:
             store.ensure_account(a.key, a.account.host, a.account.username)
 
@@ -116,13 +120,17 @@ class SyncWorker:
             for mailbox in a.mailboxes:
                 yield a.key, mailbox
 
-    async def run_pass(self) -> PassSummary:
-        """Sync every mailbox once; never raises for a mailbox's failure (see the summary)."""
+    async def run_pass(self, jobs: Iterable[tuple[str, str]] | None = None) -> PassSummary:
+        """Sync every mailbox (or the ``(key, mailbox)`` pairs of ``jobs``) once.
+
+        Never raises for a mailbox's failure (see the summary). Passes may overlap (push
+        mode runs one per push): they share the ``concurrency`` bound, and a mailbox is
+        never synced by two of them at once.
+        """
         summary = PassSummary(started=time.time())
         clock = time.monotonic()
-        gate = asyncio.Semaphore(self.concurrency)
-        jobs = list(self.jobs())
-        outcomes = await asyncio.gather(*(self._job(gate, key, name) for key, name in jobs))
+        jobs = list(self.jobs() if jobs is None else jobs)
+        outcomes = await asyncio.gather(*(self._job(key, name) for key, name in jobs))
         failed_keys: set[str] = set()
         for (key, name), outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, MailboxResult):
@@ -131,21 +139,24 @@ class SyncWorker:
                 summary.failures.append(MailboxFailure(key, name, outcome))
                 failed_keys.add(key)
         now = time.time()
-        for a in self.accounts:
-            counters = self.counters[a.key]
+        for key in dict.fromkeys(key for key, _ in jobs):
+            counters = self.counters[key]
             counters.passes += 1
-            if a.key not in failed_keys:
+            if key not in failed_keys:
                 counters.last_success = now
-                self.store.mark_success(a.key, now)
+                self.store.mark_success(key, now)
         self.passes += 1
         summary.duration = time.monotonic() - clock
         return summary
 
-    async def _job(self, gate: asyncio.Semaphore, key: str, mailbox: str) -> MailboxResult | str:
+    async def _job(self, key: str, mailbox: str) -> MailboxResult | str:
         """One mailbox: the result, or the error as text (counted, logged once)."""
         obs = self.observer
         counters = self.counters[key]
-        async with gate:
+        # Two passes of one mailbox at once could store older flags over newer ones with
+        # the newer checkpoint. The mailbox lock comes first so a pass waiting for it
+        # holds no concurrency slot.
+        async with self._busy.setdefault((key, mailbox), asyncio.Lock()), self._gate:
             try:
                 async with self.pool.acquire(key) as imap:
                     result = await sync_mailbox(
@@ -193,12 +204,40 @@ class SyncWorker:
         stop: asyncio.Event,
         *,
         on_pass: Callable[[PassSummary], None] | None = None,
+        mode: str = "poll",
+        idle_renew_after: float = MAX_IDLE_RENEW,
     ) -> None:
-        """A pass, then wait ``poll_interval`` seconds (or until ``stop`` is set), repeat."""
+        """Continuous mode until ``stop`` is set; the pass in flight finishes first.
+
+        ``mode="poll"``: :meth:`poll` every mailbox. ``mode="idle"``: IDLE pushes trigger
+        passes of each account's INBOX (or first mailbox), rounds of ``idle_renew_after``
+        seconds; the other mailboxes are polled (see :mod:`.push`; the pool's
+        ``max_per_key`` must be >= 2).
+        """
+        if mode == "idle":
+            push = PushSync(self, poll_interval=poll_interval, renew_after=idle_renew_after)
+            await push.run(stop, on_pass=on_pass)
+        elif mode == "poll":
+            await self.poll(poll_interval, stop, on_pass=on_pass)
+        else:
+            raise ValueError(f'mode must be "poll" or "idle", got {mode!r}')
+
+    async def poll(
+        self,
+        poll_interval: float,
+        stop: asyncio.Event,
+        *,
+        on_pass: Callable[[PassSummary], None] | None = None,
+        jobs: Callable[[], Iterable[tuple[str, str]]] | None = None,
+    ) -> None:
+        """A pass of ``jobs()`` (default: every mailbox), then wait ``poll_interval``
+        seconds (or until ``stop`` is set), repeat. No jobs: no pass, just the wait."""
         while not stop.is_set():
-            summary = await self.run_pass()
-            if on_pass is not None:
-                on_pass(summary)
+            todo = list(self.jobs() if jobs is None else jobs())
+            if todo:
+                summary = await self.run_pass(todo)
+                if on_pass is not None:
+                    on_pass(summary)
             try:
                 async with asyncio.timeout(poll_interval):
                     await stop.wait()

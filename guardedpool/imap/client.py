@@ -22,12 +22,59 @@ __all__ = ["IMAPClient"]
 _ATOM = re.compile(r"^[A-Za-z0-9_.&+,/\-]+$")
 
 
+# CR or LF would end the command line early and smuggle a second, unguarded command onto
+# the wire; RFC 3501 allows neither (nor NUL) in a quoted string.
+_LINE_BREAK = re.compile(r"[\r\n\x00]")
+
+
+def _no_line_break(value: str, what: str) -> str:
+    if _LINE_BREAK.search(value):
+        raise ValueError(f"{what} must not contain CR, LF or NUL, got {value!r}")
+    return value
+
+
 def mailbox_arg(name: str) -> str:
-    """``name`` as a command argument: as is when it is a plain atom or already quoted."""
+    """``name`` as a command argument: as is when it is a plain atom or already quoted.
+
+    Raises ValueError (nothing is sent) for a name with CR, LF or NUL in it.
+    """
+    _no_line_break(name, "a mailbox name")
     if _ATOM.match(name) or (len(name) >= 2 and name[0] == name[-1] == '"'):
         return name
     return str(quoted(name))
 
+
+# A trailing {n} or {n+} announces a literal: the server would wait for bytes never sent.
+_LITERAL = re.compile(r"\{\d+\+?\}$")
+
+
+def plain_arg(value: str) -> str:
+    """A non-mailbox argument, sent as given: one line, no literal, not empty."""
+    if not isinstance(value, str):
+        raise TypeError(f"command arguments must be str, got {type(value).__name__}")
+    if not value:
+        raise ValueError("an empty argument would vanish on the wire; send '\"\"' instead")
+    if _LITERAL.search(value):
+        raise ValueError(f"literals are not supported here, got {value!r}")
+    return _no_line_break(value, "a command argument")
+
+
+# The simple commands :meth:`IMAPClient.command` sends (all in aioimaplib's
+# ``simple_commands``), each with how many leading arguments are mailbox names. EXAMINE is
+# left to examine(), which keeps ``state`` and ``selected`` right.
+_SIMPLE: dict[str, int] = {
+    "CHECK": 0,
+    "CREATE": 1,
+    "DELETE": 1,
+    "ENABLE": 0,
+    "LIST": 2,
+    "LSUB": 2,
+    "NOOP": 0,
+    "RENAME": 2,
+    "STATUS": 1,
+    "SUBSCRIBE": 1,
+    "UNSUBSCRIBE": 1,
+}
 
 _IDLING = Response("OK", [b"+ idling"])
 
@@ -64,17 +111,31 @@ class IMAPClient(GuardedSession):
         """NOOP: the liveness check; its lines carry any unsolicited updates."""
         return await self._run("NOOP", lambda: self._protocol.simple_command("NOOP"), timeout)
 
-    async def select(self, mailbox: str = "INBOX", *, timeout: float | None = None) -> Response:
-        """SELECT; see :func:`~guardedpool.imap.parse.parse_select` for the counters."""
-        return await self._select("SELECT", mailbox, timeout)
+    async def select(
+        self, mailbox: str = "INBOX", *, condstore: bool = False, timeout: float | None = None
+    ) -> Response:
+        """SELECT; see :func:`~guardedpool.imap.parse.parse_select` for the counters.
 
-    async def examine(self, mailbox: str = "INBOX", *, timeout: float | None = None) -> Response:
-        """EXAMINE: SELECT read-only."""
-        return await self._select("EXAMINE", mailbox, timeout)
+        ``condstore=True`` sends ``SELECT mailbox (CONDSTORE)`` (RFC 7162): the response
+        then carries ``HIGHESTMODSEQ`` and CONDSTORE stays enabled for the session, with
+        no ENABLE (which is only allowed before the first SELECT). The server must offer
+        CONDSTORE; one that does not answers BAD (:class:`IMAPCommandError`).
+        """
+        return await self._select("SELECT", mailbox, timeout, condstore)
 
-    async def _select(self, name: str, mailbox: str, timeout: float | None) -> Response:
+    async def examine(
+        self, mailbox: str = "INBOX", *, condstore: bool = False, timeout: float | None = None
+    ) -> Response:
+        """EXAMINE: SELECT read-only; ``condstore`` as for :meth:`select`."""
+        return await self._select("EXAMINE", mailbox, timeout, condstore)
+
+    async def _select(
+        self, name: str, mailbox: str, timeout: float | None, condstore: bool
+    ) -> Response:
         p = self._protocol
         arg = mailbox_arg(mailbox)
+        if condstore:
+            arg = f"{arg} (CONDSTORE)"
         self.selected = None
         try:
             if name == "SELECT":
@@ -109,6 +170,51 @@ class IMAPClient(GuardedSession):
         ref, pat = mailbox_arg(reference), mailbox_arg(pattern)
         p = self._protocol
         return await self._run("LIST", lambda: p.simple_command("LIST", ref, pat), timeout)
+
+    async def create(self, mailbox: str, *, timeout: float | None = None) -> Response:
+        """CREATE; an existing name is a NO (:class:`IMAPCommandError`)."""
+        return await self.command("CREATE", mailbox, timeout=timeout)
+
+    async def delete(self, mailbox: str, *, timeout: float | None = None) -> Response:
+        """DELETE; a missing name, INBOX or (on some servers) a name with children is a NO.
+
+        Dovecot ends every session that has the mailbox selected -- this one included --
+        with ``BYE`` right after its OK: that connection is poisoned on its next command.
+        """
+        return await self.command("DELETE", mailbox, timeout=timeout)
+
+    async def rename(self, old: str, new: str, *, timeout: float | None = None) -> Response:
+        """RENAME ``old`` to ``new``; renaming INBOX moves its messages (RFC 3501).
+
+        As with :meth:`delete`, Dovecot ends (``BYE``) a session whose selected mailbox
+        was renamed.
+        """
+        return await self.command("RENAME", old, new, timeout=timeout)
+
+    async def command(self, name: str, *args: str, timeout: float | None = None) -> Response:
+        """A simple tagged command, bounded and guarded like every other one.
+
+        ``name`` (any case) is one of CHECK, CREATE, DELETE, ENABLE, LIST, LSUB, NOOP,
+        RENAME, STATUS, SUBSCRIBE, UNSUBSCRIBE: the commands with no literal and no client
+        state of their own. Mailbox-name arguments (the first of CREATE, DELETE, STATUS,
+        SUBSCRIBE and UNSUBSCRIBE, the first two of RENAME, LIST and LSUB) are quoted like
+        everywhere else; the other arguments are sent as given, so they must already be
+        IMAP syntax (an atom, a quoted string, a parenthesised list).
+
+        Raises ValueError, before anything is sent, for another command (SELECT, FETCH,
+        ... have methods that keep the client's state right), an argument with CR, LF or
+        NUL, an empty one, or one ending in a literal ``{n}``. NO/BAD and faults end it as
+        any command (see :mod:`guardedpool.imap.guard`).
+        """
+        cmd = name.upper() if isinstance(name, str) else ""
+        mailboxes = _SIMPLE.get(cmd)
+        if mailboxes is None:
+            raise ValueError(f"command() sends only {', '.join(_SIMPLE)}; got {name!r}")
+        sent = tuple(
+            mailbox_arg(arg) if i < mailboxes else plain_arg(arg) for i, arg in enumerate(args)
+        )
+        p = self._protocol
+        return await self._run(cmd, lambda: p.simple_command(cmd, *sent), timeout)
 
     async def search(
         self, *criteria: str, charset: str | None = None, timeout: float | None = None
@@ -207,8 +313,7 @@ class IMAPClient(GuardedSession):
 
     async def enable(self, capability: str, *, timeout: float | None = None) -> Response:
         """ENABLE (RFC 5161), e.g. ``enable("CONDSTORE")``; only before SELECT."""
-        p = self._protocol
-        return await self._run("ENABLE", lambda: p.simple_command("ENABLE", capability), timeout)
+        return await self.command("ENABLE", capability, timeout=timeout)
 
     async def logout(self, *, timeout: float | None = None) -> Response:
         """End the session: DONE first if IDLE is active, then LOGOUT, then abort.

@@ -682,3 +682,136 @@ async def test_push_read_with_idle_completion_is_kept() -> None:
         pushed = await waiter + client.pending_pushes()
         assert pushed == [b"7 EXISTS"] and not client.poisoned
         await connector.close(client, T)
+
+
+# -- CONDSTORE on SELECT, mailbox management, the generic command -------------------------
+
+
+async def test_select_with_condstore(dovecot: DovecotServer, user: IMAPAccount) -> None:
+    dovecot.seed_messages(user.username, 2)
+    connector = IMAPConnector({"k": user})
+    client = await connector.open("k", CFG)
+    plain_info = parse_select((await client.select("INBOX")).lines)
+    assert plain_info.exists == 2 and plain_info.highestmodseq is None
+    info = parse_select((await client.select("INBOX", condstore=True)).lines)
+    assert info.exists == 2 and info.highestmodseq is not None and info.highestmodseq > 0
+    assert client.state == "SELECTED" and client.selected == "INBOX"
+    # CONDSTORE is on for the session now: CHANGEDSINCE works, no ENABLE was needed.
+    changed = await client.uid_fetch("1:*", f"(FLAGS) (CHANGEDSINCE {info.highestmodseq})")
+    assert parse_fetch(changed.lines) == []
+    read_only = parse_select((await client.examine("INBOX", condstore=True)).lines)
+    assert read_only.read_only and read_only.highestmodseq == info.highestmodseq
+    assert client.state == "SELECTED" and client.selected == "INBOX"
+    with pytest.raises(IMAPCommandError) as err:  # NO: nothing selected, still usable
+        await client.select("No Such Folder", condstore=True)
+    assert err.value.result == "NO" and client.state == "AUTH" and client.selected is None
+    await client.noop()
+    await connector.close(client, T)
+
+
+async def test_create_rename_delete(user: IMAPAccount) -> None:
+    connector = IMAPConnector({"k": user})
+    client = await connector.open("k", CFG)
+    odd = 'Tom\'s "box" 2024'  # needs quoting, with escapes
+
+    def names(resp: Any) -> set[str]:
+        return {entry.name for entry in parse_list(resp.lines)}
+
+    assert (await client.create("Work Items")).result == "OK"
+    with pytest.raises(IMAPCommandError) as err:
+        await client.create("Work Items")
+    assert err.value.result == "NO" and not client.poisoned
+    await client.rename("Work Items", odd)
+    assert names(await client.list()) == {"INBOX", odd}
+    await client.append(make_message(1), odd)
+    assert parse_status((await client.status(odd)).lines)["MESSAGES"] == 1
+    # Same quoting through command(); the name is upper-cased; non-mailbox args as given.
+    status = await client.command("status", odd, "(MESSAGES UIDVALIDITY)")
+    assert parse_status(status.lines)["MESSAGES"] == 1
+    assert (await client.delete(odd)).result == "OK"
+    assert names(await client.command("LIST", '""', "*")) == {"INBOX"}
+    with pytest.raises(IMAPCommandError) as err:
+        await client.delete(odd)
+    assert err.value.result == "NO"
+    with pytest.raises(IMAPCommandError) as err:
+        await client.rename("Nowhere", "Somewhere")
+    assert err.value.result == "NO" and not client.poisoned
+    await client.noop()
+    await connector.close(client, T)
+
+
+async def test_generic_command_refuses_before_sending(user: IMAPAccount) -> None:
+    connector = IMAPConnector({"k": user})
+    client = await connector.open("k", CFG)
+    assert (await client.command("noop")).result == "OK"
+    await client.command("SUBSCRIBE", "INBOX")
+    assert b'"." INBOX' in (await client.command("LSUB", '""', "*")).lines[0]
+    await client.command("UNSUBSCRIBE", "INBOX")
+    refused: list[tuple[tuple[str, ...], type[Exception]]] = [
+        (("SELECT", "INBOX"), ValueError),  # has its own method, which tracks state
+        (("EXAMINE", "INBOX"), ValueError),
+        (("UID", "FETCH", "1", "(FLAGS)"), ValueError),
+        (("LOGOUT",), ValueError),
+        (("CREATE", "a\r\nZ1 LOGOUT"), ValueError),  # would smuggle a second command
+        (("STATUS", "INBOX", "(MESSAGES)\r\nZ1 LOGOUT"), ValueError),
+        (("ENABLE", "X\x00"), ValueError),
+        (("STATUS", "INBOX", ""), ValueError),
+        (("STATUS", "INBOX", "{5}"), ValueError),  # a literal the server would wait for
+    ]
+    sent = client._protocol.sent
+    for args, kind in refused:
+        with pytest.raises(kind):
+            await client.command(*args)
+    with pytest.raises(ValueError):
+        await client.select("a\nb")
+    with pytest.raises(ValueError):
+        await client.command("NOOP", timeout=0)
+    assert client._protocol.sent == sent and not client.poisoned  # nothing went out
+    # aioimaplib's own refusal (CHECK needs a selected mailbox): BAD, nothing sent either.
+    with pytest.raises(IMAPCommandError, match="refused by the client") as err:
+        await client.command("CHECK")
+    assert err.value.result == "BAD" and client._protocol.sent == sent
+    await client.select()
+    assert (await client.command("check")).result == "OK"
+    await connector.close(client, T)
+
+
+async def test_deleting_the_selected_mailbox_poisons(user: IMAPAccount) -> None:
+    """Dovecot answers OK, then ends the session with BYE: a fault like any other."""
+    connector = IMAPConnector({"k": user})
+    client = await connector.open("k", CFG)
+    identity = ident(client)
+    await client.create("Doomed")
+    await client.select("Doomed")
+    await client.delete("Doomed")
+    with within(1.0), pytest.raises(ConnectionPoisoned):
+        await client.noop()
+    assert client.poisoned and "BYE" in (client.poison_reason or "")
+    assert await gone(identity)
+    await connector.close(client, T)
+
+
+MAILBOX_COMMANDS: dict[str, Command] = {
+    "select_condstore": lambda c: c.select("INBOX", condstore=True),
+    "examine_condstore": lambda c: c.examine("INBOX", condstore=True),
+    "create": lambda c: c.create("New"),
+    "delete": lambda c: c.delete("Old"),
+    "rename": lambda c: c.rename("Old", "New"),
+    "command": lambda c: c.command("STATUS", "INBOX", "(MESSAGES)"),
+}
+
+
+@pytest.mark.parametrize("name", list(MAILBOX_COMMANDS))
+async def test_stalled_mailbox_command_poisons_within_bound(
+    name: str, fault_proxy: ProxyFactory, user: IMAPAccount
+) -> None:
+    proxy = await fault_proxy()
+    client = await open_via(proxy.port, user)
+    identity = ident(client)
+    proxy.stall_all()
+    with within(T + 1), pytest.raises(OperationTimeout):
+        await MAILBOX_COMMANDS[name](client)
+    assert client.poisoned and "within" in (client.poison_reason or "")
+    assert await gone(identity)
+    with pytest.raises(ConnectionPoisoned):
+        await client.command("NOOP")

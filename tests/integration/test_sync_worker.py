@@ -8,7 +8,6 @@ so these tests cover the CHANGEDSINCE path (the pymap tests cover the other one)
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from harness import DovecotServer, make_message
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.mailbox import MailboxResult
 from examples.imap_sync.store import Store, flags_text
-from examples.imap_sync.worker import SyncWorker
+from examples.imap_sync.worker import PassSummary, SyncWorker
 from guardedpool import GuardedPool, PoolConfig
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector, parse_fetch, parse_search
 
@@ -137,11 +136,15 @@ async def test_uidvalidity_change_drops_and_resyncs(dovecot: DovecotServer, stor
         assert (await worker.run_pass()).ok
         old = store.mailbox(acc.key, "Archive").uidvalidity
         assert await assert_mirrored(pool, store, acc.key, "Archive") == 6
-    # Delete and recreate the mailbox on the server, with different mail in it.
-    # Dovecot gives a recreated mailbox a new UIDVALIDITY (it keeps a per-user counter).
-    shutil.rmtree(dovecot.maildir(acc.account.username, "Archive"))
-    dovecot.seed_messages(acc.account.username, 2, folder="Archive")
+    # Delete and recreate the mailbox on the server, with different mail under the same
+    # UIDs (1, 2). Dovecot gives a recreated mailbox a new UIDVALIDITY (a per-user
+    # counter). A new pool: Dovecot ends (BYE) any session that has it selected.
     async with make_pool([acc]) as pool:
+        async with pool.acquire(acc.key) as imap:
+            await imap.delete("Archive")
+            await imap.create("Archive")
+            for n in (201, 202):
+                await imap.append(make_message(n), "Archive")
         worker = SyncWorker(pool, store, [acc], batch_size=4)
         summary = await worker.run_pass()
         assert summary.ok, summary.failures
@@ -207,3 +210,97 @@ async def test_missing_mailbox_is_one_error_not_a_stop(
         assert await assert_mirrored(pool, store, bad.key) == 1  # INBOX still synced
         # A NO leaves the connection usable: nothing was retired for it.
         assert pool.stats()["keys"][bad.key]["closed_total"] == 0
+
+
+async def next_pass_of(
+    passes: asyncio.Queue[PassSummary], mailbox: str, within: float
+) -> MailboxResult:
+    """The result for ``mailbox`` in the next pass that synced it (others skipped)."""
+    async with asyncio.timeout(within):
+        while True:
+            summary = await passes.get()
+            assert summary.ok, summary.failures
+            for result in summary.results:
+                if result.mailbox == mailbox:
+                    return result
+
+
+async def test_idle_mode_syncs_on_push(
+    dovecot: DovecotServer, fresh_user: tuple[str, str], store: Store
+) -> None:
+    name, password = fresh_user
+    dovecot.seed_messages(name, 2)
+    dovecot.seed_messages(name, 1, folder="Archive")
+    account = IMAPAccount(
+        host=dovecot.host, port=dovecot.port, username=name, password=password, tls=False
+    )
+    acc = AccountConfig(name, account, ("Archive", "INBOX"))  # INBOX is watched, not first
+    passes: asyncio.Queue[PassSummary] = asyncio.Queue()
+    stop = asyncio.Event()
+    async with make_pool([acc]) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        # A poll_interval far beyond the test: only a push can make INBOX sync again.
+        run = worker.run_forever(
+            60.0, stop, on_pass=passes.put_nowait, mode="idle", idle_renew_after=5.0
+        )
+        task = asyncio.create_task(run)
+        try:
+            # The first sync of INBOX runs once IDLE is live (on CONNECTED); Archive is
+            # polled (its first pass starts at once).
+            assert (await next_pass_of(passes, "INBOX", 5.0)).new == 2
+            assert await assert_mirrored(pool, store, name, "Archive") == 1
+
+            async with pool.acquire(name) as imap:  # not the IDLE connection: it is held
+                await imap.append(make_message(3), "INBOX")
+            assert (await next_pass_of(passes, "INBOX", 5.0)).new == 1
+            assert await assert_mirrored(pool, store, name, "INBOX") == 3
+        finally:
+            stop.set()
+            async with asyncio.timeout(5.0):  # DONE, release, passes in flight finish
+                await task
+        assert task.result() is None
+        stats = pool.stats()["keys"][name]
+        # The IDLE connection went back to the pool after DONE, not poisoned and closed.
+        assert stats["in_use"] == 0 and stats["closed_total"] == 0, stats
+        assert worker.counters[name].errors == 0
+
+
+async def test_idle_mode_needs_two_connections_per_key(
+    dovecot: DovecotServer, store: Store
+) -> None:
+    acc = new_user(dovecot)
+    pool: GuardedPool[IMAPClient] = GuardedPool(
+        IMAPConnector({acc.key: acc.account}), PoolConfig(max_per_key=1)
+    )
+    async with pool:
+        worker = SyncWorker(pool, store, [acc])
+        with pytest.raises(ValueError, match=r"max_per_key >= 2 \(one connection held in IDLE"):
+            await worker.run_forever(1.0, asyncio.Event(), mode="idle")
+        with pytest.raises(ValueError, match="mode must be"):
+            await worker.run_forever(1.0, asyncio.Event(), mode="push")
+
+
+async def test_idle_mode_falls_back_to_polling(dovecot: DovecotServer, store: Store) -> None:
+    """A watched mailbox whose IDLE fails for good (SELECT says NO) is polled instead."""
+    acc = new_user(dovecot)
+    acc = AccountConfig(acc.key, acc.account, ("Missing",))
+    passes: asyncio.Queue[PassSummary] = asyncio.Queue()
+    stop = asyncio.Event()
+    async with make_pool([acc]) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        run = worker.run_forever(0.2, stop, on_pass=passes.put_nowait, mode="idle")
+        task = asyncio.create_task(run)
+        try:
+            async with asyncio.timeout(5.0):
+                for _ in range(3):  # one right after the fallback, then polls
+                    summary = await passes.get()
+                    assert [(f.mailbox, f.error.split(":")[0]) for f in summary.failures] == [
+                        ("Missing", "IMAPCommandError")
+                    ]
+        finally:
+            stop.set()
+            async with asyncio.timeout(5.0):
+                await task
+        counters = worker.counters[acc.key]
+        assert counters.errors >= 4 and counters.last_error is not None  # IDLE + 3 passes
+        assert pool.stats()["keys"][acc.key]["in_use"] == 0

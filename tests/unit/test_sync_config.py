@@ -237,3 +237,47 @@ def test_parse_bind(text: str, expected: tuple[str, int]) -> None:
 def test_parse_bind_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_bind(text)
+
+
+def test_sync_mode_defaults_and_idle(tmp_path: Path) -> None:
+    cfg = parse_config(minimal(), base=tmp_path)
+    assert (cfg.mode, cfg.idle_renew_after) == ("poll", 1740.0)
+    data = minimal() | {"sync": {"mode": "idle", "idle_renew_after": 600}}
+    cfg = parse_config(data, base=tmp_path)
+    assert (cfg.mode, cfg.idle_renew_after) == ("idle", 600.0)
+    assert cfg.pool.max_per_key >= 2  # the default leaves room for IDLE + a sync
+
+
+BAD_MODE: list[tuple[dict[str, Any], str]] = [
+    (minimal() | {"sync": {"mode": "push"}}, 'sync.mode: must be "poll" or "idle", got \'push\''),
+    (minimal() | {"sync": {"mode": 1}}, "sync.mode: must be a non-empty string"),
+    (minimal() | {"sync": {"idle_renew_after": 0}}, "sync.idle_renew_after: must be > 0"),
+    (minimal() | {"sync": {"idle_renew_after": "5"}}, "sync.idle_renew_after: must be a number"),
+    (minimal() | {"sync": {"idle_renew_after": 3600}}, "sync.idle_renew_after: must be at most"),
+    (
+        minimal() | {"sync": {"mode": "idle"}, "pool": {"max_per_key": 1}},
+        'sync.mode: "idle" needs pool.max_per_key >= 2 (one connection held in IDLE',
+    ),
+    (
+        {
+            "accounts": [minimal(key=k)["accounts"][0] for k in ("a", "b", "c")],
+            "sync": {"mode": "idle"},
+            "pool": {"max_total": 3},
+        },
+        'sync.mode: "idle" needs pool.max_total >= 4',
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), BAD_MODE)
+def test_bad_sync_mode_names_the_key(tmp_path: Path, data: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="sync.toml", base=tmp_path)
+    message = str(info.value)
+    assert message.startswith("sync.toml: ") and "\n" not in message
+    assert expected in message
+    assert SECRET not in message
+    # the same settings are fine in poll mode, or with room for IDLE
+    if "mode" in data.get("sync", {}) and "pool" in data:
+        ok = data | {"sync": {"mode": "poll"}}
+        assert parse_config(ok, base=tmp_path).mode == "poll"
