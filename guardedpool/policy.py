@@ -22,6 +22,7 @@ __all__ = [
     "leak_suspect",
     "open_blocker",
     "pick_eviction",
+    "ready_to_hand_out",
     "reclaim_due",
     "retire_on_release",
     "retire_when_idle",
@@ -65,6 +66,16 @@ def retire_on_release(
     if now >= record.expires_at:
         return CloseReason.LIFETIME
     return None
+
+
+def ready_to_hand_out(record: ConnectionRecord, now: float, config: PoolConfig) -> bool:
+    """Whether an idle connection may be handed out as it is: not due for retirement and
+    not due for a check (the acquire fast path; anything else takes the slow path)."""
+    return (
+        now < record.expires_at
+        and now - record.last_used_at < config.idle_timeout
+        and now - record.last_checked_at < config.check_after
+    )
 
 
 def needs_check(record: ConnectionRecord, now: float, config: PoolConfig) -> bool:

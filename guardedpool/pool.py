@@ -23,7 +23,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Set
-from types import FrameType, TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import policy
@@ -52,21 +52,19 @@ C = TypeVar("C")
 _GRACEFUL = frozenset(
     {CloseReason.IDLE, CloseReason.LIFETIME, CloseReason.SHUTDOWN, CloseReason.EVICTED}
 )
-_STACK_DEPTH = 8
-_PKG_DIR = __file__.rsplit("/", 1)[0]
 
 
-def _borrow_stack() -> tuple[str, ...]:
-    """A cheap summary of who acquired: file:line in function, outside this package/asyncio."""
-    frames: list[str] = []
-    frame: FrameType | None = sys._getframe(2)
-    while frame is not None and len(frames) < _STACK_DEPTH:
-        code = frame.f_code
-        name = code.co_filename
-        if not name.startswith(_PKG_DIR) and "/asyncio/" not in name:
-            frames.append(f"{name}:{frame.f_lineno} in {code.co_qualname}")
+def _acquire_site() -> tuple[tuple[CodeType, int], ...]:
+    """The user's frame that called acquire, as a raw (code, line) pair.
+
+    Every frame walked costs a frame object (CPython builds them lazily), so this takes
+    the one frame that says where the connection was taken; the rest of the borrower's
+    story comes from its task's live stack when a report asks (see ``Borrow.stack``).
+    """
+    frame: FrameType | None = sys._getframe(3)  # skip: here, _hand_out, _checkout[_slow]
+    while frame is not None and frame.f_code in _OWN_CODE:
         frame = frame.f_back
-    return tuple(frames)
+    return () if frame is None else ((frame.f_code, frame.f_lineno),)
 
 
 def _is_connection_fault(exc: BaseException | None) -> bool:
@@ -245,6 +243,21 @@ class GuardedPool(Generic[C]):
         return _Acquisition(self, key)
 
     async def _checkout(self, key: str) -> C:
+        # The fast path: an idle connection nobody queues for, ready as it is. No await.
+        ks = self._keys.get(key)
+        if ks is not None and ks.idle and not ks.waiters and not self._closing:
+            pooled = ks.idle[-1]
+            now = self._clock()
+            if policy.ready_to_hand_out(pooled.record, now, self.config) and (
+                self._connector.is_alive(pooled.conn)  # type: ignore[arg-type]
+            ):
+                ks.idle.pop()
+                pooled.fresh = False
+                self._mark_in_use(pooled)
+                return self._hand_out(pooled, now, now)
+        return await self._checkout_slow(key)
+
+    async def _checkout_slow(self, key: str) -> C:
         if self._closing:
             raise PoolClosed("the pool is closed")
         if not isinstance(key, str):
@@ -257,33 +270,33 @@ class GuardedPool(Generic[C]):
         deadline = started + self.config.acquire_timeout
         while True:
             pooled = self._take_idle(ks) or await self._wait(ks, deadline, started)
-            record = pooled.record
             now = self._clock()
             fresh, pooled.fresh = pooled.fresh, False
             if (
                 not fresh
-                and policy.needs_check(record, now, self.config)
+                and policy.needs_check(pooled.record, now, self.config)
                 and not await self._check_out_of_band(
                     pooled, min(self.config.op_timeout, max(deadline - now, 0.001))
                 )
             ):
                 continue
-            conn = pooled.conn
-            assert conn is not None
-            record.borrower = Borrow(self._task_name(), now, _borrow_stack())
-            record.last_used_at = now
-            self._in_use[id(conn)] = pooled
-            waited = now - started
-            ks.acquires += 1
-            ks.acquire_wait_total += waited
-            if waited > ks.acquire_wait_max:
-                ks.acquire_wait_max = waited
-            return conn
+            return self._hand_out(pooled, now, started)
 
-    @staticmethod
-    def _task_name() -> str:
-        task = asyncio.current_task()
-        return task.get_name() if task is not None else "<no task>"
+    def _hand_out(self, pooled: Pooled[C], now: float, started: float) -> C:
+        """Record the borrower and the wait; the connection is the caller's from here."""
+        conn = pooled.conn
+        assert conn is not None
+        record = pooled.record
+        record.borrower = Borrow(asyncio.current_task(), now, _acquire_site())
+        record.last_used_at = now
+        self._in_use[id(conn)] = pooled
+        ks = pooled.keystate
+        waited = now - started
+        ks.acquires += 1
+        ks.acquire_wait_total += waited
+        if waited > ks.acquire_wait_max:
+            ks.acquire_wait_max = waited
+        return conn
 
     def _take_idle(self, ks: KeyState[C]) -> Pooled[C] | None:
         """Pop the most recently used healthy idle connection, retiring stale ones on the way."""
@@ -370,7 +383,8 @@ class GuardedPool(Generic[C]):
             )
         record.borrower = None
         record.last_used_at = now
-        self._returned.set()
+        if self._closing:
+            self._returned.set()  # close() waits for borrowed connections to come back
         if record.state is not ConnState.IN_USE:  # reclaimed or shut down meanwhile
             return
         reason = policy.retire_on_release(
@@ -391,8 +405,10 @@ class GuardedPool(Generic[C]):
             self._retire(pooled, CloseReason.SHUTDOWN)
             return
         pooled.record.state = ConnState.IDLE
-        pooled.keystate.idle.append(pooled)
-        self._dispatch(pooled.keystate)
+        ks = pooled.keystate
+        ks.idle.append(pooled)
+        if ks.waiters:
+            self._dispatch(ks)
 
     # ----------------------------------------------------------------- dispatch and opening
 
@@ -768,3 +784,14 @@ class GuardedPool(Generic[C]):
             return False
         self._connector.abort(pooled.conn)
         return True
+
+
+# Frames of the acquire machinery itself, skipped when looking for the acquire site.
+_OWN_CODE = frozenset(
+    {
+        GuardedPool._checkout.__code__,
+        GuardedPool._checkout_slow.__code__,
+        _Acquisition.__aenter__.__code__,
+        _Acquisition.__await__.__code__,
+    }
+)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import enum
 import itertools
+import os
 from collections import deque
 from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any
 
 __all__ = [
@@ -83,16 +85,59 @@ class LifecycleEvent:
         return {"at": self.at, "event": self.event, "detail": self.detail}
 
 
-@dataclass(frozen=True, slots=True)
 class Borrow:
-    """Who holds a connection: captured at acquire, cheap (a few frames, no source lines)."""
+    """Who holds a connection, captured at acquire.
 
-    task: str
-    since: float
-    stack: tuple[str, ...]
+    Capture is on the hot path of every acquire, so it keeps raw frame data (the code
+    object and line of the acquire site) and formats ``stack`` only when someone reads it:
+    a report of a leak suspect, a log line. ``frames`` may also hold preformatted
+    ``"file:line in function"`` strings. Frames of guardedpool itself and of asyncio are
+    left out of the formatted stack.
+    """
+
+    __slots__ = ("_frames", "_task", "since")
+
+    def __init__(
+        self, task: object, since: float, frames: tuple[tuple[CodeType, int] | str, ...] = ()
+    ) -> None:
+        self._task = task
+        self.since = since
+        self._frames = frames
+
+    @property
+    def task(self) -> str:
+        """The borrowing task's name (``asyncio.Task.get_name()``), or its str()."""
+        get_name = getattr(self._task, "get_name", None)
+        return str(get_name()) if callable(get_name) else str(self._task)
+
+    @property
+    def stack(self) -> tuple[str, ...]:
+        """``file:line in function``: where it was acquired, then where the borrowing task
+        is now (outermost first), outside guardedpool and asyncio."""
+        out = [f if isinstance(f, str) else _where(*f) for f in self._frames]
+        get_stack = getattr(self._task, "get_stack", None)
+        done = getattr(self._task, "done", None)
+        if callable(get_stack) and callable(done) and not done():
+            for frame in get_stack(limit=_LIVE_DEPTH):
+                out.append(_where(frame.f_code, frame.f_lineno))
+        return tuple(s for s in out if s)
+
+    def __repr__(self) -> str:
+        return f"Borrow(task={self.task!r}, since={self.since!r})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "since": self.since, "stack": list(self.stack)}
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_LIVE_DEPTH = 8
+
+
+def _where(code: CodeType, line: int | None) -> str:
+    name = code.co_filename
+    if name.startswith(_PKG_DIR) or f"{os.sep}asyncio{os.sep}" in name:
+        return ""
+    return f"{name}:{line} in {code.co_qualname}"
 
 
 _ids = itertools.count(1)
