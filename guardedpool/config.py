@@ -36,8 +36,17 @@ def _check_number(
             f"{where} must be {'a number' if kind is float else 'an int'}"
             f"{' or None' if optional else ''}, got {value!r}"
         )
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where} must be finite, got {value!r}")
+    if kind is float:
+        # An int too large for a float would pass every comparison here and then raise
+        # OverflowError inside the first timer that uses it.
+        try:
+            as_float = float(value)
+        except OverflowError:
+            raise ValueError(
+                f"{where} must be finite, got an int of {len(str(value))} digits"
+            ) from None
+        if not math.isfinite(as_float):
+            raise ValueError(f"{where} must be finite, got {value!r}")
     too_small = value < minimum if inclusive else value <= minimum
     if too_small:
         bound = f">= {minimum}" if inclusive else f"> {minimum}"
@@ -174,6 +183,15 @@ _POOL_NUMBERS: tuple[tuple[str, type, float, bool, bool], ...] = (
 )
 
 
+# Linux: TCP_KEEPIDLE and TCP_KEEPINTVL at most MAX_TCP_KEEPIDLE/INTVL (32767 s),
+# TCP_KEEPCNT at most MAX_TCP_KEEPCNT (127).
+_KEEPALIVE_LIMITS = (
+    ("keepalive_idle", 32767),
+    ("keepalive_interval", 32767),
+    ("keepalive_count", 127),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     """Every limit and bound of a :class:`~guardedpool.GuardedPool`.
@@ -245,6 +263,12 @@ class PoolConfig:
                 inclusive=inclusive,
                 optional=optional,
             )
+        # The kernel refuses larger values (EINVAL on every connect, retried forever).
+        for name, limit in _KEEPALIVE_LIMITS:
+            if getattr(self, name) > limit:
+                raise ValueError(
+                    f"PoolConfig.{name} must be <= {limit}, got {getattr(self, name)!r}"
+                )
         if self.lifetime_jitter > 0.5:
             raise ValueError(
                 f"PoolConfig.lifetime_jitter must be <= 0.5, got {self.lifetime_jitter!r}"

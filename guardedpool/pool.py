@@ -320,9 +320,9 @@ class GuardedPool(Generic[C]):
     async def _wait(self, ks: KeyState[C], deadline: float, started: float) -> Pooled[C]:
         waiter: Waiter[C] = asyncio.get_running_loop().create_future()
         ks.waiters.append(waiter)
-        self._dispatch(ks)
         timer: asyncio.Timeout | None = None
         try:
+            self._dispatch(ks)  # inside the try: whatever it raises, the waiter leaves
             async with asyncio.timeout(deadline - self._clock()) as timer:
                 return await waiter
         except BaseException as exc:

@@ -164,12 +164,19 @@ class LineConnector:
         except OSError as exc:
             raise ConnectError(f"connect to {host}:{port} failed: {exc}") from exc
         conn = LineConnection(key, protocol, config.op_timeout)
-        set_keepalive(
-            conn.transport.get_extra_info("socket"),
-            config.keepalive_idle,
-            config.keepalive_interval,
-            config.keepalive_count,
-        )
+        try:
+            set_keepalive(
+                conn.transport.get_extra_info("socket"),
+                config.keepalive_idle,
+                config.keepalive_interval,
+                config.keepalive_count,
+            )
+        except OSError as exc:  # e.g. EINVAL: a keepalive value the kernel refuses
+            # The connector contract: a failed open leaves no socket open. Abort, and let
+            # the transport release its fd (a loop callback) before the error leaves.
+            conn.abort()
+            await asyncio.sleep(0)
+            raise ConnectError(f"keepalive on {host}:{port} failed: {exc}") from exc
         return conn
 
     async def check(self, conn: LineConnection, timeout: float) -> None:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import ConfigError, load_config
+from .store import UnusableStore
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -53,9 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(run_sync(config, once=args.once, console=make_console()))
+    except UnusableStore as exc:  # raised before the pool starts: nothing was touched
+        print(f"store error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except sqlite3.Error as exc:
         print(f"store error: {config.store_path}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG if "unable to open" in str(exc) else EXIT_FAILED
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
 

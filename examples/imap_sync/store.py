@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["MailboxState", "NewMessage", "Store", "StoreError"]
+__all__ = ["MailboxState", "NewMessage", "Store", "StoreError", "UnusableStore"]
 
 SCHEMA_VERSION = 1
 
@@ -70,6 +70,11 @@ class StoreError(RuntimeError):
     """The store refused an operation that would break its invariants."""
 
 
+class UnusableStore(StoreError):
+    """The store path cannot be opened as this worker's store: not a file SQLite can open
+    or create, not a database, or another schema. Nothing was written to it."""
+
+
 @dataclass(frozen=True, slots=True)
 class MailboxState:
     """A mailbox's checkpoints as stored (see the schema for each field)."""
@@ -103,17 +108,25 @@ class Store:
     @classmethod
     def open(cls, path: str | Path) -> Store:
         p = Path(path)
-        db = sqlite3.connect(p, isolation_level=None)  # we BEGIN/COMMIT ourselves
         try:
+            db = sqlite3.connect(p, isolation_level=None)  # we BEGIN/COMMIT ourselves
+        except sqlite3.Error as exc:
+            raise UnusableStore(f"{p}: {exc}") from exc
+        try:
+            # Read before anything writes: switching to WAL rewrites the file header, and
+            # a file that is not ours must be refused exactly as it was found.
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise UnusableStore(f"{p}: schema version {version}, expected {SCHEMA_VERSION}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise StoreError(f"{p}: schema version {version}, expected {SCHEMA_VERSION}")
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            db.close()
+            raise UnusableStore(f"{p}: {exc}") from exc
         except BaseException:
             db.close()
             raise

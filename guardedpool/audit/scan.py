@@ -69,6 +69,11 @@ async def _drive(steps: Generator[None, None, T]) -> T:
             await asyncio.sleep(0)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+    finally:
+        # Cancelled between chunks: close the generator now, so the scandir of
+        # /proc/self/fd it holds is released here and not whenever the cancelled task's
+        # traceback is garbage (a task registry or gather(return_exceptions=True) keeps it).
+        steps.close()
 
 
 def _probe_missing(rows: list[OsSocket], known: Collection[SocketIdentity]) -> list[OsSocket]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from base64 import b64encode
 from collections.abc import Awaitable
 from typing import Any
@@ -47,6 +48,36 @@ log = logging.getLogger("guardedpool.imap")
 wire_log = logging.getLogger("guardedpool.imap.wire")
 
 _BYE = re.compile(rb"^\* BYE\b", re.IGNORECASE)
+
+# Protocols whose credentials are on the wire right now (LOGIN or AUTHENTICATE pending).
+_AUTHENTICATING: weakref.WeakSet[GuardedProtocol] = weakref.WeakSet()
+
+
+class _RedactAioimaplib(logging.Filter):
+    """Cuts credentials out of aioimaplib's own log records.
+
+    aioimaplib formats server lines into its DEBUG/INFO messages (``tagged status ...``,
+    ``unknown data received ...``) inside code we do not override; a server that echoes
+    the LOGIN line in its answer would put the password there. Only protocols that are
+    authenticating are consulted, so the cost is nil outside logins (and nothing at all
+    unless aioimaplib's logger is enabled: filters run after the level check).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _AUTHENTICATING:
+            try:
+                text = record.getMessage()
+            except Exception:  # a malformed record is logging's problem, not ours
+                return True
+            redacted = text
+            for protocol in list(_AUTHENTICATING):
+                redacted = protocol.redact(redacted)
+            if redacted != text:
+                record.msg, record.args = redacted, None
+        return True
+
+
+logging.getLogger("aioimaplib.aioimaplib").addFilter(_RedactAioimaplib())
 _LINES_PER_FEED = 256
 _MAX_TEXT = 200
 
@@ -106,8 +137,25 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         return self.transport is None or bool(self.transport.is_closing())
 
     def set_secrets(self, *secrets: str) -> None:
-        """Credentials (in every form they take on the wire) to cut out of any message."""
-        self._secrets = tuple(s for s in secrets if s)
+        """Credentials (in every form they take on the wire) to cut out of any message.
+
+        Until :meth:`secrets_sent` they are also cut out of aioimaplib's own log records,
+        which quote server lines (a server may echo the LOGIN line in its answer).
+        """
+        forms: set[str] = set()
+        for secret in secrets:
+            if secret:
+                # As sent, and as a repr of the str or of the bytes quotes it in a message
+                # (aioimaplib logs ``b'...'`` reprs, which double every backslash).
+                forms |= {secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]}
+        # Longest first, so no shorter form breaks up a longer one before it is matched.
+        self._secrets = tuple(sorted(forms, key=len, reverse=True))
+        if self._secrets:
+            _AUTHENTICATING.add(self)
+
+    def secrets_sent(self) -> None:
+        """Authentication is over (either way): aioimaplib's records need no more care."""
+        _AUTHENTICATING.discard(self)
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -186,7 +234,9 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
 
     def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
         if self.state != CONNECTED and not self.logging_out and _BYE.match(line):
-            self.fail(ProtocolError(f"server said {_text(line[2:])}"))
+            # A server that hangs up on LOGIN may quote it: redact before anything quotes us.
+            said = self.redact(line[2:].decode("utf-8", "replace"))
+            self.fail(ProtocolError(f"server said {_text(said)}"))
             return None
         return super()._handle_line(line, current_cmd)
 
@@ -283,7 +333,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         """LOGIN with the user name quoted too (aioimaplib sends it raw)."""
         quoted_password = quoted(password)
         self.set_secrets(password, quoted_password)
-        return await self.login(quoted(username), password)
+        try:
+            return await self.login(quoted(username), password)
+        finally:
+            self.secrets_sent()
 
     async def xoauth2_auth(self, username: str, token: str) -> Any:
         """AUTHENTICATE XOAUTH2, with SASL-IR when the server offers it."""
@@ -294,11 +347,14 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             args = ("XOAUTH2", sasl)
         else:
             self._sasl_initial = sasl
-        async with self.state_condition:
-            command = Command("AUTHENTICATE", self.new_tag(), *args, loop=self.loop)
-            response = await self.execute(command, scrub=token)
-            if response.result == "OK":
-                self.state = AUTH
-            self.state_condition.notify_all()
+        try:
+            async with self.state_condition:
+                command = Command("AUTHENTICATE", self.new_tag(), *args, loop=self.loop)
+                response = await self.execute(command, scrub=token)
+                if response.result == "OK":
+                    self.state = AUTH
+                self.state_condition.notify_all()
+        finally:
+            self.secrets_sent()
         self._sasl_initial = None
         return response
