@@ -8,7 +8,6 @@ the counts consistent under cancellation.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -43,13 +42,13 @@ def _reasons() -> dict[str, int]:
 class KeyState(Generic[C]):
     key: str
     idle: list[Pooled[C]] = field(default_factory=list)  # a stack: LIFO hand-out
-    waiters: deque[Waiter[C]] = field(default_factory=deque)  # FIFO
+    waiters: list[Waiter[C]] = field(default_factory=list)  # FIFO, short
     count: int = 0  # slots held: opening + idle + in use + closing
     opening: int = 0
     in_use: int = 0
     closing: int = 0
     backoff: KeyBackoff = field(default_factory=KeyBackoff)
-    replaced: deque[CloseReason] = field(default_factory=lambda: deque(maxlen=64))
+    replaced: list[CloseReason] = field(default_factory=list)
     # counters
     acquires: int = 0
     acquire_wait_total: float = 0.0
@@ -57,8 +56,8 @@ class KeyState(Generic[C]):
     timeouts: int = 0
     opened: int = 0
     connect_failures: int = 0
-    closed: dict[str, int] = field(default_factory=_reasons)
-    reconnects: dict[str, int] = field(default_factory=_reasons)
+    closed: dict[str, int] = field(default_factory=dict)
+    reconnects: dict[str, int] = field(default_factory=dict)
 
     def live_waiters(self) -> int:
         return sum(1 for w in self.waiters if not w.done())
@@ -77,10 +76,10 @@ class KeyState(Generic[C]):
             "acquire_wait_max": self.acquire_wait_max,
             "acquire_timeouts": self.timeouts,
             "opened": self.opened,
-            "closed": dict(self.closed),
+            "closed": {r.value: self.closed.get(r.value, 0) for r in CloseReason},
             "closed_total": sum(self.closed.values()),
             "connect_failures": self.connect_failures,
-            "reconnects": dict(self.reconnects),
+            "reconnects": {r.value: self.reconnects.get(r.value, 0) for r in CloseReason},
             "consecutive_failures": self.backoff.failures,
             "last_error": None if err is None else f"{type(err).__name__}: {err}",
         }

@@ -22,7 +22,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Set
+from collections.abc import Callable, Generator, Iterator, Set
 from types import CodeType, FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["GuardedPool"]
 
 log = logging.getLogger("guardedpool.pool")
+
+_HOUSEKEEPING_CHUNK = 512  # connections looked at between two turns of the event loop
+_MAX_HEARTBEATS = 256  # NOOPs in flight from housekeeping; the rest wait a round
 
 # Every pool of the process, so an audit can tell a sibling pool's socket from an orphan.
 _POOLS: weakref.WeakSet[GuardedPool[Any]] = weakref.WeakSet()
@@ -146,6 +149,7 @@ class GuardedPool(Generic[C]):
         self._close_task: asyncio.Task[None] | None = None
         self._returned = asyncio.Event()
         self._last_audit: float | None = None
+        self._heartbeats = 0
         _POOLS.add(self)
 
     # ----------------------------------------------------------------- lifecycle
@@ -190,7 +194,7 @@ class GuardedPool(Generic[C]):
         self._closing = True
         for ks in self._keys.values():
             while ks.waiters:
-                waiter = ks.waiters.popleft()
+                waiter = ks.waiters.pop(0)
                 if not waiter.done():
                     waiter.set_exception(
                         PoolClosed(f"the pool closed while waiting for {ks.key!r}")
@@ -391,13 +395,18 @@ class GuardedPool(Generic[C]):
             record,
             now,
             alive=self._connector.is_alive(conn),
-            faulted=_is_connection_fault(error),
+            faulted=error is not None and _is_connection_fault(error),
             closing=self._closing,
         )
         if reason is not None:
             self._retire(pooled, reason)
-        else:
-            self._to_idle(pooled)
+            return
+        # _to_idle, inlined on this hot path (closing was already answered by the policy).
+        pooled.fresh = False
+        record.state = ConnState.IDLE
+        ks.idle.append(pooled)
+        if ks.waiters:
+            self._dispatch(ks)
 
     def _to_idle(self, pooled: Pooled[C]) -> None:
         pooled.fresh = False
@@ -417,14 +426,14 @@ class GuardedPool(Generic[C]):
         waiters = ks.waiters
         while waiters:
             if waiters[0].done():
-                waiters.popleft()
+                waiters.pop(0)
                 continue
             pooled = self._take_idle(ks)
             if pooled is None:
                 break
-            waiters.popleft().set_result(pooled)
-        if self._closing:
-            return
+            waiters.pop(0).set_result(pooled)
+        if self._closing or ks.count >= self.config.max_per_key:
+            return  # at the key's cap nothing can be opened: no need to count waiters
         unmet = ks.live_waiters() - ks.opening
         while unmet > 0:
             blocker = policy.open_blocker(ks.count, self._total, self.config)
@@ -457,8 +466,8 @@ class GuardedPool(Generic[C]):
         self._total += 1
         self._live[record.id] = pooled
         if ks.replaced:
-            reason = ks.replaced.popleft()
-            ks.reconnects[reason.value] += 1
+            reason = ks.replaced.pop(0)
+            ks.reconnects[reason.value] = ks.reconnects.get(reason.value, 0) + 1
             record.note(now, "reconnect", reason.value)
         self._spawn(self._open(pooled), f"guardedpool-open-{ks.key}")
 
@@ -529,7 +538,7 @@ class GuardedPool(Generic[C]):
             self._retire(pooled, CloseReason.SHUTDOWN)
             return
         while ks.waiters:
-            waiter = ks.waiters.popleft()
+            waiter = ks.waiters.pop(0)
             if not waiter.done():
                 waiter.set_result(pooled)
                 return
@@ -561,7 +570,7 @@ class GuardedPool(Generic[C]):
 
     def _fail_first_waiter(self, ks: KeyState[C], exc: Exception) -> None:
         while ks.waiters:
-            waiter = ks.waiters.popleft()
+            waiter = ks.waiters.pop(0)
             if not waiter.done():
                 waiter.set_exception(exc)
                 return
@@ -583,9 +592,11 @@ class GuardedPool(Generic[C]):
         record.retired_at = now
         record.note(now, "retire", f"{reason.value} {detail}".strip())
         ks.closing += 1
-        ks.closed[reason.value] += 1
+        ks.closed[reason.value] = ks.closed.get(reason.value, 0) + 1
         if reason is not CloseReason.SHUTDOWN and reason is not CloseReason.EVICTED:
             ks.replaced.append(reason)
+            if len(ks.replaced) > 64:
+                del ks.replaced[0]
         self._spawn(self._close(pooled, reason in _GRACEFUL), f"guardedpool-close-{ks.key}")
 
     async def _close(self, pooled: Pooled[C], graceful: bool) -> None:
@@ -640,25 +651,45 @@ class GuardedPool(Generic[C]):
         while not self._closing:
             await asyncio.sleep(interval)
             try:
-                self._housekeep_once()
+                for _ in self._housekeeping_round():
+                    await asyncio.sleep(0)  # a turn for the loop between chunks
                 await self._maybe_audit()
             except Exception:
                 log.exception("guardedpool: housekeeping round failed")
 
     def _housekeep_once(self) -> None:
+        """One whole housekeeping round, without yielding (tests, benchmarks)."""
+        for _ in self._housekeeping_round():
+            pass
+
+    def _housekeeping_round(self) -> Iterator[None]:
+        """Retire what is due, start heartbeats, flag leaks, prune the graveyard.
+
+        A generator that yields every ``_HOUSEKEEPING_CHUNK`` connections so that 10,000
+        of them do not stall the event loop in one go; each record's state is checked
+        again after a yield, since anything may have happened to it meanwhile.
+        """
         now = self._clock()
         cfg = self.config
+        seen = 0
         for ks in list(self._keys.values()):
             for pooled in list(ks.idle):
+                seen += 1
+                if seen % _HOUSEKEEPING_CHUNK == 0:
+                    yield
+                    now = self._clock()
                 record = pooled.record
+                if record.state is not ConnState.IDLE:
+                    continue  # handed out or retired while we yielded
                 reason = policy.retire_when_idle(record, now, cfg)
                 if reason is None and not self._connector.is_alive(pooled.conn):  # type: ignore[arg-type]
                     reason = CloseReason.ERROR
                 if reason is not None:
                     self._retire(pooled, reason)
-                elif policy.heartbeat_due(record, now, cfg):
+                elif policy.heartbeat_due(record, now, cfg) and self._heartbeats < _MAX_HEARTBEATS:
                     ks.idle.remove(pooled)
                     self._mark_in_use(pooled)
+                    self._heartbeats += 1
                     self._spawn(self._heartbeat(pooled), f"guardedpool-heartbeat-{ks.key}")
         for pooled in list(self._in_use.values()):
             record = pooled.record
@@ -687,7 +718,11 @@ class GuardedPool(Generic[C]):
             grave.popleft()
 
     async def _heartbeat(self, pooled: Pooled[C]) -> None:
-        if await self._check_out_of_band(pooled, self.config.op_timeout):
+        try:
+            ok = await self._check_out_of_band(pooled, self.config.op_timeout)
+        finally:
+            self._heartbeats -= 1
+        if ok:
             pooled.keystate.in_use -= 1
             self._to_idle(pooled)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import itertools
 import os
-from collections import deque
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any
@@ -160,7 +159,7 @@ class ConnectionRecord:
     retired_at: float | None = None
     closed_at: float | None = None
     os_closed: bool | None = None  # None: not verified yet; False: still open after force-close
-    history: deque[LifecycleEvent] = field(default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
+    history: list[LifecycleEvent] = field(default_factory=list)  # a deque costs 760 B
 
     def __post_init__(self) -> None:
         if not self.last_used_at:
@@ -170,7 +169,10 @@ class ConnectionRecord:
         self.history.append(LifecycleEvent(self.created_at, "opening"))
 
     def note(self, at: float, event: str, detail: str = "") -> None:
-        self.history.append(LifecycleEvent(at, event, detail))
+        history = self.history
+        history.append(LifecycleEvent(at, event, detail))
+        if len(history) > HISTORY_LENGTH:
+            del history[0]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -25,6 +25,7 @@ __all__ = [
     "is_open",
     "set_keepalive",
     "shutdown_socket",
+    "socket_tcp_state",
     "tcp_state",
 ]
 
@@ -36,6 +37,7 @@ class SocketLike(Protocol):
     def getsockname(self) -> Any: ...
     def getpeername(self) -> Any: ...
     def setsockopt(self, level: int, optname: int, value: int, /) -> None: ...
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
 
 
 # Linux TCP states (include/net/tcp_states.h), as TCP_INFO's first byte reports them.
@@ -115,6 +117,21 @@ def tcp_state(fd: int) -> str | None:
     finally:
         s.detach()
     return TCP_STATES.get(struct.unpack_from("B", raw)[0], "UNKNOWN")
+
+
+def socket_tcp_state(sock: SocketLike) -> str | None:
+    """Like :func:`tcp_state`, on a socket object we hold (the liveness hot path).
+
+    Asking the transport's own socket is one ``getsockopt``; :func:`tcp_state` must wrap
+    a bare fd in a socket object first, which costs several times more.
+    """
+    if _TCP_INFO is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)
+    except OSError:
+        return None
+    return TCP_STATES.get(raw[0], "UNKNOWN")
 
 
 def shutdown_socket(fd: int, inode: int) -> bool:

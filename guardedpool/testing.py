@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .config import PoolConfig
 from .connector import Address
 from .errors import ConnectError, ConnectionLost, ConnectTimeout, OperationTimeout, UnknownKey
-from .sockets import SocketLike, set_keepalive, tcp_state
+from .sockets import SocketLike, set_keepalive, socket_tcp_state
 
 __all__ = ["LineConnection", "LineConnector", "LineServer", "MemoryConnection", "MemoryConnector"]
 
@@ -192,7 +192,7 @@ class LineConnector:
         if conn.poisoned or conn.protocol.lost or conn.transport.is_closing():
             return False
         sock = conn.transport.get_extra_info("socket")
-        state = tcp_state(sock.fileno()) if sock is not None else None
+        state = socket_tcp_state(sock) if sock is not None else None
         return state in (None, "ESTABLISHED")
 
     def socket_of(self, conn: LineConnection) -> SocketLike | None:

@@ -118,6 +118,7 @@ class Store:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise UnusableStore(f"{p}: schema version {version}, expected {SCHEMA_VERSION}")
+            db.execute("PRAGMA page_size=65536")  # only takes on a new file
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")

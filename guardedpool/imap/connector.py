@@ -31,7 +31,7 @@ from ..errors import (
     ConnectTimeout,
     UnknownKey,
 )
-from ..sockets import SocketLike, set_keepalive, tcp_state
+from ..sockets import SocketLike, set_keepalive, socket_tcp_state
 from .account import IMAPAccount
 from .client import IMAPClient
 from .parse import response_code
@@ -214,10 +214,9 @@ class IMAPConnector:
             sock = conn.socket
             if sock is None:
                 return False
-            fd = sock.fileno()
-            if fd < 0:
+            if sock.fileno() < 0:
                 return False
-            state = tcp_state(fd)
+            state = socket_tcp_state(sock)
             return state is None or state == "ESTABLISHED"
         except Exception:
             return False

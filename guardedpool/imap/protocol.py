@@ -193,6 +193,15 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         try:
             start, size = 0, len(data)
             while start < size:
+                cmd = self.current_command
+                if cmd is not None and not self.incomplete_line and cmd.wait_literal_data():
+                    # Inside a literal: its bytes are counted, not parsed; feed them whole
+                    # instead of splitting a message body into lines first.
+                    need = cmd._expected_size - len(cmd._resp_literal_data)
+                    end = min(size, start + need)
+                    self._feed(data[start:end] if start or end < size else data)
+                    start = end
+                    continue
                 end = start
                 for _ in range(_LINES_PER_FEED):
                     end = data.find(b"\n", end) + 1
