@@ -34,8 +34,8 @@ class Pooled(Generic[C]):
 Waiter = asyncio.Future[Pooled[C]]
 
 
-def _reasons() -> dict[str, int]:
-    return {reason.value: 0 for reason in CloseReason}
+# Every close reason at zero: the stable shape of the "closed" and "reconnects" stats.
+_NO_CLOSES = {reason.value: 0 for reason in CloseReason}
 
 
 @dataclass(slots=True, eq=False)
@@ -76,10 +76,10 @@ class KeyState(Generic[C]):
             "acquire_wait_max": self.acquire_wait_max,
             "acquire_timeouts": self.timeouts,
             "opened": self.opened,
-            "closed": {r.value: self.closed.get(r.value, 0) for r in CloseReason},
+            "closed": {**_NO_CLOSES, **self.closed},
             "closed_total": sum(self.closed.values()),
             "connect_failures": self.connect_failures,
-            "reconnects": {r.value: self.reconnects.get(r.value, 0) for r in CloseReason},
+            "reconnects": {**_NO_CLOSES, **self.reconnects},
             "consecutive_failures": self.backoff.failures,
             "last_error": None if err is None else f"{type(err).__name__}: {err}",
         }
