@@ -32,7 +32,7 @@ from .config import PoolConfig
 from .connector import Address, Connector
 from .errors import ConnectionPoisoned, PoolClosed, PoolError, PoolTimeout
 from .keystate import KeyState, Pooled, Waiter, aggregate
-from .reconnect import connect_with_retry
+from .reconnect import Reconnector
 from .records import Borrow, CloseReason, ConnectionRecord, ConnState
 from .sockets import identify
 
@@ -130,7 +130,9 @@ class GuardedPool(Generic[C]):
             raise ValueError(f"config must be a PoolConfig, got {config!r}")
         self.config = config
         self._connector = connector
-        self._on_reconnect_failed = on_reconnect_failed
+        self._reconnector: Reconnector[C] = Reconnector(
+            connector, config, on_failed=on_reconnect_failed, clock=clock
+        )
         self._clock = clock
         self._rng = rng
         self._keys: dict[str, KeyState[C]] = {}
@@ -140,9 +142,6 @@ class GuardedPool(Generic[C]):
         self._starving: dict[str, KeyState[C]] = {}  # keys blocked by max_total, FIFO
         self._total = 0
         self._evicting = 0
-        self._connecting = 0
-        self._peak_connecting = 0
-        self._connect_slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -171,7 +170,6 @@ class GuardedPool(Generic[C]):
         if self._closing:
             raise PoolClosed("the pool is closed")
         if self._housekeeper is None:
-            self._connect_slots = asyncio.Semaphore(self.config.max_connecting)
             self._housekeeper = asyncio.get_running_loop().create_task(
                 self._housekeeping(), name="guardedpool-housekeeping"
             )
@@ -476,30 +474,15 @@ class GuardedPool(Generic[C]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _open_once(self, key: str) -> C:
-        assert self._connect_slots is not None
-        async with self._connect_slots:
-            self._connecting += 1
-            self._peak_connecting = max(self._peak_connecting, self._connecting)
-            try:
-                # The connector bounds itself by connect_timeout; this is a backstop.
-                async with asyncio.timeout(self.config.connect_timeout + 1.0):
-                    return await self._connector.open(key, self.config)
-            finally:
-                self._connecting -= 1
-
     async def _open(self, pooled: Pooled[C]) -> None:
         ks = pooled.keystate
         record = pooled.record
         try:
-            conn = await connect_with_retry(
-                lambda: self._open_once(ks.key),
-                policy=self.config.retry,
-                backoff=ks.backoff,
+            conn = await self._reconnector.connect(
+                ks.key,
+                ks.backoff,
                 wanted=lambda: not self._closing and ks.live_waiters() > 0,
-                clock=self._clock,
-                sleep=asyncio.sleep,
-                on_failure=lambda exc, delay: self._connect_failed(ks, record, exc, delay),
+                note=lambda exc: self._connect_failed(ks, record, exc),
             )
         except BaseException as exc:
             ks.opening -= 1
@@ -546,27 +529,10 @@ class GuardedPool(Generic[C]):
         self._to_idle(pooled)
 
     def _connect_failed(
-        self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException, delay: float
+        self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException
     ) -> None:
         ks.connect_failures += 1
-        now = self._clock()
-        record.note(now, "connect_failed", type(exc).__name__)
-        log.warning(
-            "guardedpool: connect failed",
-            extra={
-                "key": ks.key,
-                "error": f"{type(exc).__name__}: {exc}",
-                "retry_in": delay,
-                "consecutive_failures": ks.backoff.failures,
-            },
-        )
-        if self._on_reconnect_failed is not None and ks.backoff.deadline_passed(
-            now, self.config.retry
-        ):
-            try:
-                self._on_reconnect_failed(ks.key, exc)
-            except Exception:
-                log.exception("guardedpool: on_reconnect_failed callback raised")
+        record.note(self._clock(), "connect_failed", type(exc).__name__)
 
     def _fail_first_waiter(self, ks: KeyState[C], exc: Exception) -> None:
         while ks.waiters:
@@ -754,8 +720,8 @@ class GuardedPool(Generic[C]):
         per_key = {key: ks.stats() for key, ks in self._keys.items()}
         totals = aggregate(per_key.values())
         totals.update(
-            connecting=self._connecting,
-            peak_connecting=self._peak_connecting,
+            connecting=self._reconnector.connecting,
+            peak_connecting=self._reconnector.peak_connecting,
             slots=self._total,
             closed_pool=self._closing,
         )

@@ -13,22 +13,27 @@ by the key's failure count rather than by the attempt number of this one loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_base, wait_exponential, wait_random
 
-from .config import RetryPolicy
+from .config import PoolConfig, RetryPolicy
 from .policy import is_transient
 
-__all__ = ["KeyBackoff", "backoff_wait", "connect_with_retry"]
+if TYPE_CHECKING:
+    from .connector import Connector
+
+__all__ = ["KeyBackoff", "Reconnector", "backoff_wait", "connect_with_retry"]
 
 log = logging.getLogger("guardedpool.reconnect")
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 @dataclass(slots=True)
@@ -129,3 +134,83 @@ async def connect_with_retry(
     result: T = await retrying(one_attempt)
     backoff.record_success()
     return result
+
+
+class Reconnector(Generic[C]):
+    """Every connect of one pool: the pool-wide ``max_connecting`` cap, the per-key backoff,
+    and the ``on_reconnect_failed`` callback once a key's failures outlast the deadline.
+
+    A server restart turns hundreds of connections into hundreds of reconnects at once;
+    the cap spreads them out, the per-key backoff keeps a dead key from spinning, and the
+    jitter keeps keys that failed together from retrying together.
+    """
+
+    def __init__(
+        self,
+        connector: Connector[C],
+        config: PoolConfig,
+        *,
+        on_failed: Callable[[str, BaseException], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._connector = connector
+        self._config = config
+        self._on_failed = on_failed
+        self._clock = clock
+        self._slots = asyncio.Semaphore(config.max_connecting)
+        self.connecting = 0
+        self.peak_connecting = 0
+
+    async def connect(
+        self,
+        key: str,
+        backoff: KeyBackoff,
+        *,
+        wanted: Callable[[], bool],
+        note: Callable[[BaseException], None],
+    ) -> C:
+        """A connection for ``key``, retrying transient failures while ``wanted()``.
+
+        ``note(exc)`` is told of each failed attempt (the pool counts it and writes it into
+        the record's history). Raises the last error when it is permanent or unwanted.
+        """
+
+        def failed(exc: BaseException, delay: float) -> None:
+            note(exc)
+            log.warning(
+                "guardedpool: connect failed",
+                extra={
+                    "key": key,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "retry_in": delay,
+                    "consecutive_failures": backoff.failures,
+                },
+            )
+            if self._on_failed is not None and backoff.deadline_passed(
+                self._clock(), self._config.retry
+            ):
+                try:
+                    self._on_failed(key, exc)
+                except Exception:
+                    log.exception("guardedpool: on_reconnect_failed callback raised")
+
+        return await connect_with_retry(
+            lambda: self._once(key),
+            policy=self._config.retry,
+            backoff=backoff,
+            wanted=wanted,
+            clock=self._clock,
+            sleep=asyncio.sleep,
+            on_failure=failed,
+        )
+
+    async def _once(self, key: str) -> C:
+        async with self._slots:
+            self.connecting += 1
+            self.peak_connecting = max(self.peak_connecting, self.connecting)
+            try:
+                # The connector bounds itself by connect_timeout; this is a backstop.
+                async with asyncio.timeout(self._config.connect_timeout + 1.0):
+                    return await self._connector.open(key, self._config)
+            finally:
+                self.connecting -= 1
