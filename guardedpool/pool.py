@@ -18,19 +18,19 @@ import asyncio
 import contextlib
 import logging
 import random
-import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Set
-from types import CodeType, FrameType, TracebackType
+from collections.abc import Callable, Iterator, Set
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import policy
+from .acquisition import OWN_CODE, Acquisition, acquire_site, is_connection_fault
 from .closing import close_and_verify
 from .config import PoolConfig
 from .connector import Address, Connector
-from .errors import ConnectionPoisoned, PoolClosed, PoolError, PoolTimeout
+from .errors import PoolClosed, PoolError, PoolTimeout
 from .keystate import KeyState, Pooled, Waiter, aggregate
 from .reconnect import Reconnector
 from .records import Borrow, CloseReason, ConnectionRecord, ConnState
@@ -55,51 +55,6 @@ C = TypeVar("C")
 _GRACEFUL = frozenset(
     {CloseReason.IDLE, CloseReason.LIFETIME, CloseReason.SHUTDOWN, CloseReason.EVICTED}
 )
-
-
-def _acquire_site() -> tuple[tuple[CodeType, int], ...]:
-    """The user's frame that called acquire, as a raw (code, line) pair.
-
-    Every frame walked costs a frame object (CPython builds them lazily), so this takes
-    the one frame that says where the connection was taken; the rest of the borrower's
-    story comes from its task's live stack when a report asks (see ``Borrow.stack``).
-    """
-    frame: FrameType | None = sys._getframe(3)  # skip: here, _hand_out, _checkout[_slow]
-    while frame is not None and frame.f_code in _OWN_CODE:
-        frame = frame.f_back
-    return () if frame is None else ((frame.f_code, frame.f_lineno),)
-
-
-def _is_connection_fault(exc: BaseException | None) -> bool:
-    return isinstance(exc, (ConnectionPoisoned, OSError, TimeoutError))
-
-
-class _Acquisition(Generic[C]):
-    """``async with pool.acquire(key) as conn`` or ``conn = await pool.acquire(key)``."""
-
-    __slots__ = ("_conn", "_key", "_pool")
-
-    def __init__(self, pool: GuardedPool[C], key: str) -> None:
-        self._pool = pool
-        self._key = key
-        self._conn: C | None = None
-
-    def __await__(self) -> Generator[Any, None, C]:
-        return self._pool._checkout(self._key).__await__()
-
-    async def __aenter__(self) -> C:
-        self._conn = await self._pool._checkout(self._key)
-        return self._conn
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._pool.release(conn, error=exc)
 
 
 class GuardedPool(Generic[C]):
@@ -234,7 +189,7 @@ class GuardedPool(Generic[C]):
 
     # ----------------------------------------------------------------- acquire / release
 
-    def acquire(self, key: str) -> _Acquisition[C]:
+    def acquire(self, key: str) -> Acquisition[C]:
         """A connection for ``key``, as an async context manager (or awaitable + release).
 
         Waits at most ``acquire_timeout`` (then :class:`PoolTimeout`, naming the key and
@@ -242,7 +197,7 @@ class GuardedPool(Generic[C]):
         An error raised inside the ``async with`` block that came from the connection
         retires it; it is never handed out again.
         """
-        return _Acquisition(self, key)
+        return Acquisition(self, key)
 
     async def _checkout(self, key: str) -> C:
         # The fast path: an idle connection nobody queues for, ready as it is. No await.
@@ -289,7 +244,7 @@ class GuardedPool(Generic[C]):
         conn = pooled.conn
         assert conn is not None
         record = pooled.record
-        record.borrower = Borrow(asyncio.current_task(), now, _acquire_site())
+        record.borrower = Borrow(asyncio.current_task(), now, acquire_site())
         record.last_used_at = now
         self._in_use[id(conn)] = pooled
         ks = pooled.keystate
@@ -393,7 +348,7 @@ class GuardedPool(Generic[C]):
             record,
             now,
             alive=self._connector.is_alive(conn),
-            faulted=error is not None and _is_connection_fault(error),
+            faulted=error is not None and is_connection_fault(error),
             closing=self._closing,
         )
         if reason is not None:
@@ -787,12 +742,5 @@ class GuardedPool(Generic[C]):
         return True
 
 
-# Frames of the acquire machinery itself, skipped when looking for the acquire site.
-_OWN_CODE = frozenset(
-    {
-        GuardedPool._checkout.__code__,
-        GuardedPool._checkout_slow.__code__,
-        _Acquisition.__aenter__.__code__,
-        _Acquisition.__await__.__code__,
-    }
-)
+# The pool's own frames are skipped when looking for who called acquire.
+OWN_CODE.update({GuardedPool._checkout.__code__, GuardedPool._checkout_slow.__code__})

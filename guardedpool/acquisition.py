@@ -1,0 +1,73 @@
+"""What ``pool.acquire(key)`` returns, and who is recorded as the borrower.
+
+:class:`Acquisition` is both an async context manager (``async with pool.acquire(k) as c``)
+and an awaitable (``c = await pool.acquire(k)`` ... ``pool.release(c)``). Leaving the block
+releases synchronously, so a cancellation arriving at the exit cannot lose the connection.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator
+from types import CodeType, FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .errors import ConnectionPoisoned
+
+if TYPE_CHECKING:
+    from .pool import GuardedPool
+
+__all__ = ["OWN_CODE", "Acquisition", "acquire_site", "is_connection_fault"]
+
+C = TypeVar("C")
+
+
+def is_connection_fault(exc: BaseException) -> bool:
+    """An error that came from the connection, so the connection must not be reused."""
+    return isinstance(exc, (ConnectionPoisoned, OSError, TimeoutError))
+
+
+class Acquisition(Generic[C]):
+    """``async with pool.acquire(key) as conn`` or ``conn = await pool.acquire(key)``."""
+
+    __slots__ = ("_conn", "_key", "_pool")
+
+    def __init__(self, pool: GuardedPool[C], key: str) -> None:
+        self._pool = pool
+        self._key = key
+        self._conn: C | None = None
+
+    def __await__(self) -> Generator[Any, None, C]:
+        return self._pool._checkout(self._key).__await__()
+
+    async def __aenter__(self) -> C:
+        self._conn = await self._pool._checkout(self._key)
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn, error=exc)
+
+
+# Frames of the acquire machinery, skipped when looking for the acquire site (the pool
+# adds its own).
+OWN_CODE: set[CodeType] = {Acquisition.__aenter__.__code__, Acquisition.__await__.__code__}
+
+
+def acquire_site() -> tuple[tuple[CodeType, int], ...]:
+    """The user's frame that called acquire, as a raw (code, line) pair.
+
+    Every frame walked costs a frame object (CPython builds them lazily), so this takes
+    the one frame that says where the connection was taken; the rest of the borrower's
+    story comes from its task's live stack when a report asks (see ``Borrow.stack``).
+    """
+    frame: FrameType | None = sys._getframe(3)  # skip: here, _hand_out, _checkout[_slow]
+    while frame is not None and frame.f_code in OWN_CODE:
+        frame = frame.f_back
+    return () if frame is None else ((frame.f_code, frame.f_lineno),)
