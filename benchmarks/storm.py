@@ -200,7 +200,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if r and deadline.left() < 60:
                     break
                 await asyncio.sleep(1.0)  # steady state
-                pool._peak_connecting = pool._connecting  # a fresh window for the peak
+                pool.reset_peaks()  # a fresh window for the peak
                 proxy.reset_peaks()
                 sampler.peak = sampler.in_handshake()
                 opens0 = connector.opens

@@ -682,6 +682,13 @@ class GuardedPool(Generic[C]):
         )
         return {"total": totals, "keys": per_key}
 
+    def reset_peaks(self) -> None:
+        """Start a new window for the high-water marks in :meth:`stats`:
+        ``peak_connecting`` and ``acquire_wait_max`` (e.g. once per metrics scrape)."""
+        self._reconnector.peak_connecting = self._reconnector.connecting
+        for ks in self._keys.values():
+            ks.acquire_wait_max = 0.0
+
     async def audit(self) -> AuditReport:
         """Hold the pool's records against the OS view of the process's sockets.
 

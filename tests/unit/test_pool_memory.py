@@ -399,3 +399,20 @@ async def test_stats_keys_are_stable_and_json_ready() -> None:
         "evicted",
     }
     json.dumps(full)
+
+
+async def test_reset_peaks_starts_a_new_window() -> None:
+    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=1.0))
+    async with pool:
+        held = await pool.acquire("a")
+        waiter = asyncio.create_task(pool._checkout("a"))
+        await asyncio.sleep(0.05)
+        pool.release(held)
+        pool.release(await waiter)
+        stats = pool.stats()
+        assert stats["total"]["acquire_wait_max"] >= 0.05
+        assert stats["total"]["peak_connecting"] == 1
+        pool.reset_peaks()
+        stats = pool.stats()
+        assert stats["total"]["acquire_wait_max"] == 0.0
+        assert stats["total"]["peak_connecting"] == 0
