@@ -38,26 +38,45 @@ class Acquisition(Generic[C]):
         self._conn: C | None = None
 
     def __await__(self) -> Generator[Any, None, C]:
-        return self._pool._checkout(self._key).__await__()
+        # A generator, not a coroutine: when an idle connection is ready no coroutine is
+        # created at all (the acquire hot path).
+        pool = self._pool
+        conn = pool._take_ready(self._key)
+        if conn is None:
+            conn = yield from pool._checkout_slow(self._key).__await__()
+        self._conn = conn
+        return conn
 
-    async def __aenter__(self) -> C:
-        self._conn = await self._pool._checkout(self._key)
-        return self._conn
+    def __aenter__(self) -> Acquisition[C]:
+        return self  # awaiting it runs __await__, which keeps the connection for __aexit__
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> _Done:
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool.release(conn, error=exc)
+        return _DONE  # release is synchronous: nothing left to await
+
+
+class _Done:
+    """An awaitable that is already finished (and returns None: exceptions propagate)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_DONE = _Done()
 
 
 # Frames of the acquire machinery, skipped when looking for the acquire site (the pool
 # adds its own).
-OWN_CODE: set[CodeType] = {Acquisition.__aenter__.__code__, Acquisition.__await__.__code__}
+OWN_CODE: set[CodeType] = {Acquisition.__await__.__code__}
 
 
 def acquire_site() -> tuple[tuple[CodeType, int], ...]:
@@ -67,7 +86,8 @@ def acquire_site() -> tuple[tuple[CodeType, int], ...]:
     the one frame that says where the connection was taken; the rest of the borrower's
     story comes from its task's live stack when a report asks (see ``Borrow.stack``).
     """
-    frame: FrameType | None = sys._getframe(3)  # skip: here, _hand_out, _checkout[_slow]
+    # skip: here, _hand_out, _take_ready or _checkout_slow, __await__ or _checkout
+    frame: FrameType | None = sys._getframe(4)
     while frame is not None and frame.f_code in OWN_CODE:
         frame = frame.f_back
     return () if frame is None else ((frame.f_code, frame.f_lineno),)

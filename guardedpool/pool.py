@@ -200,7 +200,12 @@ class GuardedPool(Generic[C]):
         return Acquisition(self, key)
 
     async def _checkout(self, key: str) -> C:
-        # The fast path: an idle connection nobody queues for, ready as it is. No await.
+        conn = self._take_ready(key)
+        return conn if conn is not None else await self._checkout_slow(key)
+
+    def _take_ready(self, key: str) -> C | None:
+        """The fast path, without an await: an idle connection nobody queues for, ready as
+        it is (not due for retirement or a check, and alive). None: take the slow path."""
         ks = self._keys.get(key)
         if ks is not None and ks.idle and not ks.waiters and not self._closing:
             pooled = ks.idle[-1]
@@ -212,7 +217,7 @@ class GuardedPool(Generic[C]):
                 pooled.fresh = False
                 self._mark_in_use(pooled)
                 return self._hand_out(pooled, now, now)
-        return await self._checkout_slow(key)
+        return None
 
     async def _checkout_slow(self, key: str) -> C:
         if self._closing:
@@ -750,4 +755,10 @@ class GuardedPool(Generic[C]):
 
 
 # The pool's own frames are skipped when looking for who called acquire.
-OWN_CODE.update({GuardedPool._checkout.__code__, GuardedPool._checkout_slow.__code__})
+OWN_CODE.update(
+    {
+        GuardedPool._checkout.__code__,
+        GuardedPool._checkout_slow.__code__,
+        GuardedPool._take_ready.__code__,
+    }
+)
