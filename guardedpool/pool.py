@@ -465,11 +465,7 @@ class GuardedPool(Generic[C]):
                 record.note(now, "identify_failed", type(exc).__name__)
         record.created_at = record.last_used_at = record.last_checked_at = now
         record.expires_at = policy.expiry_time(now, self.config, self._rng())
-        record.note(
-            now,
-            "open",
-            "" if record.socket is None else f"fd={record.socket.fd} inode={record.socket.inode}",
-        )
+        record.note(now, "open")  # the socket identity is in record.socket
         log.debug("guardedpool: opened", extra={"key": ks.key, "conn_id": record.id})
         self._mark_in_use(pooled)
         self._to_idle_or_waiter(pooled)

@@ -60,9 +60,10 @@ _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
 def _address(raw: Any) -> tuple[str, int]:
     # AF_INET gives (host, port), AF_INET6 gives (host, port, flowinfo, scope_id).
+    # Interned: thousands of sockets share a handful of host strings (memory per record).
     if isinstance(raw, tuple) and len(raw) >= 2:
-        return (str(raw[0]), int(raw[1]))
-    return (str(raw), 0)
+        return (sys.intern(str(raw[0])), int(raw[1]))
+    return (sys.intern(str(raw)), 0)
 
 
 def identify(sock: SocketLike) -> SocketIdentity:
