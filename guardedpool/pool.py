@@ -476,11 +476,10 @@ class GuardedPool(Generic[C]):
             ks.in_use -= 1
             self._retire(pooled, CloseReason.SHUTDOWN)
             return
-        while ks.waiters:
-            waiter = ks.waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(pooled)
-                return
+        waiter = self._next_waiter(ks)
+        if waiter is not None:
+            waiter.set_result(pooled)
+            return
         ks.in_use -= 1
         self._to_idle(pooled)
 
@@ -491,11 +490,18 @@ class GuardedPool(Generic[C]):
         record.note(self._clock(), "connect_failed", type(exc).__name__)
 
     def _fail_first_waiter(self, ks: KeyState[C], exc: Exception) -> None:
+        waiter = self._next_waiter(ks)
+        if waiter is not None:
+            waiter.set_exception(exc)
+
+    @staticmethod
+    def _next_waiter(ks: KeyState[C]) -> Waiter[C] | None:
+        """Dequeue the first waiter still waiting (FIFO), dropping any that gave up."""
         while ks.waiters:
             waiter = ks.waiters.pop(0)
             if not waiter.done():
-                waiter.set_exception(exc)
-                return
+                return waiter
+        return None
 
     # ----------------------------------------------------------------- retiring and closing
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import sys
 from typing import Any, Protocol
 
@@ -102,8 +101,8 @@ def set_keepalive(sock: SocketLike, idle: int, interval: int, count: int) -> Non
 def tcp_state(fd: int) -> str | None:
     """The kernel's TCP state of the socket at ``fd`` (Linux ``TCP_INFO``), or None if unknown.
 
-    One getsockopt on a dup'd socket object that does not own the fd (``socket.socket``
-    with ``fileno=`` would close it on garbage collection, so we ``detach`` it).
+    Wraps the fd in a socket object that does not own it (``socket.socket`` with
+    ``fileno=`` would close it on garbage collection, so we ``detach`` it).
     """
     if _TCP_INFO is None or not sys.platform.startswith("linux"):
         return None
@@ -112,12 +111,9 @@ def tcp_state(fd: int) -> str | None:
     except OSError:
         return None
     try:
-        raw = s.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)
-    except OSError:
-        return None
+        return socket_tcp_state(s)
     finally:
         s.detach()
-    return TCP_STATES.get(struct.unpack_from("B", raw)[0], "UNKNOWN")
 
 
 def socket_tcp_state(sock: SocketLike) -> str | None:
