@@ -1,4 +1,4 @@
-"""What ``pool.acquire(key)`` returns, and who is recorded as the borrower.
+"""What ``pool.acquire(key)`` returns: an awaitable and an async context manager in one.
 
 :class:`Acquisition` is both an async context manager (``async with pool.acquire(k) as c``)
 and an awaitable (``c = await pool.acquire(k)`` ... ``pool.release(c)``). Leaving the block
@@ -7,9 +7,8 @@ releases synchronously, so a cancellation arriving at the exit cannot lose the c
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Generator
-from types import CodeType, FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import ConnectionPoisoned
@@ -17,7 +16,7 @@ from .errors import ConnectionPoisoned
 if TYPE_CHECKING:
     from .pool import GuardedPool
 
-__all__ = ["OWN_CODE", "Acquisition", "acquire_site", "is_connection_fault"]
+__all__ = ["Acquisition", "is_connection_fault"]
 
 C = TypeVar("C")
 
@@ -72,22 +71,3 @@ class _Done:
 
 
 _DONE = _Done()
-
-
-# Frames of the acquire machinery, skipped when looking for the acquire site (the pool
-# adds its own).
-OWN_CODE: set[CodeType] = {Acquisition.__await__.__code__}
-
-
-def acquire_site() -> tuple[tuple[CodeType, int], ...]:
-    """The user's frame that called acquire, as a raw (code, line) pair.
-
-    Every frame walked costs a frame object (CPython builds them lazily), so this takes
-    the one frame that says where the connection was taken; the rest of the borrower's
-    story comes from its task's live stack when a report asks (see ``Borrow.stack``).
-    """
-    # skip: here, _hand_out, _take_ready or _checkout_slow, __await__ or _checkout
-    frame: FrameType | None = sys._getframe(4)
-    while frame is not None and frame.f_code in OWN_CODE:
-        frame = frame.f_back
-    return () if frame is None else ((frame.f_code, frame.f_lineno),)

@@ -37,18 +37,27 @@ Waiter = asyncio.Future[Pooled[C]]
 # Every close reason at zero: the stable shape of the "closed" and "reconnects" stats.
 _NO_CLOSES = {reason.value: 0 for reason in CloseReason}
 
+# Retirements remembered per key to name the reason of a later reconnect.
+_REPLACED_KEPT = 64
+
 
 @dataclass(slots=True, eq=False)
 class KeyState(Generic[C]):
+    """One key's connections, waiters and counters.
+
+    Containers most keys never need stay None until first used: with one connection per
+    inbox and 10,000 inboxes, per-key state weighs as much as the connections themselves.
+    """
+
     key: str
     idle: list[Pooled[C]] = field(default_factory=list)  # a stack: LIFO hand-out
-    waiters: list[Waiter[C]] = field(default_factory=list)  # FIFO, short
+    waiters: list[Waiter[C]] | None = None  # FIFO, short
     count: int = 0  # slots held: opening + idle + in use + closing
     opening: int = 0
     in_use: int = 0
     closing: int = 0
-    backoff: KeyBackoff = field(default_factory=KeyBackoff)
-    replaced: list[CloseReason] = field(default_factory=list)
+    backoff: KeyBackoff | None = None  # while connecting, and once the key has failed
+    replaced: list[CloseReason] | None = None  # why recent connections went, oldest first
     # counters
     acquires: int = 0
     acquire_wait_total: float = 0.0
@@ -56,14 +65,84 @@ class KeyState(Generic[C]):
     timeouts: int = 0
     opened: int = 0
     connect_failures: int = 0
-    closed: dict[str, int] = field(default_factory=dict)
-    reconnects: dict[str, int] = field(default_factory=dict)
+    closed: dict[str, int] | None = None  # by close reason
+    reconnects: dict[str, int] | None = None  # by the reason the predecessor closed
+
+    def add_waiter(self, waiter: Waiter[C]) -> None:
+        if self.waiters is None:
+            self.waiters = [waiter]
+        else:
+            self.waiters.append(waiter)
+
+    def drop_waiter(self, waiter: Waiter[C]) -> None:
+        waiters = self.waiters
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)  # the first one, mostly: a list stays short
+            if not waiters:
+                self.waiters = None
+
+    def first_waiter(self) -> Waiter[C] | None:
+        """The first waiter still waiting (FIFO), left queued; those that gave up are dropped."""
+        waiters = self.waiters
+        while waiters and waiters[0].done():
+            waiters.pop(0)
+        if not waiters:
+            self.waiters = None
+            return None
+        return waiters[0]
+
+    def next_waiter(self) -> Waiter[C] | None:
+        """Dequeue the first waiter still waiting (FIFO), dropping any that gave up."""
+        waiter = self.first_waiter()
+        if waiter is not None:
+            self.drop_waiter(waiter)
+        return waiter
+
+    def connect_backoff(self) -> KeyBackoff:
+        """The key's backoff for a connect about to start, shared by concurrent connects."""
+        if self.backoff is None:
+            self.backoff = KeyBackoff()
+        return self.backoff
+
+    def connect_finished(self) -> None:
+        """Forget the backoff of a key that never failed: it has nothing to remember."""
+        backoff = self.backoff
+        if self.opening == 0 and backoff is not None and backoff.last_error is None:
+            self.backoff = None
+
+    def last_error(self) -> BaseException | None:
+        """The key's last transient connect error (kept after it recovers, for the stats)."""
+        return None if self.backoff is None else self.backoff.last_error
 
     def live_waiters(self) -> int:
-        return sum(1 for w in self.waiters if not w.done())
+        return sum(1 for w in self.waiters if not w.done()) if self.waiters else 0
+
+    def count_close(self, reason: CloseReason, *, replace: bool) -> None:
+        """Count a retirement; ``replace``: the next connection opened replaces this one."""
+        closed = self.closed
+        if closed is None:
+            closed = self.closed = {}
+        closed[reason.value] = closed.get(reason.value, 0) + 1
+        if replace:
+            if self.replaced is None:
+                self.replaced = []
+            self.replaced.append(reason)
+            if len(self.replaced) > _REPLACED_KEPT:
+                del self.replaced[0]
+
+    def count_reconnect(self) -> CloseReason | None:
+        """A connection is opening: the reason of the one it replaces, if any (counted)."""
+        if not self.replaced:
+            return None
+        reason = self.replaced.pop(0)
+        reconnects = self.reconnects
+        if reconnects is None:
+            reconnects = self.reconnects = {}
+        reconnects[reason.value] = reconnects.get(reason.value, 0) + 1
+        return reason
 
     def stats(self) -> dict[str, Any]:
-        err = self.backoff.last_error
+        err = self.last_error()
         return {
             "open": len(self.idle) + self.in_use,
             "idle": len(self.idle),
@@ -76,11 +155,11 @@ class KeyState(Generic[C]):
             "acquire_wait_max": self.acquire_wait_max,
             "acquire_timeouts": self.timeouts,
             "opened": self.opened,
-            "closed": {**_NO_CLOSES, **self.closed},
-            "closed_total": sum(self.closed.values()),
+            "closed": {**_NO_CLOSES, **(self.closed or {})},
+            "closed_total": sum(self.closed.values()) if self.closed else 0,
             "connect_failures": self.connect_failures,
-            "reconnects": {**_NO_CLOSES, **self.reconnects},
-            "consecutive_failures": self.backoff.failures,
+            "reconnects": {**_NO_CLOSES, **(self.reconnects or {})},
+            "consecutive_failures": 0 if self.backoff is None else self.backoff.failures,
             "last_error": None if err is None else f"{type(err).__name__}: {err}",
         }
 

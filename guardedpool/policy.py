@@ -97,8 +97,8 @@ def leak_suspect(record: ConnectionRecord, now: float, config: PoolConfig) -> bo
     """Checked out for longer than ``leak_threshold``: someone may have forgotten it."""
     return (
         record.state is ConnState.IN_USE
-        and record.borrower is not None
-        and now - record.borrower.since >= config.leak_threshold
+        and record.borrowed_by is not None
+        and now - record.borrowed_at >= config.leak_threshold
     )
 
 
@@ -108,8 +108,8 @@ def reclaim_due(record: ConnectionRecord, now: float, config: PoolConfig) -> boo
     return (
         limit is not None
         and record.state is ConnState.IN_USE
-        and record.borrower is not None
-        and now - record.borrower.since >= limit
+        and record.borrowed_by is not None
+        and now - record.borrowed_at >= limit
     )
 
 

@@ -85,19 +85,22 @@ class LifecycleEvent:
 
 
 class Borrow:
-    """Who holds a connection, captured at acquire.
+    """Who holds a connection: a view of a record's ``borrowed_*`` facts.
 
-    Capture is on the hot path of every acquire, so it keeps raw frame data (the code
-    object and line of the acquire site) and formats ``stack`` only when someone reads it:
-    a report of a leak suspect, a log line. ``frames`` may also hold preformatted
-    ``"file:line in function"`` strings. Frames of guardedpool itself and of asyncio are
-    left out of the formatted stack.
+    The acquire hot path only stores raw facts on the record (task, time, code object and
+    instruction offset of the acquire site); this view is built, and ``stack`` formatted,
+    only when someone reads it: a report of a leak suspect, a log line. ``frames`` holds
+    ``(code, line)`` pairs or preformatted ``"file:line in function"`` strings. Frames of
+    guardedpool itself and of asyncio are left out of the formatted stack.
     """
 
     __slots__ = ("_frames", "_task", "since")
 
     def __init__(
-        self, task: object, since: float, frames: tuple[tuple[CodeType, int] | str, ...] = ()
+        self,
+        task: object,
+        since: float,
+        frames: tuple[tuple[CodeType, int | None] | str, ...] = (),
     ) -> None:
         self._task = task
         self.since = since
@@ -139,6 +142,16 @@ def _where(code: CodeType, line: int | None) -> str:
     return f"{name}:{line} in {code.co_qualname}"
 
 
+def _line_at(code: CodeType, lasti: int) -> int | None:
+    """The source line of the instruction at byte offset ``lasti`` (what ``f_lineno`` says)."""
+    if lasti < 0:
+        return code.co_firstlineno
+    for start, end, line in code.co_lines():
+        if start <= lasti < end:
+            return line
+    return None
+
+
 _ids = itertools.count(1)
 
 
@@ -153,7 +166,13 @@ class ConnectionRecord:
     state: ConnState = ConnState.OPENING
     last_used_at: float = 0.0
     last_checked_at: float = 0.0
-    borrower: Borrow | None = None
+    # The borrower, as raw facts taken on the acquire hot path (see ``borrower``):
+    borrowed_by: object = None  # the borrowing task; None while not lent out
+    borrowed_at: float = 0.0
+    # The acquire site: a code object plus the frame's ``f_lasti`` (turned into a line
+    # only when read), or a preformatted ``"file:line in function"``.
+    borrowed_site: CodeType | str | None = None
+    borrowed_lasti: int = -1
     socket: SocketIdentity | None = None
     close_reason: CloseReason | None = None
     retired_at: float | None = None
@@ -167,6 +186,19 @@ class ConnectionRecord:
         if not self.last_checked_at:
             self.last_checked_at = self.created_at
         self.history.append(LifecycleEvent(self.created_at, "opening"))
+
+    @property
+    def borrower(self) -> Borrow | None:
+        """Who holds the connection (None unless it is lent out), built when asked."""
+        task = self.borrowed_by
+        if task is None:
+            return None
+        site = self.borrowed_site
+        if site is None:
+            return Borrow(task, self.borrowed_at)
+        if isinstance(site, str):
+            return Borrow(task, self.borrowed_at, (site,))
+        return Borrow(task, self.borrowed_at, ((site, _line_at(site, self.borrowed_lasti)),))
 
     def note(self, at: float, event: str, detail: str = "") -> None:
         history = self.history

@@ -65,6 +65,21 @@ def _address(raw: Any) -> tuple[str, int]:
     return (sys.intern(str(raw)), 0)
 
 
+# Peers shared by many sockets (a pool talks to a handful of servers), one tuple each.
+_PEERS: dict[tuple[str, int], tuple[str, int]] = {}
+_PEERS_KEPT = 4096
+
+
+def _peer(raw: Any) -> tuple[str, int]:
+    address = _address(raw)
+    shared = _PEERS.get(address)
+    if shared is None:
+        if len(_PEERS) >= _PEERS_KEPT:
+            _PEERS.clear()  # bounded; a miss only costs the tuple it would have saved
+        shared = _PEERS[address] = address
+    return shared
+
+
 def identify(sock: SocketLike) -> SocketIdentity:
     """The socket's fd, inode and both addresses, read right now."""
     fd = sock.fileno()
@@ -72,7 +87,7 @@ def identify(sock: SocketLike) -> SocketIdentity:
         fd=fd,
         inode=os.fstat(fd).st_ino,
         local=_address(sock.getsockname()),
-        remote=_address(sock.getpeername()),
+        remote=_peer(sock.getpeername()),
     )
 
 

@@ -6,10 +6,13 @@ directory on ``sys.path`` for a rootdir conftest without ``__init__.py``).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gc
+import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +22,29 @@ from harness.sockets import describe_sockets, socket_fds
 # How long sockets may take to close after a module's last test before they count as leaked
 # (the event loop of the last test is closed by then; this covers stragglers in threads).
 SOCKET_GRACE = 0.5
+
+# An async test's own deadline, this much inside its pytest-timeout: pytest-timeout's
+# SIGALRM raises wherever the main thread is, and inside an asyncio task's step the task
+# swallows it (the test then hangs on); a cancelled test task fails where it waited.
+ASYNC_MARGIN = 3.0
+
+
+def _bounded(test: Callable[..., Awaitable[Any]], limit: float) -> Callable[..., Any]:
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(limit):
+            return await test(*args, **kwargs)
+
+    return run
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+        marker = item.get_closest_marker("timeout")
+        limit = float(marker.args[0] if marker and marker.args else item.config.getini("timeout"))
+        if limit > ASYNC_MARGIN:
+            item.obj = _bounded(item.obj, limit - ASYNC_MARGIN)
 
 
 @pytest.fixture(scope="session")

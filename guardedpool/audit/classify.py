@@ -246,11 +246,11 @@ def classify(
                 if now < record.last_used_at + idle_ok and now < record.expires_at + lag:
                     del q[ident.inode]
                     continue
-            elif state is in_use:
-                borrower = record.borrower
-                if borrower is None or now - borrower.since < leak:
-                    del q[ident.inode]
-                    continue
+            elif state is in_use and (
+                record.borrowed_by is None or now - record.borrowed_at < leak
+            ):
+                del q[ident.inode]
+                continue
         rows = index.claim(ident)  # every record owns its rows, in flux or not
         if state is idle or state is in_use:
             decisions.extend(_open_findings(record, rows, now, config))

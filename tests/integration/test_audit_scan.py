@@ -27,7 +27,7 @@ from guardedpool.audit.scan import Backend
 from guardedpool.audit.scan_lsof import parse_lsof, run_lsof
 from guardedpool.audit.scan_psutil import psutil_rows
 from guardedpool.config import AuditPolicy, PoolConfig
-from guardedpool.records import Borrow, ConnectionRecord, ConnState, SocketIdentity
+from guardedpool.records import ConnectionRecord, ConnState, SocketIdentity
 from guardedpool.sockets import identify, tcp_state
 
 HOST = "127.0.0.1"
@@ -172,7 +172,8 @@ class FakeTarget:
         r = ConnectionRecord("inbox-1", created_at=now - 60, expires_at=now + 3600)
         r.socket, r.state, r.last_used_at = sock, state, now - idle_for
         if borrowed_for is not None:
-            r.borrower = Borrow("sync-inbox-1", now - borrowed_for, ("worker.py:42 in sync",))
+            r.borrowed_by, r.borrowed_at = "sync-inbox-1", now - borrowed_for
+            r.borrowed_site = "worker.py:42 in sync"
         if state is ConnState.CLOSED:
             r.retired_at = r.closed_at = now - 10
             self.grave.append(r)
@@ -552,3 +553,17 @@ async def test_clean_pool_is_healthy_with_process_figures(server: Server, socket
     assert report.fds_used > 6 and report.fd_limit is not None
     assert abs(report.checked_at - time.time()) < 5
     json.dumps(report.to_dict())
+
+
+def test_identities_share_the_peer_address_tuple() -> None:
+    # Thousands of pooled sockets talk to a handful of servers: one remote tuple per peer.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = listener.getsockname()
+        with (
+            socket.create_connection(peer, timeout=5) as a,
+            socket.create_connection(peer, timeout=5) as b,
+        ):
+            ia, ib = identify(a), identify(b)
+            assert ia.remote == ib.remote == peer
+            assert ia.remote is ib.remote
+            assert ia.local != ib.local and ia.inode != ib.inode

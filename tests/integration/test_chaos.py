@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
+import pytest
 from harness import DovecotServer, socket_fds
 from harness.chaos import SLACK, ChaosSettings, _Chaos, run_chaos
 
@@ -29,6 +30,7 @@ SEED = int(os.environ.get("CHAOS_SEED", "7"))
 DURATION = float(os.environ.get("CHAOS_DURATION", "20"))
 
 
+@pytest.mark.timeout(DURATION + 40)  # the run itself, a Dovecot start, two restarts
 async def test_chaos_short_run(dovecot_factory: Callable[..., DovecotServer]) -> None:
     server = dovecot_factory()
     report = await run_chaos(server, ChaosSettings(seed=SEED, duration=DURATION))

@@ -20,7 +20,7 @@ from guardedpool.audit.classify import (
 )
 from guardedpool.audit.rows import OsSocket
 from guardedpool.config import AuditPolicy, PoolConfig
-from guardedpool.records import Borrow, ConnectionRecord, ConnState, SocketIdentity
+from guardedpool.records import ConnectionRecord, ConnState, SocketIdentity
 
 CFG = PoolConfig(
     idle_timeout=100.0,
@@ -58,7 +58,8 @@ def rec(
     r.state, r.socket, r.last_used_at = state, sock, used
     r.retired_at, r.closed_at = retired, closed
     if borrowed is not None:
-        r.borrower = Borrow("worker-1", borrowed, ("worker.py:10 in sync",))
+        r.borrowed_by, r.borrowed_at = "worker-1", borrowed
+        r.borrowed_site = "worker.py:10 in sync"
     return r
 
 

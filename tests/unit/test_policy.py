@@ -17,7 +17,7 @@ from guardedpool import (
     UnknownKey,
     policy,
 )
-from guardedpool.records import Borrow, CloseReason, ConnectionRecord, ConnState
+from guardedpool.records import CloseReason, ConnectionRecord, ConnState
 
 CFG = PoolConfig(
     idle_timeout=100.0,
@@ -92,7 +92,7 @@ def test_checks_and_heartbeats() -> None:
 def test_leak_and_reclaim() -> None:
     r = rec(state=ConnState.IN_USE)
     assert not policy.leak_suspect(r, 10**6, CFG)  # no borrower recorded: not a suspect
-    r.borrower = Borrow("t", 100.0, ())
+    r.borrowed_by, r.borrowed_at = "t", 100.0
     assert not policy.leak_suspect(r, 129.0, CFG)
     assert policy.leak_suspect(r, 130.0, CFG)
     assert not policy.reclaim_due(r, 159.0, CFG)

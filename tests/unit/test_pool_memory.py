@@ -7,6 +7,7 @@ behaviours over real sockets live in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 from typing import Any
 
@@ -166,6 +167,54 @@ async def test_transient_failures_retry_then_recover() -> None:
         conn = await asyncio.wait_for(task, 2.0)
         assert pool.stats()["keys"]["a"]["consecutive_failures"] == 0
         pool.release(conn)
+
+
+async def test_key_state_keeps_no_waiter_list_or_backoff_it_does_not_need() -> None:
+    # With one connection per inbox and 10,000 inboxes, per-key state weighs as much as the
+    # connections: containers a key no longer needs are dropped.
+    pool, connector = make()
+    async with pool:
+        async with pool.acquire("a"):  # waited for the open: a waiter list and a backoff
+            pass
+        ks = pool._keys["a"]
+        assert ks.waiters is None and ks.backoff is None
+        assert ks.closed is None and ks.replaced is None and ks.reconnects is None
+        connector.fail_keys["b"] = ConnectError("refused")
+        with pytest.raises(PoolTimeout):
+            async with asyncio.timeout(5):
+                await pool.acquire("b")
+        failing = pool._keys["b"]
+        assert failing.backoff is not None and failing.backoff.failures >= 1  # remembered
+        assert failing.waiters is None
+        del connector.fail_keys["b"]
+        async with pool.acquire("b"):
+            pass
+        assert failing.backoff is not None and failing.backoff.failures == 0  # reset, kept:
+        assert pool.stats()["keys"]["b"]["last_error"] == "ConnectError: refused"
+
+
+async def test_borrower_is_the_task_and_the_line_that_acquired() -> None:
+    pool, _ = make()
+    here = inspect.currentframe()
+    assert here is not None
+    async with pool:
+        for path in ("opens (slow path)", "idle (fast path)"):
+            line = here.f_lineno + 1
+            conn = await pool.acquire("a")
+            record = pool.record_of(conn)
+            borrower = record.borrower
+            assert borrower is not None, path
+            assert borrower.task == asyncio.current_task().get_name()  # type: ignore[union-attr]
+            site = f"{__file__}:{line} in test_borrower_is_the_task_and_the_line_that_acquired"
+            assert borrower.stack[0] == site, path
+            pool.release(conn)
+            assert record.borrower is None
+        line = here.f_lineno + 1
+        async with pool.acquire("a") as conn:
+            borrower = pool.record_of(conn).borrower
+            assert borrower is not None and borrower.stack[0].endswith(
+                f":{line} in {here.f_code.co_qualname}"
+            )
 
 
 async def test_timeout_carries_the_last_connect_error() -> None:
