@@ -9,8 +9,10 @@ then resyncs once more with nothing changed. Tools alternate their order round b
 Tools (``--tools``):
 
 * ``worker``: ``python -m examples.imap_sync run --once`` (one process, its default
-  settings: 8 mailboxes at once, batches of 100, default pool; SQLite store in WAL mode with
-  ``synchronous=NORMAL``: commits are not fsynced);
+  settings: 8 mailboxes at once, batches of 100, default pool; SQLite store in WAL mode
+  with ``store_fsync = false``, which never fsyncs, like mbsync's ``FSync no``);
+* ``worker_fsync``: the worker with its default ``store_fsync = true`` (fsyncs at WAL
+  checkpoints, not per message; not run by default);
 * ``mbsync``: ``mbsync -a``, one process, channels one after another, ``FSync no``;
 * ``mbsync_parallel``: one ``mbsync`` process per inbox, all at once, ``FSync no``;
 * ``mbsync_fsync``: ``mbsync -a`` with its default fsync (not run by default);
@@ -57,7 +59,14 @@ import _corpus
 
 from tests.harness.dovecot import DovecotServer
 
-ALL_TOOLS = ("worker", "mbsync", "mbsync_parallel", "mbsync_fsync", "offlineimap")
+ALL_TOOLS = (
+    "worker",
+    "worker_fsync",
+    "mbsync",
+    "mbsync_parallel",
+    "mbsync_fsync",
+    "offlineimap",
+)
 DEFAULT_TOOLS = ("worker", "mbsync", "mbsync_parallel", "offlineimap")
 PHASES = ("full", "incremental", "nochange")
 FLAG_LETTERS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered"}
@@ -341,12 +350,13 @@ class Tools:
 
     # -- configs
 
-    def worker_config(self, d: Path) -> Path:
+    def worker_config(self, d: Path, fsync: bool) -> Path:
         secrets = d / "secrets.toml"
         secrets.write_text("".join(f'{a} = "{_corpus.password(a)}"\n' for a in self.accounts))
         secrets.chmod(0o600)
         lines = [
             f'store = "{d}/worker.sqlite3"',
+            f"store_fsync = {'true' if fsync else 'false'}",
             f'secrets_file = "{secrets}"',
             "[sync]",
             f"concurrency = {self.args.worker_concurrency}",
@@ -442,8 +452,8 @@ sslcacertfile = {self.cafile}
     # -- runs
 
     def prepare(self, tool: str, d: Path) -> list[list[str]]:
-        if tool == "worker" or tool.startswith("worker-"):
-            cfg = self.worker_config(d)
+        if tool.startswith("worker"):
+            cfg = self.worker_config(d, fsync=tool == "worker_fsync")
             return [
                 [sys.executable, "-m", "examples.imap_sync", "run", "--config", str(cfg), "--once"]
             ]
@@ -463,7 +473,7 @@ sslcacertfile = {self.cafile}
     def run(self, tool: str, d: Path, cmds: list[list[str]], phase: str) -> dict[str, Any]:
         env = dict(os.environ)
         root = _bench.ROOT
-        if tool == "worker":
+        if tool in ("worker", "worker_fsync"):
             root = Path(self.args.worker_root)
         elif tool.startswith("worker-"):
             root = Path(self.args.variants[tool])
@@ -482,7 +492,7 @@ sslcacertfile = {self.cafile}
 
     def verify(self, tool: str, d: Path) -> dict[str, Any]:
         got: dict[str, dict[str, int]] = {}
-        if tool == "worker" or tool.startswith("worker-"):
+        if tool.startswith("worker"):
             db = sqlite3.connect(f"file:{d}/worker.sqlite3?mode=ro", uri=True)
             try:
                 for account, flags in db.execute("SELECT account, flags FROM messages"):

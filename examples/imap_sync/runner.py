@@ -29,7 +29,7 @@ __all__ = ["run_sync"]
 
 async def run_sync(config: SyncConfig, *, once: bool, console: Console) -> int:
     """Exit code: 0 when the (last) pass had no failure, 1 otherwise."""
-    store = Store.open(config.store_path)
+    store = Store.open(config.store_path, fsync=config.store_fsync)
     try:
         pool: GuardedPool[IMAPClient] = GuardedPool(
             IMAPConnector(config.accounts_by_key()), config.pool

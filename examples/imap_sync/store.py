@@ -106,7 +106,9 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
+    def open(cls, path: str | Path, *, fsync: bool = True) -> Store:
+        """Open (creating the schema if new). ``fsync=False`` never fsyncs: a crash of
+        this process loses nothing (WAL), a power cut may lose or corrupt the file."""
         p = Path(path)
         try:
             db = sqlite3.connect(p, isolation_level=None)  # we BEGIN/COMMIT ourselves
@@ -120,7 +122,8 @@ class Store:
                 raise UnusableStore(f"{p}: schema version {version}, expected {SCHEMA_VERSION}")
             db.execute("PRAGMA page_size=65536")  # only takes on a new file
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            # NORMAL in WAL mode fsyncs at checkpoints only, never per commit.
+            db.execute(f"PRAGMA synchronous={'NORMAL' if fsync else 'OFF'}")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)

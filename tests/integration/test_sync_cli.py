@@ -41,11 +41,13 @@ def write_config(
     extra: str = "",
     sync: str = "",
     health: str = "enabled = false",
+    store_fsync: bool = True,
 ) -> Path:
     path = tmp / "sync.toml"
     path.write_text(
         f"""
 store = "mirror.sqlite3"
+store_fsync = {"true" if store_fsync else "false"}
 [sync]
 batch_size = 5
 {sync}
@@ -88,11 +90,15 @@ def stored_ids(db_path: Path) -> list[str]:
     return [str(message_from_bytes(r[0])["Message-ID"]) for r in rows]
 
 
-def test_killed_mid_sync_and_restarted(dovecot: DovecotServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store_fsync", [True, False], ids=["fsync", "no-fsync"])
+def test_killed_mid_sync_and_restarted(
+    dovecot: DovecotServer, tmp_path: Path, store_fsync: bool
+) -> None:
+    # Without fsync too: a killed process loses nothing (the OS still has every write).
     user = f"k{uuid.uuid4().hex[:10]}"
     dovecot.add_user(user, SECRET)
     ids = seed_big(dovecot, user, 400)
-    config = write_config(tmp_path, dovecot, user)
+    config = write_config(tmp_path, dovecot, user, store_fsync=store_fsync)
     db = tmp_path / "mirror.sqlite3"
     proc = subprocess.Popen(
         cli("run", "--config", str(config), "--once"),

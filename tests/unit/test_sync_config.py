@@ -39,7 +39,8 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert acc.account.password == SECRET
     assert acc.account.port == 993 and acc.account.tls
     assert cfg.pool == PoolConfig()
-    assert cfg.store_path == tmp_path / "imap_sync.sqlite3"
+    assert cfg.store_path == tmp_path / "imap_sync.sqlite3" and cfg.store_fsync
+    assert not parse_config(minimal() | {"store_fsync": False}, base=tmp_path).store_fsync
     assert cfg.health_bind == ("127.0.0.1", 8025)
     assert (cfg.concurrency, cfg.poll_interval, cfg.batch_size) == (8, 60.0, 100)
     assert SECRET not in repr(cfg)
@@ -146,6 +147,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (minimal() | {"pool": {"audit": {"nope": 1}}}, "pool.audit.nope: unknown key"),
     (minimal() | {"secrets_file": "missing.toml"}, "secrets_file:"),
     (minimal() | {"store": ""}, "store: must be a non-empty string"),
+    (minimal() | {"store_fsync": "no"}, "store_fsync: must be true or false, got 'no'"),
 ]
 
 

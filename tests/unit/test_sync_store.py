@@ -57,6 +57,14 @@ def test_schema_and_wal(tmp_path: Path) -> None:
         pass
 
 
+def test_fsync_off_is_sqlite_synchronous_off(tmp_path: Path) -> None:
+    # WAL + NORMAL fsyncs at checkpoints; OFF never does (mbsync's "FSync no").
+    with Store.open(tmp_path / "x.sqlite3") as s:
+        assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    with Store.open(tmp_path / "x.sqlite3", fsync=False) as s:
+        assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 0  # OFF
+
+
 def test_new_mailbox_starts_empty(store: Store) -> None:
     state = store.mailbox("alice", "INBOX")
     assert (state.uidvalidity, state.last_uid, state.uidnext, state.highestmodseq) == (
