@@ -132,9 +132,12 @@ class KeyState(Generic[C]):
 
     def count_reconnect(self) -> CloseReason | None:
         """A connection is opening: the reason of the one it replaces, if any (counted)."""
-        if not self.replaced:
+        replaced = self.replaced
+        if not replaced:
             return None
-        reason = self.replaced.pop(0)
+        reason = replaced.pop(0)
+        if not replaced:
+            self.replaced = None
         reconnects = self.reconnects
         if reconnects is None:
             reconnects = self.reconnects = {}
