@@ -234,6 +234,12 @@ async def test_connector_open_cancelled_at_every_await(
     assert points >= 4  # connect, greeting, CAPABILITY, LOGIN at least
 
 
+# A cold connect and LOGIN spans ~1,000 loop turns (the counting task spins the loop while
+# Dovecot answers), one case each: ~8 s alone, 20-28 s late in a full run.
+SWEEP_TIMEOUT = 120
+
+
+@pytest.mark.timeout(SWEEP_TIMEOUT)
 async def test_cold_acquire_cancelled_at_every_iteration(account: IMAPAccount) -> None:
     """The caller cancelled while the pool connects and logs in for it, at every turn."""
     baseline = set(socket_fds().values())
@@ -367,6 +373,7 @@ async def test_idle_session_stop_cancelled(account: IMAPAccount, by: By) -> None
     await sweep(case)
 
 
+@pytest.mark.timeout(SWEEP_TIMEOUT)
 async def test_idle_session_stopped_at_every_point_of_its_start(account: IMAPAccount) -> None:
     """stop() after k loop turns of a session's life: while it acquires, connects, logs
     in, SELECTs, starts IDLE or waits for pushes. Each time the connection comes back to
