@@ -76,10 +76,14 @@ class KeyState(Generic[C]):
 
     def drop_waiter(self, waiter: Waiter[C]) -> None:
         waiters = self.waiters
-        if waiters is not None and waiter in waiters:
+        if not waiters:
+            return
+        try:
             waiters.remove(waiter)  # the first one, mostly: a list stays short
-            if not waiters:
-                self.waiters = None
+        except ValueError:
+            return
+        if not waiters:
+            self.waiters = None
 
     def first_waiter(self) -> Waiter[C] | None:
         """The first waiter still waiting (FIFO), left queued; those that gave up are dropped."""

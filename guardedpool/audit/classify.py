@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from ..config import PoolConfig
+from ..policy import leak_suspect
 from ..records import ConnectionRecord, ConnState, SocketIdentity
 from .rows import Address, OsSocket, normalize_address, quiet_row
 
@@ -171,12 +172,9 @@ def _open_findings(
             why = "idle_timeout" if idle_due <= record.expires_at else "max_lifetime"
             reason = f"past its {why} by {now - due:.1f} s"
             out.append(Decision(Kind.OVERDUE, Plan.RETIRE, record, tuple(rows), reason, due))
-    borrower = record.borrower
-    if (
-        record.state is ConnState.IN_USE
-        and borrower is not None
-        and now - borrower.since >= config.leak_threshold
-    ):
+    if leak_suspect(record, now, config):
+        borrower = record.borrower  # a view of the record, built only for one reported
+        assert borrower is not None
         reason = f"checked out for {now - borrower.since:.1f} s by task {borrower.task!r}"
         due = borrower.since + config.leak_threshold
         out.append(Decision(Kind.LEAK_SUSPECT, Plan.REPORT, record, tuple(rows), reason, due))
