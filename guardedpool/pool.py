@@ -366,7 +366,8 @@ class GuardedPool(Generic[C]):
         ks.in_use -= 1
         record = pooled.record
         now = self._clock()
-        if pooled.leak_logged and record.borrowed_by is not None:
+        if pooled.leak_logged:
+            pooled.leak_logged = False  # the next borrow is a new suspect, or none
             log.warning(
                 "guardedpool: leak suspect returned",
                 extra={"key": ks.key, "conn_id": record.id, "held": now - record.borrowed_at},

@@ -142,6 +142,26 @@ async def test_leak_suspect_carries_the_borrowers_task_and_stack(
             assert (await pool.audit()).healthy
 
 
+async def test_each_borrow_is_its_own_leak_suspect(caplog: pytest.LogCaptureFixture) -> None:
+    # The same connection held too long twice: warned twice, "returned" logged twice, and a
+    # short borrow in between logs nothing.
+    async with LineServer() as server:
+        cfg = PoolConfig(leak_threshold=0.1, housekeeping_interval=0.02, check_after=3600.0)
+        pool = GuardedPool(LineConnector({"a": server.address}), cfg)
+        async with pool:
+            caplog.set_level(logging.INFO, logger="guardedpool")
+
+            def count(text: str) -> int:
+                return sum(text in r.getMessage() for r in caplog.records)
+
+            for held in (0.3, 0.0, 0.3):
+                async with pool.acquire("a"):
+                    await asyncio.sleep(held)
+            assert pool.stats()["total"]["opened"] == 1  # one connection, three borrows
+            assert count("leak suspect)") == 2
+            assert count("leak suspect returned") == 2
+
+
 async def test_reclaim_aborts_a_connection_held_too_long() -> None:
     async with LineServer() as server:
         cfg = PoolConfig(leak_threshold=0.05, reclaim_after=0.1, housekeeping_interval=0.02)
