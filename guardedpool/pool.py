@@ -234,7 +234,7 @@ class GuardedPool(Generic[C]):
             return None
         ks.idle.pop()
         pooled.fresh = False
-        pooled.record.state = _IN_USE
+        pooled.record.state = _IN_USE  # _mark_in_use, inlined on the fast path
         ks.in_use += 1
         return self._hand_out(pooled, now, now)
 
