@@ -6,22 +6,31 @@ caller cannot bound, cancel or clean up, so a timed-out connect could leave a so
 behind. Here one ``asyncio.timeout(connect_timeout)`` covers TCP, TLS, greeting and login,
 and every failure, cancellation included, aborts the transport before the error leaves.
 
+The steps, each a named stage in errors and logs: connect, tls (implicit TLS, see
+:mod:`~guardedpool.imap.starttls`), greeting, starttls, login (LOGIN, or OAUTHBEARER /
+XOAUTH2 with a token from the account's provider, see :mod:`~guardedpool.imap.sasl`),
+id (:mod:`~guardedpool.imap.rfc2971`), compress (:mod:`~guardedpool.imap.compress`).
+
 Errors are typed for the reconnect path: :class:`ConnectTimeout`; :class:`ConnectError`
 (``transient=True``: refused, reset, EOF during TLS, a ``BYE`` greeting, a lost
-connection, LOGIN answered ``NO [UNAVAILABLE]`` and similar); :class:`CertificateError`
-and :class:`AuthenticationError` (``transient=False``, never worth a retry). No message
-carries a password or token: aioimaplib's own exception texts are never passed through
-for the login step.
+connection, LOGIN answered ``NO [UNAVAILABLE]``, a token provider that raised, and
+similar); :class:`CertificateError` and :class:`AuthenticationError` (``transient=False``,
+never worth a retry); :class:`ProtocolError` (not a ConnectError, never retried) when
+STARTTLS is missing, refused, or followed by injected bytes. No message carries a
+password or token: aioimaplib's own exception texts and a token provider's are never
+passed through for the login step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import re
 import socket
 import ssl
-from collections.abc import Callable, Mapping, Set
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping, Set
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     AuthenticationError,
@@ -29,13 +38,19 @@ from ..errors import (
     ConnectError,
     ConnectionPoisoned,
     ConnectTimeout,
+    PoolError,
+    ProtocolError,
     UnknownKey,
 )
 from ..sockets import SocketLike, set_keepalive, socket_tcp_state
 from .account import IMAPAccount
 from .client import IMAPClient
+from .compress import start_compression
 from .parse import response_code
 from .protocol import GuardedProtocol
+from .rfc2971 import send_id
+from .sasl import choose_oauth_mechanism, oauth_exchange
+from .starttls import starttls, upgrade_tls
 
 if TYPE_CHECKING:
     from ..config import PoolConfig
@@ -45,21 +60,32 @@ __all__ = ["AccountSource", "IMAPConnector"]
 log = logging.getLogger("guardedpool.imap")
 
 Address = tuple[str, int]
-AccountSource = Mapping[str, IMAPAccount] | Callable[[str], IMAPAccount]
+AccountSource = (
+    Mapping[str, IMAPAccount]
+    | Callable[[str], IMAPAccount]
+    | Callable[[str], Awaitable[IMAPAccount]]
+)
 
 # LOGIN answered NO with one of these codes (RFC 5530) is the server's trouble, not the
 # credentials': worth another attempt later.
 _TRANSIENT_CODES = frozenset({"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG"})
+# A token holding one of these would break the SASL framing or the command line.
+_TOKEN_BREAKS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _status_text(response: Any) -> str:
+    lines = response.lines
+    return bytes(lines[-1]).decode("utf-8", "replace") if lines else ""
 
 
 class IMAPConnector:
     """Opens :class:`IMAPClient` connections for keys; implements the pool's ``Connector``.
 
     Args:
-        accounts: ``key -> IMAPAccount``, either a mapping (read at each open, so it may
-            grow) or a synchronous callable (called at each open, so credentials such as
-            OAuth tokens can be refreshed); a ``KeyError`` from either means
-            :class:`UnknownKey`.
+        accounts: ``key -> IMAPAccount``: a mapping (read at each open, so it may grow),
+            a callable, or an async callable (called at each open, e.g. to read the
+            account from a database; its time counts against ``connect_timeout``). A
+            ``KeyError`` from any of them means :class:`UnknownKey`.
     """
 
     def __init__(self, accounts: AccountSource) -> None:
@@ -81,14 +107,39 @@ class IMAPConnector:
     # -- accounts ------------------------------------------------------------------------
 
     def account(self, key: str) -> IMAPAccount:
-        """The account for ``key``; :class:`UnknownKey` when there is none."""
+        """The account for ``key``; :class:`UnknownKey` when there is none.
+
+        Raises TypeError when the accounts source is async: use :meth:`resolve_account`.
+        """
         try:
             if isinstance(self._accounts, Mapping):
-                account = self._accounts[key]
+                account: object = self._accounts[key]
             else:
                 account = self._accounts(key)
         except KeyError:
             raise UnknownKey(key) from None
+        if inspect.isawaitable(account):
+            if inspect.iscoroutine(account):
+                account.close()
+            raise TypeError("the accounts source is async: use 'await resolve_account(key)'")
+        return self._checked(key, account)
+
+    async def resolve_account(self, key: str) -> IMAPAccount:
+        """The account for ``key``, awaiting an async accounts source (unbounded here:
+        :meth:`open` bounds it by ``connect_timeout``); :class:`UnknownKey` when none."""
+        try:
+            if isinstance(self._accounts, Mapping):
+                account: object = self._accounts[key]
+            else:
+                account = self._accounts(key)
+                if inspect.isawaitable(account):
+                    account = await account
+        except KeyError:
+            raise UnknownKey(key) from None
+        return self._checked(key, account)
+
+    @staticmethod
+    def _checked(key: str, account: object) -> IMAPAccount:
         if not isinstance(account, IMAPAccount):
             raise TypeError(
                 f"accounts gave {type(account).__name__} for key {key!r}, not an IMAPAccount"
@@ -96,7 +147,7 @@ class IMAPConnector:
         return account
 
     def _ssl_context(self, account: IMAPAccount) -> ssl.SSLContext | None:
-        if not account.tls:
+        if not account.secured:
             return None
         if account.ssl_context is not None:
             return account.ssl_context
@@ -108,38 +159,40 @@ class IMAPConnector:
     # -- Connector -----------------------------------------------------------------------
 
     async def open(self, key: str, config: PoolConfig) -> IMAPClient:
-        """Connect, greet and log in within ``config.connect_timeout``; see the module doc."""
-        account = self.account(key)
-        self._seen[key] = account
+        """Connect, (STARTTLS,) greet and log in within ``config.connect_timeout``.
+
+        One deadline covers every step: the accounts source (when it is async), DNS, TCP,
+        TLS, greeting, STARTTLS, the token provider, login, ID and COMPRESS. See the
+        module doc for the errors.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
+        deadline = started + config.connect_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                account = await self.resolve_account(key)
+        except TimeoutError:
+            raise ConnectTimeout(
+                f"key {key!r}: the accounts source gave no account within "
+                f"{config.connect_timeout:.3g} s"
+            ) from None
+        self._seen[key] = account
         stage = "resolve"
         made: list[GuardedProtocol] = []
 
         def factory() -> GuardedProtocol:
-            nonlocal stage
-            stage = "tls" if account.tls else "greeting"
             protocol = GuardedProtocol(loop)
             made.append(protocol)
             return protocol
 
         ctx = self._ssl_context(account)
+        hostname = account.server_hostname or account.host
         extra = {"key": key, "host": account.host, "port": account.port}
         try:
-            async with asyncio.timeout(config.connect_timeout):
+            async with asyncio.timeout_at(deadline):
                 await self._resolve(account)
                 stage = "connect"
-                if ctx is not None:
-                    transport, _ = await loop.create_connection(
-                        factory,
-                        account.host,
-                        account.port,
-                        ssl=ctx,
-                        server_hostname=account.server_hostname or account.host,
-                        ssl_handshake_timeout=config.connect_timeout,
-                    )
-                else:
-                    transport, _ = await loop.create_connection(factory, account.host, account.port)
+                transport, _ = await loop.create_connection(factory, account.host, account.port)
                 protocol = made[-1]
                 sock: SocketLike | None = transport.get_extra_info("socket")
                 if sock is not None:
@@ -149,15 +202,29 @@ class IMAPConnector:
                         config.keepalive_interval,
                         config.keepalive_count,
                     )
+                if account.tls:
+                    assert ctx is not None
+                    stage = "tls"
+                    await upgrade_tls(protocol, ctx, hostname, config.connect_timeout)
                 stage = "greeting"
                 refusal = await protocol.call(protocol.greeting)
                 if refusal is not None:
                     raise ConnectError(f"{self._where(key, account)}: {refusal}")
+                if account.starttls:
+                    assert ctx is not None
+                    stage = "starttls"
+                    await starttls(protocol, ctx, hostname, config.connect_timeout)
                 stage = "login"
                 await self._authenticate(protocol, key, account)
+                if account.client_id is not None:
+                    stage = "id"
+                    await send_id(protocol, account.client_id)
+                if account.compress:
+                    stage = "compress"
+                    await start_compression(protocol)
         except BaseException as exc:
-            for protocol in made:
-                protocol.abort()
+            for made_protocol in made:
+                made_protocol.abort()
             # asyncio closes an aborted transport's socket on the next loop iteration;
             # let it, so no socket outlives a failed open.
             await asyncio.sleep(0)
@@ -271,30 +338,88 @@ class IMAPConnector:
             return
         caps = {str(c).upper() for c in protocol.capabilities}
         where = self._where(key, account)
-        if account.oauth2_token is not None:
-            if "AUTH=XOAUTH2" not in caps:
-                raise AuthenticationError(f"{where}: server does not offer AUTH=XOAUTH2")
-            response = await protocol.call(
-                protocol.xoauth2_auth(account.username, account.oauth2_token)
-            )
+        if account.uses_oauth2:
+            mechanism = choose_oauth_mechanism(caps)
+            if mechanism is None:
+                raise AuthenticationError(
+                    f"{where}: server offers neither AUTH=OAUTHBEARER nor AUTH=XOAUTH2"
+                )
+            token = await self._token(account, where, force_refresh=False)
+            response = await self._oauth(protocol, account, mechanism, token)
+            if (
+                account.token_provider is not None
+                and response.result == "NO"
+                and response_code(_status_text(response)) == "AUTHENTICATIONFAILED"
+            ):
+                # Most likely an expired token: one fresh token, one more attempt.
+                log.info(
+                    "imap token refused, retrying once with a refreshed token",
+                    extra={"key": key, "host": account.host, "mechanism": mechanism},
+                )
+                token = await self._token(account, where, force_refresh=True)
+                response = await self._oauth(protocol, account, mechanism, token)
+            method = mechanism
         else:
             if "LOGINDISABLED" in caps:
-                raise AuthenticationError(f"{where}: server has LOGIN disabled (LOGINDISABLED)")
+                raise AuthenticationError(
+                    f"{where}: server advertises LOGINDISABLED, so LOGIN is not sent "
+                    f"(it would carry the password in plaintext); use tls=True or "
+                    f"starttls=True"
+                )
             assert account.password is not None
             response = await protocol.call(
                 protocol.login_quoted(account.username, account.password)
             )
+            method = "LOGIN"
         lines = [bytes(line) for line in response.lines]
         if response.result != "OK":
-            text = protocol.redact(lines[-1].decode("utf-8", "replace") if lines else "")[:200]
-            message = f"{where}: {account.auth_method} answered {response.result} {text}".rstrip()
+            text = protocol.redact(_status_text(response))[:200]
+            message = f"{where}: {method} answered {response.result} {text}".rstrip()
             if response_code(text) in _TRANSIENT_CODES:
                 raise ConnectError(message)
             raise AuthenticationError(message)
         if protocol.adopt_capabilities(lines) is None:
             # No [CAPABILITY] in the OK: ask, since they usually change after login.
-            caps = await protocol.call(protocol.capability_command())
-            protocol.adopt_capability_response([bytes(x) for x in caps.lines])
+            caps_response = await protocol.call(protocol.capability_command())
+            protocol.adopt_capability_response([bytes(x) for x in caps_response.lines])
+
+    @staticmethod
+    async def _oauth(
+        protocol: GuardedProtocol, account: IMAPAccount, mechanism: str, token: str
+    ) -> Any:
+        exchange = oauth_exchange(mechanism, account.username, token, account.host, account.port)
+        return await protocol.call(protocol.oauth_auth(exchange))
+
+    @staticmethod
+    async def _token(account: IMAPAccount, where: str, *, force_refresh: bool) -> str:
+        """A token from the account: fixed, or from its provider (see TokenProvider)."""
+        provider = account.token_provider
+        if provider is None:
+            assert account.oauth2_token is not None
+            return account.oauth2_token
+        try:
+            token = await provider(force_refresh)
+        except AuthenticationError as exc:
+            raise AuthenticationError(f"{where}: token provider refused: {exc}") from None
+        except ConnectError as exc:
+            raise type(exc)(f"{where}: token provider failed: {exc}") from None
+        except Exception as exc:
+            # Its text is the provider's: it may quote a token or a refresh secret.
+            raise ConnectError(
+                f"{where}: token provider raised {type(exc).__name__} "
+                f"(force_refresh={force_refresh})"
+            ) from None
+        if (
+            not isinstance(token, str)
+            or not token
+            or not token.isascii()
+            or _TOKEN_BREAKS.search(token)
+        ):
+            raise AuthenticationError(
+                f"{where}: token provider returned {type(token).__name__}, "
+                f"not a non-empty ASCII token without control characters"
+            )
+        return token
 
     @staticmethod
     def _where(key: str, account: IMAPAccount) -> str:
@@ -307,11 +432,15 @@ class IMAPConnector:
         account: IMAPAccount,
         stage: str,
         config: PoolConfig,
-    ) -> ConnectError | None:
+    ) -> PoolError | None:
         """The typed error for a failed open, or None to re-raise ``exc`` unchanged."""
         where = self._where(key, account)
         if isinstance(exc, ConnectError):
             return exc
+        if isinstance(exc, ProtocolError) and stage == "starttls":
+            # Not a ConnectError: never retried, a server (or a man in the middle) that
+            # breaks STARTTLS will do so again.
+            return ProtocolError(f"{where}: {exc}")
         if isinstance(exc, TimeoutError):
             return ConnectTimeout(
                 f"{where}: connect did not finish within {config.connect_timeout:.3g} s "

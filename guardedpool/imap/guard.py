@@ -113,6 +113,20 @@ class GuardedSession:
         return sock
 
     @property
+    def tls_version(self) -> str | None:
+        """The TLS version in use (``"TLSv1.3"``...), implicit or after STARTTLS; None for
+        a plaintext connection."""
+        transport = self._protocol.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        version = ssl_object.version() if ssl_object is not None else None
+        return str(version) if version is not None else None
+
+    @property
+    def compressed(self) -> bool:
+        """True when COMPRESS=DEFLATE (RFC 4978) is active on this connection."""
+        return self._protocol.compressing
+
+    @property
     def transport_closing(self) -> bool:
         return self._protocol.closing
 

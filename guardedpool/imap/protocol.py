@@ -8,9 +8,13 @@ version's internals, which is why the dependency is pinned below 3). What it cha
   instead of leaving pending commands to wait forever (aioimaplib bugs 1 and 3).
 * The greeting outcome is a future: a ``BYE`` or garbage greeting fails fast instead of
   leaving ``wait_hello_from_server`` to time out.
-* XOAUTH2 is done here: an error challenge (``+ <base64 json>``) is answered with an empty
-  line so the server sends its tagged ``NO`` (bug 4), and servers without SASL-IR get the
-  initial response after their first ``+``.
+* OAuth 2 SASL (OAUTHBEARER, XOAUTH2) is done here: an error challenge
+  (``+ <base64 json>``) is answered (see :mod:`guardedpool.imap.sasl`) so the server sends
+  its tagged ``NO`` (bug 4), and servers without SASL-IR get the initial response after
+  their first ``+``.
+* STARTTLS and COMPRESS change the byte stream right after their tagged ``OK``; they run
+  through :meth:`GuardedProtocol.switch`, which reads the tagged reply itself and holds
+  back every byte after it (see :mod:`guardedpool.imap.starttls`).
 * Nothing that carries a credential is logged: aioimaplib's own scrubbing misses the
   quoted password (any ``"`` or ``\\`` in it) and the base64 XOAUTH2 string.
 * Untagged lines lose only their ``* `` prefix (aioimaplib deletes every ``"* "`` in the
@@ -25,8 +29,9 @@ import asyncio
 import logging
 import re
 import weakref
-from base64 import b64encode
+import zlib
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aioimaplib.aioimaplib import (
@@ -41,6 +46,7 @@ from aioimaplib.aioimaplib import (
 
 from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError
 from .parse import parse_capabilities
+from .sasl import OAuthExchange
 
 __all__ = ["GuardedProtocol", "quoted"]
 
@@ -82,6 +88,21 @@ _LINES_PER_FEED = 256
 _MAX_TEXT = 200
 
 
+# A STARTTLS/COMPRESS reply longer than this without its tagged line is not a reply.
+_SWITCH_MAX = 64 * 1024
+_INFLATE_PIECE = 256 * 1024
+
+
+@dataclass(slots=True)
+class _Switch:
+    """A STARTTLS or COMPRESS in flight: its tag, its tagged reply, the bytes after it."""
+
+    tag: bytes
+    reply: asyncio.Future[tuple[str, str]]
+    buf: bytes = b""
+    rest: bytearray = field(default_factory=bytearray)
+
+
 def _text(data: bytes | str) -> str:
     s = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     return s if len(s) <= _MAX_TEXT else s[:_MAX_TEXT] + "..."
@@ -113,6 +134,9 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.logging_out = False
         self._secrets: tuple[str, ...] = ()
         self._sasl_initial: str | None = None
+        self._sasl_error_reply = ""
+        self._switch: _Switch | None = None
+        self._inflate: Any = None  # zlib decompressobj once COMPRESS=DEFLATE is on
 
     # -- faults ----------------------------------------------------------------------
 
@@ -190,6 +214,39 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         # even when DEBUG is off (a repr of each megabyte of a large FETCH).
         if self.fault.done():
             return
+        if self._switch is not None:
+            self._switch_data(data)
+            return
+        if self._inflate is not None:
+            self._inflated(data)
+            return
+        self._received(data)
+
+    @property
+    def compressing(self) -> bool:
+        """True once COMPRESS=DEFLATE is active."""
+        return self._inflate is not None
+
+    def start_inflate(self, rest: bytes) -> None:
+        """Inflate (RFC 1951 raw deflate) all server data from now on, ``rest`` first."""
+        self._inflate = zlib.decompressobj(-15)
+        if rest:
+            self._inflated(rest)
+
+    def _inflated(self, data: bytes) -> None:
+        try:
+            # Bounded pieces: a small compressed read can inflate to a lot.
+            piece = self._inflate.decompress(data, _INFLATE_PIECE)
+            while piece:
+                self._received(piece)
+                if self.fault.done():
+                    return
+                tail = self._inflate.unconsumed_tail
+                piece = self._inflate.decompress(tail, _INFLATE_PIECE) if tail else b""
+        except zlib.error as exc:
+            self.fail(ProtocolError(f"corrupt COMPRESS=DEFLATE stream from server ({exc})"))
+
+    def _received(self, data: bytes) -> None:
         try:
             start, size = 0, len(data)
             while start < size:
@@ -228,6 +285,58 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         except IncompleteRead as incomplete:
             self.current_command = incomplete.cmd
             self.incomplete_line = incomplete.data
+
+    # -- STARTTLS / COMPRESS ------------------------------------------------------------
+
+    async def switch(self, name: str) -> tuple[str, str]:
+        """Send ``name`` (STARTTLS, COMPRESS DEFLATE) and return its tagged ``(result, text)``.
+
+        Until :meth:`end_switch`, the protocol reads the reply itself rather than through
+        aioimaplib: every byte after the tagged line is held back, never parsed, because
+        after that line the stream is TLS or deflate (or, if it arrives before the TLS
+        handshake, an attacker's injected plaintext). Untagged lines before the reply are
+        ignored; a ``BYE`` faults. No bound of its own: the caller's timeout covers it.
+        """
+        if self._switch is not None or self.incomplete_line or self.pending_sync_command:
+            raise RuntimeError(f"{name} needs an idle connection")
+        tag = self.new_tag()
+        self._switch = _Switch(tag.encode("ascii"), self.loop.create_future())
+        self.send(f"{tag} {name}")
+        return await self._switch.reply
+
+    def end_switch(self) -> bytes:
+        """Stop holding bytes; return those that came after the tagged reply."""
+        switch, self._switch = self._switch, None
+        return bytes(switch.rest) if switch is not None else b""
+
+    def _switch_data(self, data: bytes) -> None:
+        switch = self._switch
+        assert switch is not None
+        if switch.reply.done():
+            switch.rest += data
+            return
+        buf = switch.buf + data
+        while True:
+            line, sep, tail = buf.partition(b"\r\n")
+            if not sep:
+                break
+            buf = tail
+            if line.startswith(switch.tag + b" "):
+                result, _, text = line[len(switch.tag) + 1 :].partition(b" ")
+                switch.rest += buf
+                switch.buf = b""
+                switch.reply.set_result(
+                    (result.decode("ascii", "replace").upper(), text.decode("utf-8", "replace"))
+                )
+                return
+            if _BYE.match(line):
+                self.fail(ProtocolError(f"server said {_text(line[2:])}"))
+                return
+            wire_log.debug("ignored line before the tagged reply %r", line[:_MAX_TEXT])
+        if len(buf) > _SWITCH_MAX:
+            self.fail(ProtocolError("no tagged reply within 64 KiB of server data"))
+            return
+        switch.buf = buf
 
     # -- aioimaplib overrides ----------------------------------------------------------
 
@@ -280,8 +389,8 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             if self._sasl_initial is not None:
                 response, self._sasl_initial = self._sasl_initial, None
             else:
-                # An error challenge: an empty response ends the exchange with a tagged NO.
-                response = ""
+                # An error challenge: this answer ends the exchange with a tagged NO.
+                response = self._sasl_error_reply
             self.transport.write(f"{response}\r\n".encode())
             self.sent += 1
             return
@@ -347,19 +456,20 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         finally:
             self.secrets_sent()
 
-    async def xoauth2_auth(self, username: str, token: str) -> Any:
-        """AUTHENTICATE XOAUTH2, with SASL-IR when the server offers it."""
-        sasl = b64encode(f"user={username}\1auth=Bearer {token}\1\1".encode("ascii")).decode()
-        self.set_secrets(token, sasl)
-        args: tuple[str, ...] = ("XOAUTH2",)
+    async def oauth_auth(self, exchange: OAuthExchange) -> Any:
+        """AUTHENTICATE OAUTHBEARER or XOAUTH2, with SASL-IR (RFC 4959) when offered."""
+        self.set_secrets(*exchange.secrets)
+        sasl = exchange.initial
+        args: tuple[str, ...] = (exchange.mechanism,)
         if "SASL-IR" in {str(c).upper() for c in self.capabilities}:
-            args = ("XOAUTH2", sasl)
+            args = (exchange.mechanism, sasl)
         else:
             self._sasl_initial = sasl
+        self._sasl_error_reply = exchange.error_reply
         try:
             async with self.state_condition:
                 command = Command("AUTHENTICATE", self.new_tag(), *args, loop=self.loop)
-                response = await self.execute(command, scrub=token)
+                response = await self.execute(command, scrub=exchange.secrets[0])
                 if response.result == "OK":
                     self.state = AUTH
                 self.state_condition.notify_all()

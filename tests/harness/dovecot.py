@@ -224,6 +224,14 @@ class DovecotServer:
             self._write_passwd(name, password)
         self._write_config()
 
+    @property
+    def starttls_port(self) -> int:
+        """The STARTTLS port: the plain listener, which offers STARTTLS because TLS is
+        configured globally (``ssl = yes`` with a certificate). Dovecot 2.3 cannot require
+        STARTTLS per listener, and loopback counts as secured, so plaintext LOGIN works
+        there too; tests that need LOGINDISABLED use a scripted server."""
+        return self.port
+
     # -- lifecycle -------------------------------------------------------------------
 
     @property

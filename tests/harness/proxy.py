@@ -51,6 +51,7 @@ class Mode(enum.Enum):
     CLOSE = "close"  # FIN both sides
     NEVER_GREET = "never_greet"  # new connections: accept, never connect upstream or send
     GARBAGE = "garbage"  # client gets garbage instead of server data; client data passes
+    INJECT = "inject"  # client gets ``garbage`` once, in the same write as the trigger; then PASS
 
 
 # Modes under which a connection's client socket outlives the upstream one.
@@ -69,8 +70,11 @@ class Fault:
             when the fault was set); None = no such threshold.
         after_client_bytes: client->server bytes that pass before the fault applies.
             With both thresholds None the fault applies at once.
-        garbage: what ``GARBAGE`` sends per server chunk; None = random bytes of the
-            chunk's length.
+        garbage: what ``GARBAGE`` sends per server chunk (None = random bytes of the
+            chunk's length), and what ``INJECT`` appends once.
+        after_match: the fault applies right after the server->client line containing
+            these bytes has passed (e.g. ``b"Begin TLS"``: STARTTLS's OK). Under
+            ``INJECT`` the injected bytes go in the same write as that line.
     """
 
     mode: Mode = Mode.PASS
@@ -79,6 +83,7 @@ class Fault:
     after_bytes: int | None = None
     after_client_bytes: int | None = None
     garbage: bytes | None = None
+    after_match: bytes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, Mode):
@@ -93,10 +98,18 @@ class Fault:
                 raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
         if self.garbage is not None and not self.garbage:
             raise ValueError("garbage must be None or non-empty bytes")
+        if self.after_match is not None and not self.after_match:
+            raise ValueError("after_match must be None or non-empty bytes")
+        if self.mode is Mode.INJECT and self.garbage is None:
+            raise ValueError("Mode.INJECT needs garbage= (the bytes to inject)")
 
     @property
     def immediate(self) -> bool:
-        return self.after_bytes is None and self.after_client_bytes is None
+        return (
+            self.after_bytes is None
+            and self.after_client_bytes is None
+            and self.after_match is None
+        )
 
 
 @dataclass(frozen=True)
@@ -220,6 +233,7 @@ class ProxyConnection:
         self._upstream_counted = False
         self._passed = {True: 0, False: 0}  # per direction (is_client) since set_mode
         self._triggered = fault.immediate
+        self._match_carry = b""
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
         self._graceful = True
@@ -244,9 +258,12 @@ class ProxyConnection:
         after_bytes: int | None = None,
         after_client_bytes: int | None = None,
         garbage: bytes | None = None,
+        after_match: bytes | None = None,
     ) -> None:
         """Change this live connection's fault; thresholds count from now."""
-        self.apply(Fault(mode, delay, interval, after_bytes, after_client_bytes, garbage))
+        self.apply(
+            Fault(mode, delay, interval, after_bytes, after_client_bytes, garbage, after_match)
+        )
 
     def apply(self, fault: Fault) -> None:
         """Like ``set_mode`` with a ready ``Fault``."""
@@ -255,6 +272,7 @@ class ProxyConnection:
         self.fault = fault
         self._passed = {True: 0, False: 0}
         self._triggered = fault.immediate
+        self._match_carry = b""
         if self._triggered and fault.mode is Mode.RESET:
             self._finish("reset by test", graceful=False)
         elif self._triggered and fault.mode is Mode.CLOSE:
@@ -425,6 +443,12 @@ class ProxyConnection:
         up = src.is_client
         while data and not self._done.is_set():
             fault = self.fault
+            if not self._triggered and fault.after_match is not None:
+                if up:  # the match is looked for in server data only
+                    await self._send(dst, data)
+                    return
+                data = await self._pass_until_match(dst, data, fault)
+                continue
             if not self._triggered:
                 limit = fault.after_client_bytes if up else fault.after_bytes
                 room = len(data) if limit is None else limit - self._passed[up]
@@ -455,6 +479,9 @@ class ProxyConnection:
                 await wake.wait()
             elif mode is Mode.BLACKHOLE:
                 data = b""
+            elif mode is Mode.INJECT:
+                await self._send(dst, data)  # injected already, at the trigger
+                data = b""
             elif mode is Mode.GARBAGE:
                 if not up:
                     garbage = fault.garbage if fault.garbage is not None else os.urandom(len(data))
@@ -468,6 +495,28 @@ class ProxyConnection:
             else:  # Mode.CLOSE
                 self._finish("closed by fault", graceful=True)
                 return
+
+    async def _pass_until_match(self, dst: _Side | None, data: bytes, fault: Fault) -> bytes:
+        """Forward server data up to the end of the line holding ``after_match``; trigger
+        there (INJECT: its bytes in the same write). Returns what is left of ``data``."""
+        assert fault.after_match is not None
+        carry = self._match_carry + data
+        found = carry.find(fault.after_match)
+        if found < 0:
+            self._match_carry = carry[-len(fault.after_match) :]
+            await self._send(dst, data)
+            return b""
+        end = carry.find(b"\n", found)
+        end = len(carry) if end < 0 else end + 1
+        offset = len(carry) - len(data)  # bytes of carry already sent earlier
+        head, rest = data[: end - offset], data[end - offset :]
+        self._triggered = True
+        self._match_carry = b""
+        if fault.mode is Mode.INJECT:
+            assert fault.garbage is not None
+            head += fault.garbage
+        await self._send(dst, head)
+        return rest
 
     async def _send(self, dst: _Side | None, data: bytes) -> None:
         if dst is not None and not await dst.send(data) and dst.is_client:
@@ -568,9 +617,12 @@ class FaultProxy:
         after_bytes: int | None = None,
         after_client_bytes: int | None = None,
         garbage: bytes | None = None,
+        after_match: bytes | None = None,
     ) -> None:
         """Set the fault for connections accepted from now on (live ones keep theirs)."""
-        self.fault = Fault(mode, delay, interval, after_bytes, after_client_bytes, garbage)
+        self.fault = Fault(
+            mode, delay, interval, after_bytes, after_client_bytes, garbage, after_match
+        )
 
     def set_mode_all(self, mode: Mode, **params: Any) -> None:
         """Apply a fault to every live connection (new ones keep ``set_mode``'s)."""
