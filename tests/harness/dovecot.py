@@ -150,6 +150,9 @@ class DovecotServer:
         base_dir: parent for the temp dir; default the system temp dir (or /tmp if that
             path is too long for Dovecot's unix sockets).
         keep_dir: leave the temp dir (config, log, mail) after ``stop()``, for debugging.
+        oauth2_introspection_url: also accept OAuth 2 bearer tokens (``AUTH=OAUTHBEARER``
+            and ``AUTH=XOAUTH2``) through Dovecot's oauth2 passdb, which POSTs each token
+            to this RFC 7662 introspection URL (see ``harness.oauth.TokenServer``).
 
     ``start()`` and ``stop()`` block: start takes ~50 ms, stop ~1.1 s (Dovecot's master
     sleeps a fixed second on shutdown to let its log process flush). The object is also a
@@ -170,6 +173,7 @@ class DovecotServer:
         stop_timeout: float = 5.0,
         base_dir: str | None = None,
         keep_dir: bool = False,
+        oauth2_introspection_url: str | None = None,
     ) -> None:
         if idle_notify_interval < 1:
             raise ValueError(f"idle_notify_interval must be >= 1 s, got {idle_notify_interval!r}")
@@ -185,6 +189,7 @@ class DovecotServer:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.keep_dir = keep_dir
+        self.oauth2_introspection_url = oauth2_introspection_url
 
         parent = base_dir or tempfile.gettempdir()
         if len(parent) > _MAX_BASE_LEN:
@@ -491,6 +496,26 @@ class DovecotServer:
             chroot = "  chroot =\n"
         # mode 0 disables the listener: no per-IP auth penalty (mail_max_userip_connections
         # uses the separate "anvil" listener and keeps working).
+        mechanisms = "plain login"
+        oauth2 = ""
+        if self.oauth2_introspection_url is not None:
+            # Dovecot 2.3's oauth2 passdb: introspection_mode = post sends token=...;
+            # active=true and a username equal to the login name let the user in.
+            oauth_conf = d / "oauth2.conf"
+            oauth_conf.write_text(
+                f"introspection_mode = post\n"
+                f"introspection_url = {self.oauth2_introspection_url}\n"
+                f"force_introspection = yes\n"
+                f"username_attribute = username\n"
+                f"active_attribute = active\n"
+                f"active_value = true\n"
+            )
+            oauth_conf.chmod(0o644)
+            mechanisms += " xoauth2 oauthbearer"
+            oauth2 = (
+                f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                f"  args = {oauth_conf}\n}}\n"
+            )
         penalty = (
             "" if self.auth_penalty else "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n"
         )
@@ -508,7 +533,7 @@ ssl = yes
 ssl_cert = <{d}/cert.pem
 ssl_key = <{d}/key.pem
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_failure_delay = {self.auth_failure_delay} secs
 auth_verbose = yes
 mail_location = maildir:~/Maildir
@@ -516,7 +541,7 @@ passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.passwd_dir}/%u
 }}
-userdb {{
+{oauth2}userdb {{
   driver = static
   args = uid={self._mail_uid} gid={self._mail_gid} home={self.mail_root}/%u
 }}

@@ -81,3 +81,32 @@ def test_plaintext_and_custom_context_accepted() -> None:
     account = make(ssl_context=ctx, server_hostname="mail.example.test")
     assert account.ssl_context is ctx
     assert account.to_dict()["ssl_context"] == "custom"
+
+
+async def _provider(force_refresh: bool) -> str:
+    return TOKEN
+
+
+def test_token_provider_is_redacted_and_exclusive() -> None:
+    account = make(password=None, token_provider=_provider)
+    assert account.uses_oauth2 and account.auth_method == "XOAUTH2"
+    assert account.to_dict()["token_provider"] == "<redacted>"
+    assert "function" not in repr(account) and "token_provider=<redacted>" in repr(account)
+    with pytest.raises(ValueError, match="not both"):
+        make(token_provider=_provider)
+    with pytest.raises(ValueError, match="token_provider"):
+        make(password=None, token_provider="not callable")
+
+
+def test_starttls_client_id_and_compress() -> None:
+    account = make(port=143, starttls=True, client_id={"name": "gp", "version": "1"})
+    assert account.starttls and not account.tls and account.secured
+    assert dict(account.client_id or {}) == {"name": "gp", "version": "1"}
+    assert make(compress=True).compress
+    with pytest.raises(ValueError, match="tls=True and starttls=True"):
+        make(tls=True, starttls=True)
+    for bad in ({}, {"name": "é"}, {"x" * 31: "v"}, {"name": "v" * 1025}, {"name": 1}):
+        with pytest.raises(ValueError, match="client_id"):
+            make(client_id=bad)
+    ctx = ssl.create_default_context()
+    assert make(starttls=True, ssl_context=ctx).ssl_context is ctx
