@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import IMAPCommandError, ProtocolError
 from .guard import GuardedSession, consume
+from .literals import criteria_pieces
 from .parse import Response
 from .protocol import GuardedProtocol, quoted
 
@@ -77,6 +78,10 @@ _SIMPLE: dict[str, int] = {
 }
 
 _IDLING = Response("OK", [b"+ idling"])
+
+# BODY[1.2] / BODY.PEEK[] (a part number or nothing: RFC 3516 section-binary).
+_BODY_PART = re.compile(r"\bBODY(\.PEEK)?\[([0-9.]*)\]", re.IGNORECASE)
+_CHARSET = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 
 
 class IMAPClient(GuardedSession):
@@ -219,31 +224,82 @@ class IMAPClient(GuardedSession):
     async def search(
         self, *criteria: str, charset: str | None = None, timeout: float | None = None
     ) -> Response:
-        """SEARCH (sequence numbers); see :func:`~guardedpool.imap.parse.parse_search`."""
-        p = self._protocol
-        return await self._run("SEARCH", lambda: p.search(*criteria, charset=charset), timeout)
+        """SEARCH (sequence numbers); see :func:`~guardedpool.imap.parse.parse_search`.
+
+        Criteria that are not ASCII, e.g. ``search("SUBJECT", "Köln", charset="UTF-8")``,
+        go as literals in ``charset`` (default UTF-8 then), never as raw 8-bit text; see
+        :mod:`~guardedpool.imap.literals`. The wait for each ``+`` counts against the
+        bound.
+        """
+        return await self._search("SEARCH", criteria, charset, timeout, by_uid=False)
 
     async def uid_search(
         self, *criteria: str, charset: str | None = None, timeout: float | None = None
     ) -> Response:
-        """UID SEARCH; see :func:`~guardedpool.imap.parse.parse_search`."""
+        """UID SEARCH; as :meth:`search`."""
+        return await self._search("UID SEARCH", criteria, charset, timeout, by_uid=True)
+
+    async def _search(
+        self,
+        name: str,
+        criteria: tuple[str, ...],
+        charset: str | None,
+        timeout: float | None,
+        *,
+        by_uid: bool,
+    ) -> Response:
         p = self._protocol
-        return await self._run(
-            "UID SEARCH", lambda: p.search(*criteria, charset=charset, by_uid=True), timeout
-        )
+        if all(c.isascii() for c in criteria):
+            return await self._run(
+                name, lambda: p.search(*criteria, charset=charset, by_uid=by_uid), timeout
+            )
+        charset = charset or "UTF-8"
+        if not _CHARSET.match(charset):
+            raise ValueError(f"charset must be an atom such as UTF-8, got {charset!r}")
+        pieces = [f" CHARSET {charset}", *criteria_pieces(criteria, charset)]
+        return await self._run(name, lambda: p.search_literals(pieces, by_uid=by_uid), timeout)
 
     async def fetch(
-        self, message_set: str, items: str, *, timeout: float | None = None
+        self,
+        message_set: str,
+        items: str,
+        *,
+        binary: bool = False,
+        timeout: float | None = None,
     ) -> Response:
-        """FETCH; see :func:`~guardedpool.imap.parse.parse_fetch`. The bound is total."""
+        """FETCH; see :func:`~guardedpool.imap.parse.parse_fetch`. The bound is total.
+
+        ``binary=True`` asks for decoded parts (RFC 3516): each ``BODY[<part>]`` or
+        ``BODY.PEEK[<part>]`` with a part number (or empty) becomes ``BINARY[...]`` /
+        ``BINARY.PEEK[...]``, so the server undoes the base64 or quoted-printable
+        transfer encoding and the section comes back as ``"BINARY[<part>]"`` (as a
+        literal8 when it holds NUL). Other sections (``HEADER``, ``TEXT``) are left as
+        they are. The server must offer BINARY, else :class:`IMAPCommandError` before
+        anything is sent.
+        """
+        items = self._binary_items(items, "FETCH") if binary else items
         p = self._protocol
         return await self._run("FETCH", lambda: p.fetch(message_set, items, timeout=None), timeout)
 
     async def uid_fetch(
-        self, uid_set: str, items: str, *, timeout: float | None = None
+        self,
+        uid_set: str,
+        items: str,
+        *,
+        binary: bool = False,
+        timeout: float | None = None,
     ) -> Response:
-        """UID FETCH; see :func:`~guardedpool.imap.parse.parse_fetch`. The bound is total."""
+        """UID FETCH; see :func:`~guardedpool.imap.parse.parse_fetch` and, for ``binary``,
+        :meth:`fetch`. The bound is total."""
+        items = self._binary_items(items, "UID FETCH") if binary else items
         return await self.uid("FETCH", uid_set, items, timeout=timeout)
+
+    def _binary_items(self, items: str, name: str) -> str:
+        if not self.has_capability("BINARY"):
+            raise IMAPCommandError(
+                name, "BAD", "refused by the client: the server does not offer BINARY (RFC 3516)"
+            )
+        return _BODY_PART.sub(lambda m: f"BINARY{m.group(1) or ''}[{m.group(2)}]", items)
 
     async def store(
         self, message_set: str, item: str, flags: str, *, timeout: float | None = None

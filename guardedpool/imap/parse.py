@@ -18,6 +18,7 @@ from typing import NamedTuple, TypeAlias
 
 __all__ = [
     "FetchItem",
+    "Value",
     "IdlePush",
     "ListEntry",
     "ParseError",
@@ -55,8 +56,10 @@ class ParseError(ValueError):
 Value: TypeAlias = "bytes | list[Value] | None"
 """An IMAP data item: atom/string/literal as bytes, NIL as None, a parenthesized list."""
 
-_LITERAL_START = re.compile(rb"\{(\d+)\+?\}\r\n")
-_LITERAL_END = re.compile(rb"\{(\d+)\+?\}$")
+# A literal ``{n}``, or a literal8 ``~{n}`` (RFC 3516 section 4.2, RFC 9051 section 4.3):
+# n octets follow the CRLF, NUL included for literal8.
+_LITERAL_START = re.compile(rb"~?\{(\d+)\+?\}\r\n")
+_LITERAL_END = re.compile(rb"~?\{(\d+)\+?\}$")
 _CODE = re.compile(r"^\s*\[([^\]]*)\]")
 
 
@@ -94,7 +97,7 @@ def _tokenize(buf: bytes, pos: int = 0) -> tuple[Value, int]:
                 out.append(ch)
                 pos += 1
         raise ParseError("unterminated quoted string")
-    if c == 0x7B:  # {
+    if c == 0x7B or (c == 0x7E and buf[pos + 1 : pos + 2] == b"{"):  # { or ~{
         m = _LITERAL_START.match(buf, pos)
         if m is None:
             raise ParseError("malformed literal")
@@ -148,6 +151,11 @@ def _responses(lines: Sequence[bytes], start: re.Pattern[bytes]) -> Iterator[byt
                 continue
             yield current
             current, state = None, "text"
+        if item[:2] == b"* ":
+            # aioimaplib counts parentheses across a FETCH, quoted strings and literals
+            # included, so a "(" in a subject makes it file the next untagged lines
+            # under the open FETCH with their "* " still on.
+            item = item[2:]
         if not start.match(item):
             continue
         current = bytes(item)
@@ -338,8 +346,11 @@ class FetchItem:
 
     ``sections`` maps each body item the server returned (``"BODY[]"``,
     ``"BODY[HEADER]"``, ``"RFC822"``, ``"BINARY[1]"``, partial ``"BODY[]<0>"``...) to its
-    bytes (None for NIL). Unsolicited FETCH responses (a flag change from another
-    session) show up as items too, usually without ``uid``.
+    bytes (None for NIL); a literal8 (``~{n}``, RFC 3516) is read like a literal, so a
+    ``BINARY[...]`` section holds exactly the decoded octets. ``extra`` keeps every other
+    data item as a parsed :data:`Value` (``ENVELOPE``, ``BODYSTRUCTURE``,
+    ``BINARY.SIZE[1]``, ``X-GM-LABELS``...). Unsolicited FETCH responses (a flag change
+    from another session) show up as items too, usually without ``uid``.
     """
 
     seq: int
@@ -349,6 +360,7 @@ class FetchItem:
     modseq: int | None = None
     internaldate: str | None = None
     sections: dict[str, bytes | None] = field(default_factory=dict)
+    extra: dict[str, Value] = field(default_factory=dict)
 
     @property
     def body(self) -> bytes | None:
@@ -375,6 +387,7 @@ def _fetch_item(raw: bytes) -> FetchItem:
     flags: tuple[str, ...] | None = None
     internaldate: str | None = None
     sections: dict[str, bytes | None] = {}
+    extra: dict[str, Value] = {}
     for key_v, value in zip(values[::2], values[1::2], strict=False):
         if not isinstance(key_v, bytes):
             continue
@@ -392,6 +405,8 @@ def _fetch_item(raw: bytes) -> FetchItem:
             internaldate = value.decode("ascii", "replace") if isinstance(value, bytes) else None
         elif upper.startswith(_SECTION_KEYS) and not isinstance(value, list):
             sections[upper] = value
+        else:
+            extra[upper] = value
     return FetchItem(
         seq=seq,
         uid=uid,
@@ -400,6 +415,7 @@ def _fetch_item(raw: bytes) -> FetchItem:
         modseq=modseq,
         internaldate=internaldate,
         sections=sections,
+        extra=extra,
     )
 
 

@@ -45,6 +45,7 @@ from aioimaplib.aioimaplib import (
 )
 
 from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError
+from .literals import Piece, command_chunks, nonsync_limit
 from .parse import parse_capabilities
 from .sasl import OAuthExchange
 
@@ -137,6 +138,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self._sasl_error_reply = ""
         self._switch: _Switch | None = None
         self._inflate: Any = None  # zlib decompressobj once COMPRESS=DEFLATE is on
+        self._literal_chunks: list[bytes] = []  # sent one per '+' continuation
 
     # -- faults ----------------------------------------------------------------------
 
@@ -383,6 +385,11 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         return command
 
     def _continuation(self, line: bytes) -> None:
+        if self._literal_chunks:
+            # The server is ready for a synchronising literal (RFC 3501 section 7.5).
+            self.transport.write(self._literal_chunks.pop(0))
+            self.sent += 1
+            return
         cmd = self.pending_sync_command
         name = cmd.name if cmd is not None else None
         if name == "AUTHENTICATE":
@@ -414,6 +421,32 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
     def _greeted(self, reason: str | None) -> None:
         if not self.greeting.done():
             self.greeting.set_result(reason)
+
+    # -- commands with literals ------------------------------------------------------
+
+    async def search_literals(self, pieces: list[Piece], *, by_uid: bool) -> Any:
+        """SEARCH / UID SEARCH whose ``pieces`` hold literals (see :mod:`.literals`).
+
+        Non-synchronising where LITERAL+/LITERAL- allow, else each literal waits for the
+        server's ``+``. No bound of its own: the client's ``_run`` bounds the command.
+        """
+        if self.pending_sync_command is not None or "SEARCH" in self.pending_async_commands:
+            raise RuntimeError("SEARCH with literals needs an idle connection")
+        caps = {str(c).upper() for c in self.capabilities}
+        tag = self.new_tag()
+        verb = "UID SEARCH" if by_uid else "SEARCH"
+        chunks = command_chunks(tag, [" ", verb, *pieces], nonsync_limit(caps))
+        command = Command("SEARCH", tag, loop=self.loop)
+        self.pending_async_commands[command.untagged_resp_name] = command
+        self._literal_chunks = chunks[1:]
+        wire_log.debug("send %s %s with %d literal(s)", tag, verb, len(pieces))
+        self.transport.write(chunks[0])
+        self.sent += 1
+        try:
+            await command.wait()
+        finally:
+            self._literal_chunks = []
+        return command.response
 
     # -- capabilities ------------------------------------------------------------------
 

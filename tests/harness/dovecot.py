@@ -12,6 +12,8 @@ Why these settings (verified on Debian 12, Dovecot 2.3.19):
 * ``auth_failure_delay = 0`` and the anvil auth penalty off by default: Dovecot otherwise
   waits 2 s before answering a bad password and then delays *every* login from the same
   IP (all tests share 127.0.0.1) by up to 15 s.
+* ``imap_zlib`` is loaded, so COMPRESS=DEFLATE is offered, and ``imap_id_log = *`` logs
+  what a client sends with ID.
 * ``mail_max_userip_connections`` is raised (default 10) so pool tests are limited by the
   pool, not the server; pass a small value to test a server-side cap on purpose.
 * Logs go to a file in the temp dir so test output stays clean; ``log_tail()`` is
@@ -548,6 +550,9 @@ passdb {{
 protocol imap {{
   mail_max_userip_connections = {self.max_userip_connections}
   imap_idle_notify_interval = {self.idle_notify_interval} secs
+  # COMPRESS=DEFLATE (RFC 4978) on offer; clients opt in. ID (RFC 2971) fields logged.
+  mail_plugins = $mail_plugins imap_zlib
+  imap_id_log = *
 }}
 service imap-login {{
 {chroot}  process_limit = 500

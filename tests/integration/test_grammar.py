@@ -1,0 +1,274 @@
+"""The grammar real servers use, against Dovecot and, where Dovecot cannot show it, a
+scripted server: literal8 and fetch(binary=True) (RFC 3516), ID (RFC 2971), COMPRESS=DEFLATE
+(RFC 4978), and non-ASCII search terms sent as literals (RFC 3501 section 4.3, RFC 7888).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import pytest
+from harness import DovecotServer, ProxyFactory, make_message
+from harness.scripted import ScriptConn, ScriptedIMAP
+
+from guardedpool import GuardedPool
+from guardedpool.config import PoolConfig
+from guardedpool.errors import IMAPCommandError, OperationTimeout
+from guardedpool.imap import IMAPAccount, IMAPConnector, parse_fetch, parse_search
+from guardedpool.sockets import identify, is_open
+
+T = 1.0
+CFG = PoolConfig(connect_timeout=3.0, op_timeout=T, close_timeout=T)
+PAYLOAD = b"hello\x00world!"
+
+
+def account(
+    server: DovecotServer, user: tuple[str, str], port: int | None = None, **kw: object
+) -> IMAPAccount:
+    name, password = user
+    return IMAPAccount(
+        host="127.0.0.1",
+        port=port or server.port,
+        username=name,
+        password=password,
+        tls=False,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def mime_with_binary_part(subject: str = "binary") -> bytes:
+    encoded = base64.b64encode(PAYLOAD).decode()
+    return (
+        f"From: a@example.test\r\nTo: b@example.test\r\nSubject: {subject}\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="bb"\r\n\r\n'
+        "--bb\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        "--bb\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--bb--\r\n"
+    ).encode()
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+# -- literal8 and BINARY ---------------------------------------------------------------------
+
+
+async def test_fetch_binary_returns_decoded_octets_as_literal8(
+    dovecot: DovecotServer, fresh_user: tuple[str, str]
+) -> None:
+    dovecot.seed_messages(fresh_user[0], messages=[mime_with_binary_part()])
+    connector = IMAPConnector({"k": account(dovecot, fresh_user)})
+    client = await connector.open("k", CFG)
+    try:
+        await client.select()
+        response = await client.uid_fetch(
+            "1:*", "(UID BODY.PEEK[2] BODY.PEEK[HEADER])", binary=True
+        )
+        # Dovecot sends a part holding NUL as a literal8 (~{n}).
+        assert any(line.endswith(b"~{%d}" % len(PAYLOAD)) for line in response.lines)
+        (item,) = parse_fetch(response.lines)
+        assert item.sections["BINARY[2]"] == PAYLOAD
+        assert b"Subject: binary" in (item.sections["BODY[HEADER]"] or b"")
+        plain = parse_fetch((await client.fetch("1", "(BODY.PEEK[2])")).lines)[0]
+        assert plain.sections["BODY[2]"] == base64.b64encode(PAYLOAD)  # still encoded
+    finally:
+        await connector.close(client, T)
+
+
+async def test_fetch_binary_refused_without_the_capability() -> None:
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet()
+        await conn.serve()
+
+    async with ScriptedIMAP(script) as srv:
+        acc = IMAPAccount(host="127.0.0.1", port=srv.port, username="u", password="p", tls=False)
+        connector = IMAPConnector({"k": acc})
+        client = await connector.open("k", CFG)
+        await client.select()
+        with pytest.raises(IMAPCommandError) as err:
+            await client.fetch("1", "(BODY.PEEK[1])", binary=True)
+        assert "BINARY" in str(err.value) and not client.poisoned
+        await connector.close(client, T)
+    assert not any(b"FETCH" in line for line in srv.received)
+
+
+# -- ID ---------------------------------------------------------------------------------------
+
+
+async def test_client_id_is_sent_after_login(
+    dovecot: DovecotServer, fresh_user: tuple[str, str]
+) -> None:
+    acc = account(dovecot, fresh_user, client_id={"name": "guardedpool-test", "version": "9.9"})
+    connector = IMAPConnector({"k": acc})
+    client = await connector.open("k", CFG)
+    await client.select()
+    await connector.close(client, T)
+    deadline = time.monotonic() + 3
+    while "name=guardedpool-test" not in dovecot.log_tail(200):
+        assert time.monotonic() < deadline, dovecot.log_tail(20)
+        await asyncio.sleep(0.05)
+    assert f"imap({fresh_user[0]})" in dovecot.log_tail(200)
+
+
+# -- non-ASCII search terms as literals ----------------------------------------------------------
+
+
+async def test_non_ascii_search_against_dovecot(
+    dovecot: DovecotServer, fresh_user: tuple[str, str]
+) -> None:
+    dovecot.seed_messages(
+        fresh_user[0],
+        messages=[
+            make_message(1, subject="=?UTF-8?Q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?="),
+            make_message(2, subject="Greetings from Bonn"),
+        ],
+    )
+    connector = IMAPConnector({"k": account(dovecot, fresh_user)})
+    client = await connector.open("k", CFG)
+    try:
+        await client.select()
+        assert "LITERAL+" in client.capabilities  # so this is the non-synchronising form
+        assert parse_search((await client.search("SUBJECT", "Köln", charset="UTF-8")).lines) == [1]
+        assert parse_search((await client.uid_search('SUBJECT "Grüße"')).lines) == [1]
+        assert parse_search((await client.search("SUBJECT", "Bonn")).lines) == [2]
+    finally:
+        await connector.close(client, T)
+
+
+async def test_synchronising_literal_waits_for_continuation() -> None:
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet("IMAP4rev1")
+        line = await conn.serve(until=b"SEARCH", caps="IMAP4rev1")
+        tag = line.split(b" ", 1)[0]
+        assert line.endswith(b"SEARCH CHARSET UTF-8 SUBJECT {5}\r\n"), line
+        await conn.send(b"+ Ready for literal data\r\n")
+        rest = await conn.line()
+        assert rest == "Köln\r\n".encode(), rest
+        await conn.send(b"* SEARCH 3\r\n" + tag + b" OK done\r\n")
+        await conn.serve(caps="IMAP4rev1")
+
+    async with ScriptedIMAP(script) as srv:
+        acc = IMAPAccount(host="127.0.0.1", port=srv.port, username="u", password="p", tls=False)
+        connector = IMAPConnector({"k": acc})
+        client = await connector.open("k", CFG)
+        await client.select()
+        response = await client.search("SUBJECT", "Köln", charset="UTF-8")
+        assert parse_search(response.lines) == [3]
+        await client.noop()  # the connection is still in step
+        await connector.close(client, T)
+    assert not any("Köln".encode() in line and b"SEARCH" in line for line in srv.received)
+
+
+async def test_missing_continuation_is_bounded_by_op_timeout() -> None:
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet("IMAP4rev1")
+        await conn.serve(until=b"SEARCH", caps="IMAP4rev1")
+        await conn.drain()  # never sends '+'
+
+    async with ScriptedIMAP(script) as srv:
+        acc = IMAPAccount(host="127.0.0.1", port=srv.port, username="u", password="p", tls=False)
+        client = await IMAPConnector({"k": acc}).open("k", CFG)
+        await client.select()
+        identity = identify(client.socket)  # type: ignore[arg-type]
+        started = time.monotonic()
+        with pytest.raises(OperationTimeout):
+            await client.search("SUBJECT", "Köln", timeout=0.3)
+        assert time.monotonic() - started < 0.3 + 1.0
+        assert client.poisoned
+        await settle()
+        assert not is_open(identity)
+
+
+# -- COMPRESS=DEFLATE -------------------------------------------------------------------------
+
+
+async def test_compress_login_select_fetch_idle_same_socket(
+    dovecot: DovecotServer, fresh_user: tuple[str, str]
+) -> None:
+    dovecot.seed_messages(fresh_user[0], 3)
+    connector = IMAPConnector({"k": account(dovecot, fresh_user, compress=True)})
+    client = await connector.open("k", CFG)
+    identity = identify(client.socket)  # type: ignore[arg-type]
+    try:
+        assert client.compressed
+        await client.select()
+        items = parse_fetch((await client.uid_fetch("1:*", "(UID FLAGS BODY.PEEK[])")).lines)
+        assert [i.uid for i in items] == [1, 2, 3] and all(i.body for i in items)
+        await client.idle_start()
+        dovecot.seed_messages(fresh_user[0], 1)
+        pushed: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while not any(b"EXISTS" in line for line in pushed) and time.monotonic() < deadline:
+            pushed += await client.wait_server_push(timeout=1.0)
+        await client.idle_done()
+        assert any(b"4 EXISTS" in line for line in pushed + client.pending_pushes())
+        assert identify(client.socket) == identity  # type: ignore[arg-type]
+    finally:
+        await connector.close(client, T)
+    await settle()
+    assert not is_open(identity)
+
+
+async def test_compress_shrinks_the_wire_and_keeps_bounds(
+    dovecot: DovecotServer, fresh_user: tuple[str, str], fault_proxy: ProxyFactory
+) -> None:
+    dovecot.seed_messages(fresh_user[0], 30)
+    down: dict[bool, int] = {}
+    for compress in (False, True):
+        proxy = await fault_proxy()
+        connector = IMAPConnector(
+            {"k": account(dovecot, fresh_user, proxy.port, compress=compress)}
+        )
+        client = await connector.open("k", CFG)
+        await client.select()
+        before = proxy.stats().bytes_down
+        items = parse_fetch((await client.uid_fetch("1:*", "(UID BODY.PEEK[])")).lines)
+        assert len(items) == 30
+        down[compress] = proxy.stats().bytes_down - before
+        if compress:
+            # Bounds unchanged: a stalled compressed command still ends within op_timeout.
+            proxy.stall_all()
+            started = time.monotonic()
+            with pytest.raises(OperationTimeout):
+                await client.noop(timeout=0.3)
+            assert time.monotonic() - started < 0.3 + 1.0 and client.poisoned
+            await connector.close(client, T)
+        else:
+            await connector.close(client, T)
+    assert down[True] < down[False] / 2, down
+
+
+async def test_pool_with_compress_audits_clean(
+    dovecot: DovecotServer, fresh_user: tuple[str, str]
+) -> None:
+    pool = GuardedPool(IMAPConnector({"k": account(dovecot, fresh_user, compress=True)}), CFG)
+    async with pool:
+        async with pool.acquire("k") as conn:
+            await conn.select()
+            assert conn.compressed
+        report = await pool.audit()
+        assert report.healthy, str(report)
+
+
+async def test_compress_refused_stays_uncompressed() -> None:
+    caps = "IMAP4rev1 COMPRESS=DEFLATE"
+
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet(caps)
+        line = await conn.serve(until=b"COMPRESS", caps=caps)
+        await conn.send(line.split(b" ", 1)[0] + b" NO [COMPRESSIONACTIVE] already\r\n")
+        await conn.serve(caps=caps)
+
+    async with ScriptedIMAP(script) as srv:
+        acc = IMAPAccount(
+            host="127.0.0.1", port=srv.port, username="u", password="p", tls=False, compress=True
+        )
+        connector = IMAPConnector({"k": acc})
+        client = await connector.open("k", CFG)
+        assert not client.compressed
+        await client.noop()
+        await connector.close(client, T)
