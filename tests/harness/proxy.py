@@ -19,6 +19,7 @@ Every wait is bounded, by a timeout or by ``stop()``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import itertools
@@ -52,6 +53,7 @@ class Mode(enum.Enum):
     NEVER_GREET = "never_greet"  # new connections: accept, never connect upstream or send
     GARBAGE = "garbage"  # client gets garbage instead of server data; client data passes
     INJECT = "inject"  # client gets ``garbage`` once, in the same write as the trigger; then PASS
+    SHAPE = "shape"  # a link: ``rate`` bytes/s each way, ``delay`` s one-way, pipelined
 
 
 # Modes under which a connection's client socket outlives the upstream one.
@@ -64,7 +66,12 @@ class Fault:
 
     Args:
         mode: see ``Mode``.
-        delay: seconds each chunk is held under ``LATENCY``.
+        delay: seconds each chunk is held under ``LATENCY``; the one-way delay under
+            ``SHAPE``.
+        rate: bytes per second each way under ``SHAPE`` (0 = unlimited), e.g.
+            ``20e6 / 8`` for 20 Mbit/s. Unlike ``LATENCY``, ``SHAPE`` pipelines: a chunk
+            waits for the link to be free and then ``delay``, not for earlier chunks'
+            delays, like a real WAN link (with a router buffer of 256 KiB).
         interval: seconds between single bytes under ``SLOW``; default 0.05.
         after_bytes: server->client bytes that pass before the fault applies (counted from
             when the fault was set); None = no such threshold.
@@ -84,11 +91,12 @@ class Fault:
     after_client_bytes: int | None = None
     garbage: bytes | None = None
     after_match: bytes | None = None
+    rate: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, Mode):
             raise ValueError(f"mode must be a Mode, got {self.mode!r}")
-        for name in ("delay", "interval"):
+        for name in ("delay", "interval", "rate"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -234,6 +242,14 @@ class ProxyConnection:
         self._passed = {True: 0, False: 0}  # per direction (is_client) since set_mode
         self._triggered = fault.immediate
         self._match_carry = b""
+        # SHAPE: per direction (is_client), when the link is next free, what is in flight.
+        self._link_free = {True: 0.0, False: 0.0}
+        self._pipes: dict[bool, collections.deque[tuple[float, bytes]]] = {
+            True: collections.deque(),
+            False: collections.deque(),
+        }
+        self._pipe_bytes = {True: 0, False: 0}
+        self._pipe_tasks: dict[bool, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
         self._graceful = True
@@ -259,10 +275,13 @@ class ProxyConnection:
         after_client_bytes: int | None = None,
         garbage: bytes | None = None,
         after_match: bytes | None = None,
+        rate: float = 0.0,
     ) -> None:
         """Change this live connection's fault; thresholds count from now."""
         self.apply(
-            Fault(mode, delay, interval, after_bytes, after_client_bytes, garbage, after_match)
+            Fault(
+                mode, delay, interval, after_bytes, after_client_bytes, garbage, after_match, rate
+            )
         )
 
     def apply(self, fault: Fault) -> None:
@@ -365,6 +384,7 @@ class ProxyConnection:
         except (OSError, TimeoutError) as exc:
             self._finish(f"upstream connect failed: {exc!r}", graceful=False)
         finally:
+            forwarders += self._pipe_tasks.values()
             for task in forwarders:
                 task.cancel()
             if forwarders:
@@ -420,6 +440,7 @@ class ProxyConnection:
                 if src.buffer:
                     await self._deliver(src, dst, src.take())
                 elif src.eof:
+                    await self._pipe_drained(src.is_client)
                     self._source_ended(src)
                     return
                 else:
@@ -479,6 +500,9 @@ class ProxyConnection:
                 await wake.wait()
             elif mode is Mode.BLACKHOLE:
                 data = b""
+            elif mode is Mode.SHAPE:
+                await self._shape(up, dst, data, fault)
+                data = b""
             elif mode is Mode.INJECT:
                 await self._send(dst, data)  # injected already, at the trigger
                 data = b""
@@ -495,6 +519,45 @@ class ProxyConnection:
             else:  # Mode.CLOSE
                 self._finish("closed by fault", graceful=True)
                 return
+
+    async def _shape(self, up: bool, dst: _Side | None, data: bytes, fault: Fault) -> None:
+        """Queue ``data`` on the shaped link: sent whole once transmitted and delayed."""
+        loop = asyncio.get_running_loop()
+        start = max(loop.time(), self._link_free[up])
+        sent = start + (len(data) / fault.rate if fault.rate else 0.0)
+        self._link_free[up] = sent
+        self._pipes[up].append((sent + fault.delay, data))
+        self._pipe_bytes[up] += len(data)
+        task = self._pipe_tasks.get(up)
+        if task is None or task.done():
+            self._pipe_tasks[up] = loop.create_task(self._drain_pipe(up, dst))
+        # The router buffer: past it, stop reading (TCP back-pressure does the rest).
+        while self._pipe_bytes[up] > _HOLD_CAP and not self._done.is_set():
+            wake = self._wake
+            await wake.wait()  # _drain_pipe notifies after each delivery
+
+    async def _drain_pipe(self, up: bool, dst: _Side | None) -> None:
+        loop = asyncio.get_running_loop()
+        pipe = self._pipes[up]
+        while pipe and not self._done.is_set():
+            due, data = pipe[0]
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            pipe.popleft()
+            self._pipe_bytes[up] -= len(data)
+            await self._send(dst, data)
+            self._notify()
+
+    async def _pipe_drained(self, up: bool) -> None:
+        """Wait (bounded by the connection's end) until what is in flight was delivered."""
+        task = self._pipe_tasks.get(up)
+        if task is not None and not task.done():
+            done = asyncio.ensure_future(self._done.wait())
+            try:
+                await asyncio.wait({task, done}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                done.cancel()
 
     async def _pass_until_match(self, dst: _Side | None, data: bytes, fault: Fault) -> bytes:
         """Forward server data up to the end of the line holding ``after_match``; trigger
@@ -618,10 +681,11 @@ class FaultProxy:
         after_client_bytes: int | None = None,
         garbage: bytes | None = None,
         after_match: bytes | None = None,
+        rate: float = 0.0,
     ) -> None:
         """Set the fault for connections accepted from now on (live ones keep theirs)."""
         self.fault = Fault(
-            mode, delay, interval, after_bytes, after_client_bytes, garbage, after_match
+            mode, delay, interval, after_bytes, after_client_bytes, garbage, after_match, rate
         )
 
     def set_mode_all(self, mode: Mode, **params: Any) -> None:

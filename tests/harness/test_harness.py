@@ -293,6 +293,25 @@ async def test_garbage_replaces_server_data(fault_proxy: ProxyFactory) -> None:
         assert data and not data.startswith(b"* OK")
 
 
+async def test_inject_after_match_goes_in_the_same_write(fault_proxy: ProxyFactory) -> None:
+    proxy = await fault_proxy(mode=Mode.INJECT, after_match=b"* OK", garbage=b"EVIL\r\n")
+    async with raw_client(proxy.host, proxy.port) as (reader, _):
+        data = await asyncio.wait_for(reader.read(4096), 5)
+        assert data.startswith(b"* OK") and data.endswith(b"\r\nEVIL\r\n")
+
+
+async def test_shape_delays_and_still_carries_a_session(fault_proxy: ProxyFactory) -> None:
+    proxy = await fault_proxy(mode=Mode.SHAPE, delay=0.2, rate=20e6 / 8)
+    started = time.monotonic()
+    async with raw_client(proxy.host, proxy.port) as stream:
+        assert (await read_line(stream[0])).startswith(b"* OK")
+        assert time.monotonic() - started >= 0.2  # a lower bound: the link's delay
+        lines = await command(stream, "a1", "CAPABILITY")
+        assert lines[-1].startswith(b"a1 OK")
+    with pytest.raises(ValueError):
+        Fault(Mode.SHAPE, rate=-1.0)
+
+
 async def test_per_connection_control(fault_proxy: ProxyFactory) -> None:
     proxy = await fault_proxy(mode=Mode.STALL)
     async with (
