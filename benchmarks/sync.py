@@ -13,6 +13,8 @@ Tools (``--tools``):
   with ``store_fsync = false``, which never fsyncs, like mbsync's ``FSync no``);
 * ``worker_fsync``: the worker with its default ``store_fsync = true`` (fsyncs at WAL
   checkpoints, not per message; not run by default);
+* ``worker_compress``: the worker with ``compress = true`` on every account
+  (COMPRESS=DEFLATE, RFC 4978; not run by default);
 * ``mbsync``: ``mbsync -a``, one process, channels one after another, ``FSync no``;
 * ``mbsync_parallel``: one ``mbsync`` process per inbox, all at once, ``FSync no``;
 * ``mbsync_fsync``: ``mbsync -a`` with its default fsync (not run by default);
@@ -35,11 +37,18 @@ Targets: the worker at least as fast as mbsync on the full and the incremental s
     sudo apt-get install -y dovecot-imapd isync offlineimap3
     python benchmarks/sync.py            # 50 x 1,000, 3 rounds (~20 min)
     python benchmarks/sync.py --quick    # 5 x 200, 1 round (~1 min)
+
+``--shape 20:20`` puts every tool behind the harness's fault proxy shaped to a WAN link
+(20 Mbit/s each way, 20 ms one way: ``Mode.SHAPE``) and reports the bytes each run put on
+the wire (``wire_mb_down`` / ``wire_mb_up``, counted by the proxy), e.g.
+
+    python benchmarks/sync.py --quick --tools worker,worker_compress --shape 20:20
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import imaplib
 import os
@@ -48,6 +57,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -58,10 +68,12 @@ import _bench
 import _corpus
 
 from tests.harness.dovecot import DovecotServer
+from tests.harness.proxy import FaultProxy, Mode
 
 ALL_TOOLS = (
     "worker",
     "worker_fsync",
+    "worker_compress",
     "mbsync",
     "mbsync_parallel",
     "mbsync_fsync",
@@ -157,6 +169,38 @@ def measure(
     if failed or timed_out:
         res["log_tail"] = log.read_text(errors="replace")[-1500:]
     return res
+
+
+# ---------------------------------------------------------------- a shaped WAN link
+
+
+class ShapedLink:
+    """The harness's FaultProxy in ``Mode.SHAPE``, on its own event loop in a thread."""
+
+    def __init__(self, host: str, port: int, mbit: float, delay_ms: float) -> None:
+        self.proxy = FaultProxy(host, port)
+        self.proxy.set_mode(Mode.SHAPE, rate=mbit * 1e6 / 8, delay=delay_ms / 1000)
+        self.mbit, self.delay_ms = mbit, delay_ms
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self._loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self._loop).result(15)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def bytes(self) -> tuple[int, int]:
+        """(server->client, client->server) bytes so far."""
+        stats = self.proxy.stats()
+        return stats.bytes_down, stats.bytes_up
 
 
 # ---------------------------------------------------------------- fresh filesystems
@@ -347,10 +391,16 @@ class Tools:
         dc = server.dc
         self.port = dc.tls_port
         self.cafile = dc.cafile
+        self.link: ShapedLink | None = None
+        if args.shape:
+            mbit, _, ms = args.shape.partition(":")
+            self.link = ShapedLink(dc.host, dc.tls_port, float(mbit), float(ms or 0))
+            self.link.start()
+            self.port = self.link.port
 
     # -- configs
 
-    def worker_config(self, d: Path, fsync: bool) -> Path:
+    def worker_config(self, d: Path, fsync: bool, compress: bool = False) -> Path:
         secrets = d / "secrets.toml"
         secrets.write_text("".join(f'{a} = "{_corpus.password(a)}"\n' for a in self.accounts))
         secrets.chmod(0o600)
@@ -372,6 +422,7 @@ class Tools:
                 f"port = {self.port}",
                 f'username = "{a}"',
                 "tls = true",
+                f"compress = {'true' if compress else 'false'}",
                 f'cafile = "{self.cafile}"',
             ]
         path = d / "sync.toml"
@@ -453,7 +504,9 @@ sslcacertfile = {self.cafile}
 
     def prepare(self, tool: str, d: Path) -> list[list[str]]:
         if tool.startswith("worker"):
-            cfg = self.worker_config(d, fsync=tool == "worker_fsync")
+            cfg = self.worker_config(
+                d, fsync=tool == "worker_fsync", compress=tool == "worker_compress"
+            )
             return [
                 [sys.executable, "-m", "examples.imap_sync", "run", "--config", str(cfg), "--once"]
             ]
@@ -473,11 +526,12 @@ sslcacertfile = {self.cafile}
     def run(self, tool: str, d: Path, cmds: list[list[str]], phase: str) -> dict[str, Any]:
         env = dict(os.environ)
         root = _bench.ROOT
-        if tool in ("worker", "worker_fsync"):
+        if tool in ("worker", "worker_fsync", "worker_compress"):
             root = Path(self.args.worker_root)
         elif tool.startswith("worker-"):
             root = Path(self.args.variants[tool])
         env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+        before = self.link.bytes() if self.link is not None else (0, 0)
         res = measure(
             cmds,
             log=d / f"{phase}.log",
@@ -485,6 +539,10 @@ sslcacertfile = {self.cafile}
             env=env,
             cwd=root,
         )
+        if self.link is not None:
+            after = self.link.bytes()
+            res["wire_mb_down"] = (after[0] - before[0]) / 2**20
+            res["wire_mb_up"] = (after[1] - before[1]) / 2**20
         res["check"] = self.verify(tool, d)
         return res
 
@@ -560,6 +618,9 @@ def summarize(
             }
             if phase == "full":
                 e["mb_per_s"] = nbytes / 2**20 / wall
+            if "wire_mb_down" in ok[0]:
+                e["wire_mb_down"] = _bench.median([r["wire_mb_down"] for r in ok])
+                e["wire_mb_up"] = _bench.median([r["wire_mb_up"] for r in ok])
             entry[phase] = e
         table[tool] = entry
     return table
@@ -632,6 +693,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     msgs = {"full": corpus.total_messages, "incremental": 0, "nochange": 0}
     changed = 0
     deadline = _bench.Deadline(args.budget)
+    tool_objs: Tools | None = None
     try:
         server.start()
         t0 = time.perf_counter()
@@ -672,6 +734,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             scratch.release_all()
     finally:
         scratch.release_all()
+        if tool_objs is not None and tool_objs.link is not None:
+            tool_objs.link.stop()
         server.stop()
     table = summarize(runs, msgs, corpus.total_bytes)
     rat = ratios(runs, table)
@@ -692,7 +756,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick,
         "machine": _bench.machine(),
         "tools_versions": versions(),
-        "transport": "IMAPS (implicit TLS) to Dovecot on 127.0.0.1",
+        "transport": "IMAPS (implicit TLS) to Dovecot on 127.0.0.1"
+        + (f", through a link shaped to {args.shape} (Mbit/s : ms one way)" if args.shape else ""),
         "corpus": corpus.summary(),
         "rounds": rounds,
         "offlineimap_rounds": min(oi_rounds, rounds),
@@ -785,6 +850,13 @@ if __name__ == "__main__":
         metavar="NAME=PATH",
         help="also run the worker from checkout PATH as tool worker-NAME, "
         "alternating with the others (repeatable)",
+    )
+    parser.add_argument(
+        "--shape",
+        default="",
+        metavar="MBIT:MS",
+        help="put every tool behind a proxy shaped to MBIT Mbit/s each way and MS ms "
+        "one way (e.g. 20:20), and report wire bytes",
     )
     parser.add_argument(
         "--workdir",

@@ -38,7 +38,9 @@ is required)::
     port = 993
     username = "alice@example.org"
     password_env = "ALICE_IMAP_PASSWORD"
-    tls = true                         # implicit TLS; false = plaintext (no STARTTLS)
+    tls = true                         # implicit TLS; false = plaintext or STARTTLS
+    starttls = false                   # true: port 143, STARTTLS before login (tls = false)
+    compress = false                   # COMPRESS=DEFLATE (RFC 4978) where offered
     cafile = "ca.pem"                  # trust this CA instead of the system store
     mailboxes = ["INBOX", "Archive"]   # default ["INBOX"]
 """
@@ -79,6 +81,8 @@ _ACCOUNT = frozenset(
         "username",
         "password_env",
         "tls",
+        "starttls",
+        "compress",
         "cafile",
         "server_hostname",
         "mailboxes",
@@ -350,13 +354,15 @@ def _account(
     r.unknown(raw, _ACCOUNT, where)
     host = r.string(raw, "host", where, required=True)
     username = r.string(raw, "username", where, required=True)
-    tls = r.boolean(raw, "tls", where, True)
+    starttls = r.boolean(raw, "starttls", where, False)
+    tls = r.boolean(raw, "tls", where, not starttls)
+    compress = r.boolean(raw, "compress", where, False)
     port = r.integer(raw, "port", where, 993 if tls else 143, low=1, high=65535)
     cafile = r.string(raw, "cafile", where)
     server_hostname = r.string(raw, "server_hostname", where)
     context: ssl.SSLContext | None = None
-    if not tls and (cafile or server_hostname):
-        raise r.fail(where, "cafile and server_hostname need tls = true")
+    if not (tls or starttls) and (cafile or server_hostname):
+        raise r.fail(where, "cafile and server_hostname need tls = true or starttls = true")
     if cafile is not None:
         path = _resolve(base, cafile)
         try:
@@ -374,6 +380,8 @@ def _account(
             username=username,
             password=password,
             tls=tls,
+            starttls=starttls,
+            compress=compress,
             ssl_context=context,
             server_hostname=server_hostname,
         )
