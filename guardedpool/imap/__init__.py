@@ -4,7 +4,7 @@
 objects whose every command is bounded and which poison themselves on any fault.
 """
 
-from .account import IMAPAccount
+from .account import IMAPAccount, TokenProvider
 from .client import IMAPClient
 from .connector import IMAPConnector
 from .parse import (
@@ -36,6 +36,7 @@ __all__ = [
     "ParseError",
     "Response",
     "SelectInfo",
+    "TokenProvider",
     "parse_appenduid",
     "parse_capabilities",
     "parse_copyuid",

@@ -69,9 +69,10 @@ class Fault:
         delay: seconds each chunk is held under ``LATENCY``; the one-way delay under
             ``SHAPE``.
         rate: bytes per second each way under ``SHAPE`` (0 = unlimited), e.g.
-            ``20e6 / 8`` for 20 Mbit/s. Unlike ``LATENCY``, ``SHAPE`` pipelines: a chunk
-            waits for the link to be free and then ``delay``, not for earlier chunks'
-            delays, like a real WAN link (with a router buffer of 256 KiB).
+            ``20e6 / 8`` for 20 Mbit/s, shared by all the proxy's connections (one link).
+            Unlike ``LATENCY``, ``SHAPE`` pipelines: a chunk waits for the link to be
+            free and then ``delay``, not for earlier chunks' delays, like a real WAN link
+            (with a buffer of 256 KiB per connection and direction).
         interval: seconds between single bytes under ``SLOW``; default 0.05.
         after_bytes: server->client bytes that pass before the fault applies (counted from
             when the fault was set); None = no such threshold.
@@ -242,8 +243,8 @@ class ProxyConnection:
         self._passed = {True: 0, False: 0}  # per direction (is_client) since set_mode
         self._triggered = fault.immediate
         self._match_carry = b""
-        # SHAPE: per direction (is_client), when the link is next free, what is in flight.
-        self._link_free = {True: 0.0, False: 0.0}
+        # SHAPE: per direction (is_client), what is in flight on this connection; the link
+        # itself (when it is next free) is the proxy's, shared by all its connections.
         self._pipes: dict[bool, collections.deque[tuple[float, bytes]]] = {
             True: collections.deque(),
             False: collections.deque(),
@@ -523,9 +524,10 @@ class ProxyConnection:
     async def _shape(self, up: bool, dst: _Side | None, data: bytes, fault: Fault) -> None:
         """Queue ``data`` on the shaped link: sent whole once transmitted and delayed."""
         loop = asyncio.get_running_loop()
-        start = max(loop.time(), self._link_free[up])
+        link = self.proxy._link_free
+        start = max(loop.time(), link[up])
         sent = start + (len(data) / fault.rate if fault.rate else 0.0)
-        self._link_free[up] = sent
+        link[up] = sent
         self._pipes[up].append((sent + fault.delay, data))
         self._pipe_bytes[up] += len(data)
         task = self._pipe_tasks.get(up)
@@ -621,6 +623,8 @@ class FaultProxy:
         self._clients = self._peak_clients = 0
         self._upstream = self._peak_upstream = self._upstream_opened_total = 0
         self._bytes_up = self._bytes_down = 0
+        # SHAPE: when the shared link is next free, per direction (is_client).
+        self._link_free = {True: 0.0, False: 0.0}
 
     def __repr__(self) -> str:
         return (
