@@ -283,3 +283,11 @@ def test_bad_sync_mode_names_the_key(tmp_path: Path, data: dict[str, Any], expec
     if "mode" in data.get("sync", {}) and "pool" in data:
         ok = data | {"sync": {"mode": "poll"}}
         assert parse_config(ok, base=tmp_path).mode == "poll"
+
+
+def test_starttls_and_compress(tmp_path: Path) -> None:
+    (acc,) = parse_config(minimal(starttls=True, compress=True), base=tmp_path).accounts
+    assert acc.account.starttls and not acc.account.tls and acc.account.compress
+    assert acc.account.port == 143
+    with pytest.raises(ConfigError, match="starttls"):
+        parse_config(minimal(tls=True, starttls=True), base=tmp_path)
