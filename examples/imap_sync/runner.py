@@ -75,7 +75,9 @@ async def _continuous(
     health: HealthServer | None = None
     try:
         if config.health_bind is not None:
-            registry = make_registry(SyncCollector(pool.stats, lambda: worker.counters))
+            registry = make_registry(
+                SyncCollector(pool.stats, lambda: worker.counters, lambda: worker.mailbox_views)
+            )
             health = HealthServer(make_app(pool, registry), *config.health_bind)
             await health.start()
             console.print(f"health: {health.url}/healthz  metrics: {health.url}/metrics")
