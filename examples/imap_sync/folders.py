@@ -31,29 +31,38 @@ asks the server (every command bounded by the pool's ``op_timeout``).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from guardedpool import IMAPCommandError
 from guardedpool.imap import SPECIAL_USE, IMAPClient, ListEntry, WireName, parse_list
-from guardedpool.imap.mutf7 import display
+from guardedpool.imap.mutf7 import display, encode
 from guardedpool.imap.parse import parse_status
+
+from .store import Store
 
 __all__ = [
     "Folder",
     "Listing",
     "Move",
     "Pattern",
+    "Refresh",
     "compile_patterns",
     "find_moves",
     "list_folders",
+    "literal_folders",
+    "needs_list",
     "pair_renames",
     "parse_pattern",
+    "refresh",
     "select_folders",
     "unmatched",
     "vanished",
 ]
+
+log = logging.getLogger("imap_sync")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ROLES = {r.upper(): r for r in SPECIAL_USE}
@@ -299,3 +308,77 @@ async def find_moves(
         Move(name, display(name), uv, by_name[pairs[name]] if name in pairs else None)
         for name, uv in gone.items()
     ]
+
+
+def needs_list(patterns: Sequence[Pattern]) -> bool:
+    """Whether resolving ``patterns`` takes a LIST: plain names need none (each is synced
+    as named, and a missing one fails its SELECT every pass, as a typo should)."""
+    return not all(p.literal for p in patterns)
+
+
+def literal_folders(
+    patterns: Sequence[Pattern],
+    delimiter: str | None = None,
+    *,
+    only: Iterable[str] | None = None,
+) -> tuple[Folder, ...]:
+    """The plain names among ``patterns`` (or those of them in ``only``) as folders, their
+    wire names encoded from the human ones: what is synced without a LIST, and configured
+    names the server does not have."""
+    chosen = None if only is None else set(only)
+    out: dict[str, Folder] = {}
+    for p in patterns:
+        if p.literal and not p.exclude and (chosen is None or p.text in chosen):
+            name = "INBOX" if p.name.upper() == "INBOX" else p.name
+            folder = Folder(WireName(encode(name)), name, delimiter)
+            if wanted(patterns, folder):
+                out.setdefault(folder.name, folder)
+    return tuple(out.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """One account resolved: the ``folders`` to sync, and the ``retired`` ones as
+    (label, state) pairs, ``state`` "gone" or "renamed"."""
+
+    folders: tuple[Folder, ...]
+    retired: tuple[tuple[str, str], ...]
+
+
+async def refresh(
+    imap: IMAPClient, store: Store, key: str, patterns: Sequence[Pattern]
+) -> Refresh:
+    """LIST, select by ``patterns``, retire the stored folders the server no longer has
+    (:meth:`Store.retire_mailbox`), and log each retired folder and each configured name
+    the server lacks, one line each."""
+    listing = await list_folders(imap, patterns)
+    moves = await find_moves(imap, store.known_mailboxes(key), listing, patterns)
+    missing = unmatched(patterns, listing.entries)
+    folders = listing.folders + literal_folders(patterns, listing.delimiter, only=missing)
+    retired: list[tuple[str, str]] = []
+    for move in moves:
+        target = move.renamed_to
+        kept = store.retire_mailbox(
+            key, move.name, state=move.state, renamed_to=target.name if target else None
+        )
+        label = Folder(WireName(move.name), move.human, listing.delimiter).path
+        retired.append((label, move.state))
+        log.warning(
+            "%s/%s: %s on the server%s; its local copy is kept, retired as %r",
+            key,
+            label,
+            "renamed" if target else "deleted",
+            f" to {target.path!r}" if target else "",
+            kept,
+            extra={"key": key, "mailbox": label, "state": move.state},
+        )
+    for text in missing:
+        hint = display(text)
+        log.warning(
+            "%s: mailbox %r is not on the server%s",
+            key,
+            text,
+            f" (did you mean {hint!r}? mailboxes takes human names)" if hint != text else "",
+            extra={"key": key, "mailbox": text},
+        )
+    return Refresh(folders, tuple(retired))

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from guardedpool import GuardedPool
-from guardedpool.imap import IMAPClient, WireName
-from guardedpool.imap.mutf7 import display, encode
+from guardedpool.imap import IMAPClient
+from guardedpool.imap.mutf7 import display
 
 from .config import MAX_IDLE_RENEW, AccountConfig
-from .folders import Folder, Pattern, compile_patterns, find_moves, list_folders, unmatched, wanted
+from .folders import Folder, Pattern, compile_patterns, literal_folders, needs_list, refresh
 from .mailbox import MailboxResult, sync_mailbox
 from .push import PushSync
 from .store import Store
@@ -139,12 +139,15 @@ class SyncWorker:
             a.key: compile_patterns(a.mailboxes) for a in self.accounts
         }
         self.folders: dict[str, tuple[Folder, ...]] = {
-            key: _literal_folders(patterns, None) for key, patterns in self.patterns.items()
+            key: literal_folders(patterns) for key, patterns in self.patterns.items()
         }
         """account key -> its mailboxes as last resolved (before any LIST: the literal
         names of its patterns)."""
         self.mailbox_views: dict[str, dict[str, MailboxView]] = {a.key: {} for a in self.accounts}
         """account key -> label (:meth:`label`) -> :class:`MailboxView`, for /metrics."""
+        self._by_name: dict[tuple[str, str], Folder] = {
+            (k, f.name): f for k, fs in self.folders.items() for f in fs
+        }
 
     def jobs(self) -> Iterable[tuple[str, str]]:
         """(account key, wire name) of every mailbox as last resolved."""
@@ -155,72 +158,33 @@ class SyncWorker:
     def label(self, key: str, mailbox: str) -> str:
         """The human name of ``mailbox`` (a wire name) for logs and metrics:
         ``Entwürfe``, ``Archive/2024``."""
-        for folder in self.folders.get(key, ()):
-            if folder.name == mailbox:
-                return folder.path
-        return display(mailbox)
+        folder = self._by_name.get((key, mailbox))
+        return folder.path if folder is not None else display(mailbox)
 
     async def resolve(self) -> list[MailboxFailure]:
         """LIST each account with a wildcard or role pattern (bounded by the worker's
         concurrency) and update :attr:`folders`; retire stored folders the server no
         longer has. An account whose LIST fails keeps its previous folders and gets a
         failure, mailbox ``(LIST)``."""
-        # Plain names need no LIST: each is synced as named (a missing one fails its
-        # SELECT every pass, as a typo should), at no extra round trip.
-        keys = [k for k, ps in self.patterns.items() if not all(p.literal for p in ps)]
+        keys = [k for k, patterns in self.patterns.items() if needs_list(patterns)]
         outcomes = await asyncio.gather(*(self._resolve(key) for key in keys))
         return [f for f in outcomes if f is not None]
 
     async def _resolve(self, key: str) -> MailboxFailure | None:
-        patterns = self.patterns[key]
         try:
             async with self._gate, self.pool.acquire(key) as imap:
-                listing = await list_folders(imap, patterns)
-                known = self.store.known_mailboxes(key)
-                moves = await find_moves(imap, known, listing, patterns)
+                found = await refresh(imap, self.store, key, self.patterns[key])
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             counters = self.counters[key]
             counters.errors += 1
             counters.last_error = error
-            log.warning(
-                "listing the mailboxes of %s failed: %s", key, error, extra={"key": key}
-            )
+            log.warning("listing the mailboxes of %s failed: %s", key, error, extra={"key": key})
             return MailboxFailure(key, "(LIST)", error)
-        missing = unmatched(patterns, listing.entries)
-        folders = list(listing.folders)
-        # A name listed in the config that the server does not have is still synced, so
-        # that its SELECT fails loudly every pass, as a typo should.
-        folders += _literal_folders(patterns, listing.delimiter, only=missing)
-        self.folders[key] = tuple(folders)
-        views = self.mailbox_views[key]
-        for move in moves:
-            target = move.renamed_to
-            kept = self.store.retire_mailbox(
-                key, move.name, state=move.state, renamed_to=target.name if target else None
-            )
-            label = Folder(WireName(move.name), move.human, listing.delimiter).path
-            views.setdefault(label, MailboxView()).state = move.state
-            log.warning(
-                "%s/%s: %s on the server%s; its local copy is kept, retired as %r",
-                key,
-                label,
-                "renamed" if target else "deleted",
-                f" to {target.path!r}" if target else "",
-                kept,
-                extra={"key": key, "mailbox": label, "state": move.state},
-            )
-        for text in missing:
-            hint = display(text)
-            log.warning(
-                "%s: mailbox %r is not on the server%s",
-                key,
-                text,
-                f" (did you mean {hint!r}? mailboxes takes human names)"
-                if hint != text
-                else "",
-                extra={"key": key, "mailbox": text},
-            )
+        self.folders[key] = found.folders
+        self._by_name.update(((key, f.name), f) for f in found.folders)
+        for label, state in found.retired:
+            self.mailbox_views[key].setdefault(label, MailboxView()).state = state
         return None
 
     def _note(self, key: str, mailbox: str, outcome: object) -> None:
@@ -361,19 +325,3 @@ class SyncWorker:
             except TimeoutError:
                 pass
 
-
-def _literal_folders(
-    patterns: Sequence[Pattern], delimiter: str | None, *, only: Iterable[str] | None = None
-) -> tuple[Folder, ...]:
-    """The plain names among ``patterns`` (no wildcard, role or "!") as folders, their wire
-    names encoded from the human ones; used until a LIST says better, and for configured
-    names the server does not have."""
-    out: dict[str, Folder] = {}
-    chosen = None if only is None else set(only)
-    for p in patterns:
-        if p.literal and not p.exclude and (chosen is None or p.text in chosen):
-            name = "INBOX" if p.name.upper() == "INBOX" else p.name
-            folder = Folder(WireName(encode(name)), name, delimiter)
-            if wanted(patterns, folder):
-                out.setdefault(folder.name, folder)
-    return tuple(out.values())
