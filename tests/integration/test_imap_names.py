@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from harness import DovecotServer, make_message
+from harness.scripted import ScriptConn, ScriptedIMAP
 
 from guardedpool.config import PoolConfig
 from guardedpool.errors import IMAPCommandError
@@ -68,3 +69,34 @@ async def test_list_reports_roles_and_hierarchy(client: IMAPClient) -> None:
     assert entries["Archive.2024"].selectable
     # Dovecot's Maildir++ names the parent without a folder of its own: not selectable.
     assert "Archive" not in entries or not entries["Archive"].selectable
+
+
+async def test_utf8_accept_sends_names_as_utf8() -> None:
+    """RFC 6855: once ENABLE UTF8=ACCEPT succeeded, names go as UTF-8 quoted strings.
+    Dovecot 2.3 does not offer UTF8=ACCEPT, so a scripted server answers as one that does."""
+    caps = "IMAP4rev1 ENABLE UTF8=ACCEPT"
+
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet(caps)
+        line = await conn.serve(until=b"ENABLE", caps=caps)
+        tag = line.split(b" ", 1)[0]
+        await conn.send(b"* ENABLED UTF8=ACCEPT\r\n" + tag + b" OK enabled\r\n")
+        await conn.serve(caps=caps)
+
+    async with ScriptedIMAP(script) as srv:
+        account = IMAPAccount(host=srv.host, port=srv.port, username="u", password="p", tls=False)
+        connector = IMAPConnector({"k": account})
+        c = await connector.open("k", CFG)
+        await c.status("Entwürfe", "(MESSAGES)")  # before ENABLE: modified UTF-7
+        assert not c.utf8_enabled
+        await c.enable("UTF8=ACCEPT")
+        assert c.utf8_enabled
+        await c.select("Entwürfe")
+        await c.status(WireName("Entw&APw-rfe"), "(MESSAGES)")  # a wire name: as given
+        await connector.close(c, 2.0)
+    sent = [line for line in srv.received if b"STATUS" in line or b"SELECT" in line]
+    assert [line.split(b" ", 1)[1] for line in sent] == [
+        b"STATUS Entw&APw-rfe (MESSAGES)\r\n",
+        b'SELECT "Entw\xc3\xbcrfe"\r\n',
+        b"STATUS Entw&APw-rfe (MESSAGES)\r\n",
+    ]
