@@ -225,9 +225,10 @@ class IMAPClient(GuardedSession):
         ``name`` (any case) is one of CHECK, CREATE, DELETE, ENABLE, LIST, LSUB, NOOP,
         RENAME, STATUS, SUBSCRIBE, UNSUBSCRIBE: the commands with no literal and no client
         state of their own. Mailbox-name arguments (the first of CREATE, DELETE, STATUS,
-        SUBSCRIBE and UNSUBSCRIBE, the first two of RENAME, LIST and LSUB) are quoted like
-        everywhere else; the other arguments are sent as given, so they must already be
-        IMAP syntax (an atom, a quoted string, a parenthesised list).
+        SUBSCRIBE and UNSUBSCRIBE, the first two of RENAME, LIST and LSUB) are human names,
+        encoded and quoted like everywhere else (see :func:`mailbox_arg`); the other
+        arguments are sent as given, so they must already be IMAP syntax (an atom, a
+        quoted string, a parenthesised list).
 
         Raises ValueError, before anything is sent, for another command (SELECT, FETCH,
         ... have methods that keep the client's state right), an argument with CR, LF or
