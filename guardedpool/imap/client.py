@@ -51,7 +51,7 @@ def mailbox_arg(name: str, *, utf8: bool = False) -> str:
         name = ""
     _no_line_break(name, "a mailbox name")
     wire = str(name) if isinstance(name, WireName) or utf8 else mutf7.encode(name)
-    if _ATOM.match(wire):
+    if _ATOM.match(wire) and wire.upper() != "NIL":  # NIL as an atom reads as nil
         return wire
     return str(quoted(wire))
 

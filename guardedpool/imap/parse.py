@@ -370,6 +370,8 @@ def parse_list(lines: Sequence[bytes], *, utf8: bool = False) -> list[ListEntry]
             name, _ = _tokenize(data, pos)
         except ParseError:
             continue
+        if name is None:  # the name is an astring (RFC 3501 9): an atom NIL is "NIL"
+            name = b"NIL"
         if not isinstance(name, bytes):
             continue
         wire = name.decode("utf-8", "replace")

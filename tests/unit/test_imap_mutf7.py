@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from guardedpool.imap import WireName, parse_enabled, parse_list
@@ -127,3 +127,16 @@ def test_enabled() -> None:
     assert parse_enabled([b"ENABLED UTF8=ACCEPT", b"Enabled."]) == {"UTF8=ACCEPT"}
     assert parse_enabled([b"ENABLED", b"Enabled."]) == frozenset()
     assert parse_enabled([b"Enabled."]) == frozenset()
+
+
+@example("NIL")
+@example('a "b" \\ c')
+@given(names.filter(lambda n: not any(c in n for c in "\r\n\x00")))
+def test_a_name_sent_comes_back_from_list_as_itself(human: str) -> None:
+    """What the client sends for a name is what LIST shows for it: the same wire form,
+    and the same human name once decoded (quoting and escaping included)."""
+    for utf8 in (False, True):
+        line = b'(\\HasNoChildren) "/" ' + mailbox_arg(human, utf8=utf8).encode()
+        (entry,) = parse_list([line, b"List completed."], utf8=utf8)
+        assert entry.name == (human if utf8 else encode(human))
+        assert entry.human == human
