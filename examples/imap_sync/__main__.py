@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(run_sync(config, once=args.once, console=make_console()))
+    except ConfigError as exc:  # a setting found unusable at start (the health port)
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except UnusableStore as exc:  # raised before the pool starts: nothing was touched
         print(f"store error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

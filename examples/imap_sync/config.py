@@ -2,7 +2,10 @@
 
 A worker that starts with a typo in its config fails an hour later, on the first account
 that needs the bad value; so everything is checked up front and every error names the
-file, the TOML key (``accounts.bob.port``) and what is wrong with it. Secrets come from
+file, the TOML key (``accounts.bob.port``, ``pool.acquire_timeout``) and what is wrong
+with it. msgspec does the typing (the shape below, as :class:`msgspec.Struct` types);
+this module words its errors and checks what types cannot say (files, environment,
+cross-field rules). Secrets come from
 the environment (``password_env``) or a separate secrets file, never from sync.toml
 itself, and no error message ever contains one: a secret-bearing value is named, not
 shown. Relative paths are relative to the config file, so a config works from any cwd.
@@ -42,7 +45,8 @@ is required)::
     starttls = false                   # true: port 143, STARTTLS before login (tls = false)
     compress = false                   # COMPRESS=DEFLATE (RFC 4978) where offered
     cafile = "ca.pem"                  # trust this CA instead of the system store
-    mailboxes = ["INBOX", "Archive"]   # default ["INBOX"]
+    mailboxes = ["INBOX", "Archive"]   # default ["INBOX"]; human names, or patterns:
+                                       # ["*", "!Trash", "!\\Junk"] (see folders.py)
 """
 
 from __future__ import annotations
@@ -55,40 +59,80 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from guardedpool import AuditPolicy, PoolConfig, RetryPolicy
 from guardedpool.imap.account import IMAPAccount
 
+from .config_errors import describe, kind, show, toml_key
+from .folders import parse_pattern
+
 __all__ = ["AccountConfig", "ConfigError", "SyncConfig", "load_config", "parse_config"]
 
 DEFAULT_HEALTH_PORT = 8025
-
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
-_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-_TOP = frozenset({"store", "store_fsync", "secrets_file", "sync", "health", "pool", "accounts"})
-_SYNC = frozenset({"concurrency", "poll_interval", "batch_size", "mode", "idle_renew_after"})
 MODES = ("poll", "idle")
 # RFC 2177: a server may drop a client idle for 30 minutes; 29 leaves a margin.
 MAX_IDLE_RENEW = 1740.0
-_ACCOUNT = frozenset(
-    {
-        "key",
-        "host",
-        "port",
-        "username",
-        "password_env",
-        "tls",
-        "starttls",
-        "compress",
-        "cafile",
-        "server_hostname",
-        "mailboxes",
-    }
-)
+_T = TypeVar("_T")
 _SECRET_NAMES = frozenset({"password", "oauth2_token", "token", "secret"})
+_VALID_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+
+# -- the shape of sync.toml (msgspec checks it; config_errors words what it finds) -------
+# Text: not blank, no control characters (a value is shown in errors and logs on one line).
+Text = Annotated[str, Meta(pattern=r"^(?=[^\x00-\x1f\x7f]*$)\s*\S")]
+Key = Annotated[str, Meta(pattern=f"^{_VALID_KEY.pattern}$")]
+EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# Seconds: > 0 and finite (TOML has inf and nan; both fail the bounds).
+Seconds = Annotated[float, Meta(gt=0, le=1e9)]
+
+
+class _Sync(Struct, forbid_unknown_fields=True, kw_only=True):
+    concurrency: Annotated[int, Meta(ge=1, le=1024)] = 8
+    poll_interval: Seconds = 60.0
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    mode: Text = "poll"
+    idle_renew_after: Seconds = MAX_IDLE_RENEW
+
+
+class _Health(Struct, forbid_unknown_fields=True, kw_only=True):
+    bind: Text = f"127.0.0.1:{DEFAULT_HEALTH_PORT}"
+    enabled: bool = True
+
+
+class _Account(Struct, forbid_unknown_fields=True, kw_only=True):
+    key: Key
+    host: Text
+    username: Text
+    port: Annotated[int, Meta(ge=1, le=65535)] | UnsetType = UNSET
+    password_env: EnvName | UnsetType = UNSET
+    tls: bool | UnsetType = UNSET  # default: not starttls
+    starttls: bool = False
+    compress: bool = False
+    cafile: Text | UnsetType = UNSET
+    server_hostname: Text | UnsetType = UNSET
+    mailboxes: Annotated[list[str], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["INBOX"]
+    )
+
+
+class _File(Struct, forbid_unknown_fields=True, kw_only=True):
+    accounts: Annotated[list[_Account], Meta(min_length=1)]
+    store: Text = "imap_sync.sqlite3"
+    store_fsync: bool = True
+    secrets_file: Text | UnsetType = UNSET
+    sync: _Sync = msgspec.field(default_factory=_Sync)
+    health: _Health = msgspec.field(default_factory=_Health)
+    pool: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# What a problem is called where the type alone would say it badly.
+_PHRASES = {
+    "accounts": "at least one [[accounts]] table is required",
+    "mailboxes": "must be a non-empty array of names",
+}
 
 
 class ConfigError(ValueError):
@@ -97,7 +141,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class AccountConfig:
-    """One inbox to mirror: its pool key, how to log in, which mailboxes."""
+    """One inbox to mirror: its pool key, how to log in, which mailboxes (patterns over
+    human names, see :mod:`.folders`)."""
 
     key: str
     account: IMAPAccount
@@ -129,6 +174,7 @@ class SyncConfig:
             1740.0, 29 minutes, the most RFC 2177 allows).
         health_bind: (host, port) of the health endpoint, None when disabled
             (default 127.0.0.1:8025).
+        source: the config file, for errors found later (a health port in use).
     """
 
     accounts: tuple[AccountConfig, ...]
@@ -141,106 +187,30 @@ class SyncConfig:
     mode: str = "poll"
     idle_renew_after: float = MAX_IDLE_RENEW
     health_bind: tuple[str, int] | None = ("127.0.0.1", DEFAULT_HEALTH_PORT)
+    source: str = "sync.toml"
 
     def accounts_by_key(self) -> dict[str, IMAPAccount]:
         return {a.key: a.account for a in self.accounts}
 
 
-class _Reader:
-    """Typed lookups that raise :class:`ConfigError` naming ``file: where.key``."""
+# -- what types cannot say ---------------------------------------------------------------
 
-    def __init__(self, source: str) -> None:
-        self.source = source
 
-    def fail(self, where: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {where}: {problem}")
-
-    def table(self, data: Mapping[str, Any], name: str, where: str) -> dict[str, Any]:
-        value = data.get(name, {})
-        if not isinstance(value, dict):
-            raise self.fail(where, f"must be a table, got {_kind(value)}")
-        return value
-
-    def unknown(self, data: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
-        for name in data:
-            if name not in allowed:
-                if name.lower() in _SECRET_NAMES:
-                    raise self.fail(
-                        _join(where, name),
-                        "secrets do not belong in the config: use password_env or secrets_file",
-                    )
-                raise self.fail(
-                    _join(where, name),
-                    f"unknown key (expected one of {', '.join(sorted(allowed))})",
+def _refuse_inline_secrets(data: Mapping[str, Any], source: str) -> None:
+    tables: list[tuple[str, Mapping[str, Any]]] = [("", data)]
+    accounts = data.get("accounts")
+    if isinstance(accounts, list):
+        for i, raw in enumerate(accounts):
+            if isinstance(raw, dict):
+                tables.append((toml_key(["accounts", i, "_"], data)[:-2], raw))
+    for where, table in tables:
+        for name in table:
+            if isinstance(name, str) and name.lower() in _SECRET_NAMES:
+                key = f"{where}.{name}" if where else name
+                raise ConfigError(
+                    f"{source}: {key}: secrets do not belong in the config: use "
+                    "password_env or secrets_file"
                 )
-
-    def string(
-        self,
-        data: Mapping[str, Any],
-        name: str,
-        where: str,
-        default: str | None = None,
-        *,
-        required: bool = False,
-    ) -> str | None:
-        if name not in data:
-            if required:
-                raise self.fail(_join(where, name), "is required")
-            return default
-        value = data[name]
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(_join(where, name), f"must be a non-empty string, got {_show(value)}")
-        if _CONTROL.search(value):
-            raise self.fail(_join(where, name), "must not contain control characters")
-        return value
-
-    def integer(
-        self,
-        data: Mapping[str, Any],
-        name: str,
-        where: str,
-        default: int,
-        *,
-        low: int,
-        high: int | None = None,
-    ) -> int:
-        value = data.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(_join(where, name), f"must be an integer, got {_show(value)}")
-        if value < low or (high is not None and value > high):
-            span = f"{low}..{high}" if high is not None else f">= {low}"
-            raise self.fail(_join(where, name), f"must be in {span}, got {value}")
-        return value
-
-    def number(self, data: Mapping[str, Any], name: str, where: str, default: float) -> float:
-        value = data.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(_join(where, name), f"must be a number of seconds, got {_show(value)}")
-        if not 0 < value < float("inf"):
-            raise self.fail(_join(where, name), f"must be > 0 and finite, got {value}")
-        return float(value)
-
-    def boolean(self, data: Mapping[str, Any], name: str, where: str, default: bool) -> bool:
-        value = data.get(name, default)
-        if not isinstance(value, bool):
-            raise self.fail(_join(where, name), f"must be true or false, got {_show(value)}")
-        return value
-
-
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
-def _kind(value: object) -> str:
-    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _show(value: object) -> str:
-    """A value for an error message: short, and only ever a non-secret config value."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -265,208 +235,196 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, port
 
 
-def _pool(r: _Reader, data: Mapping[str, Any]) -> PoolConfig:
-    raw = r.table(data, "pool", "pool")
-    known = {f.name for f in fields(PoolConfig)}
-    r.unknown(raw, frozenset(known), "pool")
-    options: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("retry", "audit")}
+# PoolConfig and its policies name the option in their errors: "PoolConfig.op_timeout must
+# be > 0.0, got 0.0" is the key pool.op_timeout.
+_POLICY = re.compile(r"^(PoolConfig|RetryPolicy|AuditPolicy)\.(\w+)\s*(.*)$", re.DOTALL)
+_POLICY_KEY = {"PoolConfig": "pool", "RetryPolicy": "pool.retry", "AuditPolicy": "pool.audit"}
+_POLICY_NAME = re.compile(r"\b(PoolConfig|RetryPolicy|AuditPolicy)\.")
+
+
+def _pool(raw: dict[str, Any], source: str) -> PoolConfig:
+    tables: list[tuple[str, Any, type[Any]]] = [("pool", raw, PoolConfig)]
+    for name, cls in (("retry", RetryPolicy), ("audit", AuditPolicy)):
+        tables.append((f"pool.{name}", raw.get(name), cls))
+    for where, table, cls in tables:
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {where}: must be a table, got {kind(table)}")
+        allowed = sorted(f.name for f in fields(cls))
+        for name in table:
+            if name not in allowed:
+                raise ConfigError(
+                    f"{source}: {where}.{name}: unknown key (expected one of {', '.join(allowed)})"
+                )
     try:
-        for name, cls in (("retry", RetryPolicy), ("audit", AuditPolicy)):
-            if name in raw:
-                sub = r.table(raw, name, f"pool.{name}")
-                r.unknown(sub, frozenset(f.name for f in fields(cls)), f"pool.{name}")
-                options[name] = cls(**sub)
-        return PoolConfig(**options)
-    except ValueError as exc:
-        # PoolConfig and friends name the option and the value; none of them is a secret.
-        raise r.fail("pool", str(exc)) from None
+        return msgspec.convert(raw, PoolConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {describe(exc, PoolConfig, raw, prefix=('pool',))}") from None
 
 
-def _secrets(r: _Reader, data: Mapping[str, Any], base: Path) -> dict[str, str] | None:
-    name = r.string(data, "secrets_file", "")
-    if name is None:
+def _secrets(name: str | UnsetType, base: Path, source: str) -> dict[str, str] | None:
+    if isinstance(name, UnsetType):
         return None
     path = _resolve(base, name)
+    fail = f"{source}: secrets_file:"
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise r.fail("secrets_file", f"{path} does not exist") from None
+        raise ConfigError(f"{fail} {path} does not exist") from None
     except OSError as exc:
-        raise r.fail("secrets_file", f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{fail} cannot read {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         # The decoder's message names a line and column, never the content of a line.
-        raise r.fail("secrets_file", f"{path} is not valid TOML: {exc}") from None
-    out: dict[str, str] = {}
+        raise ConfigError(f"{fail} {path} is not valid TOML: {exc}") from None
     for key, value in raw.items():
         if not isinstance(value, str) or not value:
-            raise r.fail("secrets_file", f"{path}: {key}: must be a non-empty string")
-        out[key] = value
-    return out
+            raise ConfigError(f"{fail} {path}: {key}: must be a non-empty string")
+    return dict(raw)
 
 
-def _password(
-    r: _Reader, raw: Mapping[str, Any], where: str, key: str, secrets: dict[str, str] | None
-) -> str:
-    env = r.string(raw, "password_env", where)
-    if env is not None:
-        if not _ENV.match(env):
-            raise r.fail(f"{where}.password_env", f"must be a variable name, got {_show(env)}")
-        value = os.environ.get(env)
+def _password(acc: _Account, where: str, secrets: dict[str, str] | None, source: str) -> str:
+    if not isinstance(acc.password_env, UnsetType):
+        value = os.environ.get(acc.password_env)
         if not value:
-            raise r.fail(f"{where}.password_env", f"environment variable {env} is not set")
+            raise ConfigError(
+                f"{source}: {where}.password_env: environment variable "
+                f"{acc.password_env} is not set"
+            )
         return value
     if secrets is None:
-        raise r.fail(where, "needs password_env, or a secrets_file with an entry for this key")
-    if key not in secrets:
-        raise r.fail(where, f"secrets_file has no entry {key!r}")
-    return secrets[key]
-
-
-def _mailboxes(r: _Reader, raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
-    value = raw.get("mailboxes", ["INBOX"])
-    if not isinstance(value, list) or not value:
-        raise r.fail(
-            f"{where}.mailboxes", f"must be a non-empty array of names, got {_show(value)}"
+        raise ConfigError(
+            f"{source}: {where}: needs password_env, or a secrets_file with an entry for this key"
         )
+    if acc.key not in secrets:
+        raise ConfigError(f"{source}: {where}: secrets_file has no entry {acc.key!r}")
+    return secrets[acc.key]
+
+
+def _mailboxes(names: list[str], where: str, source: str) -> tuple[str, ...]:
     seen: list[str] = []
-    for i, name in enumerate(value):
-        if not isinstance(name, str) or not name.strip() or _CONTROL.search(name):
-            raise r.fail(f"{where}.mailboxes[{i}]", f"must be a mailbox name, got {_show(name)}")
+    for i, name in enumerate(names):
+        key = f"{source}: {where}.mailboxes[{i}]"
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}: must be a mailbox name, got {show(name)}")
+        try:
+            parse_pattern(name)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}, got {show(name)}") from None
         if name.upper() == "INBOX":
             name = "INBOX"  # INBOX is case-insensitive (RFC 3501); other names are not
         if name in seen:
-            raise r.fail(f"{where}.mailboxes[{i}]", f"{name!r} is listed twice")
+            raise ConfigError(f"{key}: {name!r} is listed twice")
         seen.append(name)
     return tuple(seen)
 
 
+def _given(value: _T | UnsetType) -> _T | None:
+    return None if isinstance(value, UnsetType) else value
+
+
 def _account(
-    r: _Reader, raw: object, index: int, base: Path, secrets: dict[str, str] | None
+    acc: _Account, index: int, base: Path, secrets: dict[str, str] | None, source: str
 ) -> AccountConfig:
-    where = f"accounts[{index}]"
-    if not isinstance(raw, dict):
-        raise r.fail(where, f"must be a table, got {_kind(raw)}")
-    key = r.string(raw, "key", where, required=True)
-    assert key is not None
-    if not _KEY.match(key):
-        raise r.fail(f"{where}.key", f"must be 1-64 of A-Z a-z 0-9 . _ @ + -, got {_show(key)}")
-    where = f"accounts.{key}"
-    r.unknown(raw, _ACCOUNT, where)
-    host = r.string(raw, "host", where, required=True)
-    username = r.string(raw, "username", where, required=True)
-    starttls = r.boolean(raw, "starttls", where, False)
-    tls = r.boolean(raw, "tls", where, not starttls)
-    compress = r.boolean(raw, "compress", where, False)
-    port = r.integer(raw, "port", where, 993 if tls else 143, low=1, high=65535)
-    cafile = r.string(raw, "cafile", where)
-    server_hostname = r.string(raw, "server_hostname", where)
-    context: ssl.SSLContext | None = None
+    where = f"accounts.{acc.key}"
+    fail = f"{source}: {where}"
+    starttls = acc.starttls
+    tls = not starttls if isinstance(acc.tls, UnsetType) else acc.tls
+    cafile, server_hostname = _given(acc.cafile), _given(acc.server_hostname)
     if not (tls or starttls) and (cafile or server_hostname):
-        raise r.fail(where, "cafile and server_hostname need tls = true or starttls = true")
+        raise ConfigError(f"{fail}: cafile and server_hostname need tls = true or starttls = true")
+    context: ssl.SSLContext | None = None
     if cafile is not None:
         path = _resolve(base, cafile)
         try:
             context = ssl.create_default_context(cafile=str(path))
         except FileNotFoundError:
-            raise r.fail(f"{where}.cafile", f"{path} does not exist") from None
+            raise ConfigError(f"{fail}.cafile: {path} does not exist") from None
         except (OSError, ssl.SSLError) as exc:
-            raise r.fail(f"{where}.cafile", f"{path} is not a PEM CA file ({exc})") from None
-    password = _password(r, raw, where, key, secrets)
-    assert host is not None and username is not None
+            raise ConfigError(f"{fail}.cafile: {path} is not a PEM CA file ({exc})") from None
+    password = _password(acc, where, secrets, source)
+    port = _given(acc.port)
     try:
         account = IMAPAccount(
-            host=host,
-            port=port,
-            username=username,
+            host=acc.host,
+            port=port if port is not None else (993 if tls else 143),
+            username=acc.username,
             password=password,
             tls=tls,
             starttls=starttls,
-            compress=compress,
+            compress=acc.compress,
             ssl_context=context,
             server_hostname=server_hostname,
         )
     except ValueError as exc:
         # IMAPAccount's messages name the field and never a secret's value.
-        raise r.fail(where, str(exc)) from None
-    return AccountConfig(key, account, _mailboxes(r, raw, where))
+        raise ConfigError(f"{fail}: {exc}") from None
+    return AccountConfig(acc.key, account, _mailboxes(acc.mailboxes, where, source))
 
 
-def _mode(r: _Reader, sync: Mapping[str, Any]) -> tuple[str, float]:
-    mode = r.string(sync, "mode", "sync", "poll")
-    if mode not in MODES:
-        raise r.fail("sync.mode", f'must be "poll" or "idle", got {_show(mode)}')
-    renew = r.number(sync, "idle_renew_after", "sync", MAX_IDLE_RENEW)
-    if renew > MAX_IDLE_RENEW:
-        raise r.fail(
-            "sync.idle_renew_after",
-            f"must be at most {MAX_IDLE_RENEW:g} s (29 minutes, RFC 2177), got {renew:g}",
-        )
-    return mode, renew
-
-
-def _check_idle_pool(r: _Reader, mode: str, pool: PoolConfig, accounts: int) -> str:
+def _check_mode(sync: _Sync, pool: PoolConfig, accounts: int, source: str) -> None:
     """Idle mode holds a connection per account in IDLE: the pool must leave room to sync."""
-    if mode != "idle":
-        return mode
+    fail = f"{source}: sync.mode:"
+    if sync.mode not in MODES:
+        raise ConfigError(f'{fail} must be "poll" or "idle", got {show(sync.mode)}')
+    if sync.idle_renew_after > MAX_IDLE_RENEW:
+        raise ConfigError(
+            f"{source}: sync.idle_renew_after: must be at most {MAX_IDLE_RENEW:g} s "
+            f"(29 minutes, RFC 2177), got {sync.idle_renew_after:g}"
+        )
+    if sync.mode != "idle":
+        return
     if pool.max_per_key < 2:
-        raise r.fail(
-            "sync.mode",
-            '"idle" needs pool.max_per_key >= 2 (one connection held in IDLE, one to sync '
-            f"with), got {pool.max_per_key}",
+        raise ConfigError(
+            f'{fail} "idle" needs pool.max_per_key >= 2 (one connection held in IDLE, one '
+            f"to sync with), got {pool.max_per_key}"
         )
     if pool.max_total < accounts + 1:
-        raise r.fail(
-            "sync.mode",
-            f'"idle" needs pool.max_total >= {accounts + 1} (one connection held in IDLE '
-            f"per account, plus one to sync with), got {pool.max_total}",
+        raise ConfigError(
+            f'{fail} "idle" needs pool.max_total >= {accounts + 1} (one connection held in '
+            f"IDLE per account, plus one to sync with), got {pool.max_total}"
         )
-    return mode
 
 
 def parse_config(
     data: Mapping[str, Any], *, source: str = "sync.toml", base: Path | None = None
 ) -> SyncConfig:
-    """Validate parsed TOML; ``base`` anchors relative paths (default: the cwd)."""
-    r = _Reader(source)
+    """Validate parsed TOML; ``base`` anchors relative paths (default: the cwd).
+
+    Raises ConfigError, one line: ``"{source}: {key}: {problem}"``.
+    """
     base = base if base is not None else Path.cwd()
-    r.unknown(data, _TOP, "")
-    sync = r.table(data, "sync", "sync")
-    r.unknown(sync, _SYNC, "sync")
-    mode, renew = _mode(r, sync)
-    health = r.table(data, "health", "health")
-    r.unknown(health, frozenset({"bind", "enabled"}), "health")
+    _refuse_inline_secrets(data, source)
+    try:
+        raw = msgspec.convert(dict(data), _File, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {describe(exc, _File, data, phrases=_PHRASES)}") from None
     bind: tuple[str, int] | None = None
-    if r.boolean(health, "enabled", "health", True):
-        text = r.string(health, "bind", "health", f"127.0.0.1:{DEFAULT_HEALTH_PORT}")
-        assert text is not None
+    if raw.health.enabled:
         try:
-            bind = parse_bind(text)
+            bind = parse_bind(raw.health.bind)
         except ValueError as exc:
-            raise r.fail("health.bind", str(exc)) from None
-    pool = _pool(r, data)
-    secrets = _secrets(r, data, base)
-    accounts_raw = data.get("accounts")
-    if not isinstance(accounts_raw, list) or not accounts_raw:
-        raise r.fail("accounts", "at least one [[accounts]] table is required")
+            raise ConfigError(f"{source}: health.bind: {exc}") from None
+    pool = _pool(raw.pool, source)
+    secrets = _secrets(raw.secrets_file, base, source)
     accounts: list[AccountConfig] = []
-    for i, raw in enumerate(accounts_raw):
-        acc = _account(r, raw, i, base, secrets)
+    for i, acc in enumerate(raw.accounts):
         if any(a.key == acc.key for a in accounts):
-            raise r.fail(f"accounts[{i}].key", f"{acc.key!r} is used twice")
-        accounts.append(acc)
-    store = r.string(data, "store", "", "imap_sync.sqlite3")
-    assert store is not None
+            raise ConfigError(f"{source}: accounts[{i}].key: {acc.key!r} is used twice")
+        accounts.append(_account(acc, i, base, secrets, source))
+    _check_mode(raw.sync, pool, len(accounts), source)
     return SyncConfig(
         accounts=tuple(accounts),
         pool=pool,
-        store_path=_resolve(base, store),
-        store_fsync=r.boolean(data, "store_fsync", "", True),
-        concurrency=r.integer(sync, "concurrency", "sync", 8, low=1, high=1024),
-        poll_interval=r.number(sync, "poll_interval", "sync", 60.0),
-        batch_size=r.integer(sync, "batch_size", "sync", 100, low=1, high=10_000),
-        mode=_check_idle_pool(r, mode, pool, len(accounts)),
-        idle_renew_after=renew,
+        store_path=_resolve(base, raw.store),
+        store_fsync=raw.store_fsync,
+        concurrency=raw.sync.concurrency,
+        poll_interval=raw.sync.poll_interval,
+        batch_size=raw.sync.batch_size,
+        mode=raw.sync.mode,
+        idle_renew_after=raw.sync.idle_renew_after,
         health_bind=bind,
+        source=source,
     )
 
 

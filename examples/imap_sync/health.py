@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from .metrics import CONTENT_TYPE, render
 
-__all__ = ["HealthServer", "make_app"]
+__all__ = ["HealthServer", "listen_socket", "make_app"]
 
 log = logging.getLogger("imap_sync.health")
 
@@ -93,28 +93,46 @@ def make_app(
     return app
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening, non-blocking TCP socket on ``host:port`` (port 0: any free one).
+    Raises OSError (EADDRINUSE: another process has the port); nothing is left open."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class HealthServer:
     """Serves :func:`make_app` on ``host:port`` (port 0: any free port, see ``address``)."""
 
-    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        sock: socket.socket | None = None,
+    ) -> None:
         self._app = app
         self._host = host
         self._port = port
+        self._sock = sock  # from listen_socket(): bound before anything else started
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> tuple[str, int]:
-        """Bind and serve; returns the bound (host, port). Raises OSError if taken."""
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self._host, self._port))
-            sock.listen(64)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
+        """Bind (unless given ``sock``) and serve; returns the bound (host, port).
+        Raises OSError if taken."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            sock = listen_socket(self._host, self._port)
         # No access log: a probe every few seconds would bury everything else.
         runner = web.AppRunner(self._app, access_log=None)
         await runner.setup()

@@ -6,7 +6,9 @@ reading them when scraped means no second copy to keep in step, and a private re
 means two pools (two tests, a demo and a worker) never collide in the global one.
 
 Names follow Prometheus conventions: ``_total`` counters, ``_seconds`` units, one label
-per dimension (``key``/``inbox`` is the account key, never a user name or host).
+per dimension (``key``/``inbox`` is the account key, never a user name or host;
+``mailbox`` is the human name, ``Entwürfe`` rather than ``Entw&APw-rfe``, with ``/`` for
+the hierarchy delimiter).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .worker import InboxCounters
+from .worker import InboxCounters, MailboxView
 
 __all__ = ["SyncCollector", "make_registry", "render"]
 
@@ -35,19 +37,44 @@ _COUNTERS = (
 
 
 class SyncCollector(Collector):
-    """Collects ``stats()`` (a pool's) and ``counters()`` (the worker's) on every scrape."""
+    """Collects ``stats()`` (a pool's), ``counters()`` and ``mailboxes()`` (the worker's
+    ``counters`` and ``mailbox_views``) on every scrape."""
 
     def __init__(
         self,
         stats: Callable[[], Mapping[str, Any]],
         counters: Callable[[], Mapping[str, InboxCounters]],
+        mailboxes: Callable[[], Mapping[str, Mapping[str, MailboxView]]] | None = None,
     ) -> None:
         self._stats = stats
         self._counters = counters
+        self._mailboxes = mailboxes
 
     def collect(self) -> Iterator[Metric]:
         yield from self._pool_metrics(self._stats())
         yield from self._sync_metrics(self._counters())
+        if self._mailboxes is not None:
+            yield from self._mailbox_metrics(self._mailboxes())
+
+    @staticmethod
+    def _mailbox_metrics(views: Mapping[str, Mapping[str, MailboxView]]) -> Iterator[Metric]:
+        messages = CounterMetricFamily(
+            "imap_sync_mailbox_messages",
+            "Messages fetched and stored, per mailbox.",
+            labels=["inbox", "mailbox"],
+        )
+        state = GaugeMetricFamily(
+            "imap_sync_mailbox_state",
+            "1 for the mailbox's state: synced, failed (last pass), gone or renamed (on the "
+            "server; the local copy is kept).",
+            labels=["inbox", "mailbox", "state"],
+        )
+        for key, boxes in views.items():
+            for name, view in boxes.items():
+                messages.add_metric([key, name], float(view.messages))
+                state.add_metric([key, name, view.state], 1.0)
+        yield messages
+        yield state
 
     @staticmethod
     def _pool_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from guardedpool.imap.idle import IdleSession, idle
@@ -44,9 +44,11 @@ TRIGGERS = frozenset({"CONNECTED", "EXISTS", "EXPUNGE", "FETCH", "OVERFLOW"})
 """The :class:`~guardedpool.imap.idle.IdleEvent` kinds that trigger a sync."""
 
 
-def watched_mailbox(account: AccountConfig) -> str:
-    """The mailbox held in IDLE for ``account``: INBOX if it is synced, else the first."""
-    return "INBOX" if "INBOX" in account.mailboxes else account.mailboxes[0]
+def watched_mailbox(account: AccountConfig, mailboxes: Sequence[str] = ()) -> str:
+    """The mailbox held in IDLE for ``account``: INBOX if it is synced, else the first of
+    ``mailboxes`` (the account's resolved wire names; default its configured names)."""
+    names = list(mailboxes) or list(account.mailboxes)
+    return "INBOX" if "INBOX" in names else names[0]
 
 
 class PushSync:
@@ -74,7 +76,10 @@ class PushSync:
         self.worker = worker
         self.poll_interval = poll_interval
         self.renew_after = renew_after
-        self.watched = {a.key: watched_mailbox(a) for a in worker.accounts}
+        self.watched = {
+            a.key: watched_mailbox(a, [name for key, name in worker.jobs() if key == a.key])
+            for a in worker.accounts
+        }
         self.polled = [(key, box) for key, box in worker.jobs() if self.watched[key] != box]
         self.triggers = dict.fromkeys(self.watched, 0)
         self.sessions: dict[str, IdleSession] = {}

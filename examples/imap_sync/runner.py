@@ -1,7 +1,8 @@
 """``run``: config -> pool, store, worker, health endpoint; one pass or passes until stopped.
 
-Order matters for the promises the CLI makes: the config is fully validated before the
-store is opened (a bad config leaves the store untouched), and the pool is closed --
+Order matters for the promises the CLI makes: the config is fully validated, and the
+health port bound, before the store is opened (a bad config or a port already in use
+leaves the store untouched), and the pool is closed --
 every connection logged out or aborted and verified closed -- before the store is.
 SIGINT/SIGTERM end continuous mode after the pass in flight.
 """
@@ -11,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 
 from rich.console import Console
 
 from guardedpool import GuardedPool
 from guardedpool.imap import IMAPClient, IMAPConnector
 
-from .config import SyncConfig
-from .health import HealthServer, make_app
+from .config import ConfigError, SyncConfig
+from .health import HealthServer, listen_socket, make_app
 from .metrics import SyncCollector, make_registry
 from .progress import RichObserver, summary_table
 from .store import Store
@@ -28,8 +30,18 @@ __all__ = ["run_sync"]
 
 
 async def run_sync(config: SyncConfig, *, once: bool, console: Console) -> int:
-    """Exit code: 0 when the (last) pass had no failure, 1 otherwise."""
-    store = Store.open(config.store_path, fsync=config.store_fsync)
+    """Exit code: 0 when the (last) pass had no failure, 1 otherwise.
+
+    Raises ConfigError, before anything else is touched, when the health endpoint's
+    ``[health] bind`` address cannot be listened on (in use, not a local address).
+    """
+    sock = None if once else _health_socket(config)
+    try:
+        store = Store.open(config.store_path, fsync=config.store_fsync)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
     try:
         pool: GuardedPool[IMAPClient] = GuardedPool(
             IMAPConnector(config.accounts_by_key()), config.pool
@@ -49,13 +61,33 @@ async def run_sync(config: SyncConfig, *, once: bool, console: Console) -> int:
                     console.print(summary_table(summary, worker.counters, pool.stats()))
                     _print_failures(console, summary)
                     return 0 if summary.ok else 1
-                return await _continuous(config, pool, worker, console)
+                return await _continuous(config, pool, worker, console, sock)
     finally:
+        if sock is not None:
+            sock.close()  # after HealthServer.stop(), or never served: closing twice is a no-op
         store.close()
 
 
+def _health_socket(config: SyncConfig) -> socket.socket | None:
+    if config.health_bind is None:
+        return None
+    host, port = config.health_bind
+    try:
+        return listen_socket(host, port)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"{config.source}: health.bind: cannot listen on {host}:{port}: {reason} (set "
+            "[health] bind to a free address, or enabled = false)"
+        ) from None
+
+
 async def _continuous(
-    config: SyncConfig, pool: GuardedPool[IMAPClient], worker: SyncWorker, console: Console
+    config: SyncConfig,
+    pool: GuardedPool[IMAPClient],
+    worker: SyncWorker,
+    console: Console,
+    sock: socket.socket | None,
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,9 +106,11 @@ async def _continuous(
 
     health: HealthServer | None = None
     try:
-        if config.health_bind is not None:
-            registry = make_registry(SyncCollector(pool.stats, lambda: worker.counters))
-            health = HealthServer(make_app(pool, registry), *config.health_bind)
+        if config.health_bind is not None and sock is not None:
+            registry = make_registry(
+                SyncCollector(pool.stats, lambda: worker.counters, lambda: worker.mailbox_views)
+            )
+            health = HealthServer(make_app(pool, registry), *config.health_bind, sock=sock)
             await health.start()
             console.print(f"health: {health.url}/healthz  metrics: {health.url}/metrics")
         await worker.run_forever(

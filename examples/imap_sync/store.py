@@ -338,3 +338,77 @@ class Store:
             "LEFT JOIN messages m ON m.account=a.key GROUP BY a.key ORDER BY a.key"
         )
         return {r[0]: (r[1], r[2]) for r in rows}
+
+    # -- folders gone from the server (see folders.py) -----------------------------------
+
+    _RETIRED = """
+    CREATE TABLE IF NOT EXISTS retired_mailboxes (
+        account     TEXT NOT NULL,
+        name        TEXT NOT NULL,   -- the key the local copy now has in mailboxes/messages
+        original    TEXT NOT NULL,   -- its name on the server (wire form)
+        uidvalidity INTEGER,
+        state       TEXT NOT NULL,   -- 'gone' (deleted) or 'renamed'
+        renamed_to  TEXT,            -- wire name of the rename target, when known
+        retired_at  REAL NOT NULL,
+        PRIMARY KEY (account, name)
+    )"""
+
+    def known_mailboxes(self, account: str) -> dict[str, int | None]:
+        """Mailboxes of ``account`` the store syncs into (not retired): name -> UIDVALIDITY."""
+        self._db.execute(self._RETIRED)
+        rows = self._db.execute(
+            "SELECT name, uidvalidity FROM mailboxes WHERE account=? AND name NOT IN "
+            "(SELECT name FROM retired_mailboxes WHERE account=?)",
+            (account, account),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def retire_mailbox(
+        self, account: str, name: str, *, state: str, renamed_to: str | None = None
+    ) -> str:
+        """Keep the local copy of a mailbox the server no longer has, under a new key.
+
+        The mailbox and its messages move, in one transaction, to the key
+        ``name + "\\x1e" + n`` (the record separator never appears in a name this worker
+        syncs, see folders.py), recorded in ``retired_mailboxes`` with ``state``
+        ("gone" or "renamed") and ``renamed_to``. The old name is then free: a new
+        mailbox created under it starts empty, never mixed with the old copy. Returns the
+        new key.
+        """
+        if state not in ("gone", "renamed"):
+            raise ValueError(f"state must be 'gone' or 'renamed', got {state!r}")
+        self._db.execute(self._RETIRED)
+        with self._tx() as db:
+            n = db.execute(
+                "SELECT COUNT(*) FROM retired_mailboxes WHERE account=? AND original=?",
+                (account, name),
+            ).fetchone()[0]
+            key = f"{name}\x1e{n + 1}"
+            uidvalidity = db.execute(
+                "SELECT uidvalidity FROM mailboxes WHERE account=? AND name=?", (account, name)
+            ).fetchone()
+            if uidvalidity is None:
+                raise StoreError(f"{account}/{name}: no such mailbox in the store")
+            db.execute("PRAGMA defer_foreign_keys=ON")  # parent and children move together
+            db.execute(
+                "UPDATE mailboxes SET name=? WHERE account=? AND name=?", (key, account, name)
+            )
+            db.execute(
+                "UPDATE messages SET mailbox=? WHERE account=? AND mailbox=?", (key, account, name)
+            )
+            db.execute(
+                "INSERT INTO retired_mailboxes(account, name, original, uidvalidity, state, "
+                "renamed_to, retired_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (account, key, name, uidvalidity[0], state, renamed_to, time.time()),
+            )
+        return key
+
+    def retired(self, account: str) -> list[tuple[str, str, str, str | None]]:
+        """``account``'s retired copies: (key, original name, state, renamed_to)."""
+        self._db.execute(self._RETIRED)
+        rows = self._db.execute(
+            "SELECT name, original, state, renamed_to FROM retired_mailboxes "
+            "WHERE account=? ORDER BY retired_at",
+            (account,),
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]

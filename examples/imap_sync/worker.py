@@ -24,13 +24,22 @@ from typing import Protocol
 
 from guardedpool import GuardedPool
 from guardedpool.imap import IMAPClient
+from guardedpool.imap.mutf7 import display
 
 from .config import MAX_IDLE_RENEW, AccountConfig
+from .folders import Folder, Pattern, compile_patterns, literal_folders, needs_list, refresh
 from .mailbox import MailboxResult, sync_mailbox
 from .push import PushSync
 from .store import Store
 
-__all__ = ["InboxCounters", "MailboxFailure", "Observer", "PassSummary", "SyncWorker"]
+__all__ = [
+    "InboxCounters",
+    "MailboxFailure",
+    "MailboxView",
+    "Observer",
+    "PassSummary",
+    "SyncWorker",
+]
 
 log = logging.getLogger("imap_sync")
 
@@ -49,10 +58,19 @@ class InboxCounters:
     last_error: str | None = None
 
 
+@dataclass(slots=True)
+class MailboxView:
+    """One mailbox as /metrics shows it: ``state`` is "synced", "failed", "gone" (deleted
+    on the server) or "renamed"; ``messages`` stored by this worker since it started."""
+
+    state: str = "synced"
+    messages: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class MailboxFailure:
     account: str
-    mailbox: str
+    mailbox: str  # the human name, "/" for the delimiter; "(LIST)" when listing failed
     error: str  # "ExceptionType: message" (messages from guardedpool carry no secrets)
 
 
@@ -82,7 +100,10 @@ class SyncWorker:
     Args:
         pool: the shared pool (keys are account keys).
         store: the open SQLite mirror.
-        accounts: what to sync (key + mailboxes; host/username are recorded in the store).
+        accounts: what to sync (key + mailbox patterns, see :mod:`.folders`;
+            host/username are recorded in the store). Each pass starts with a LIST per
+            account: the folders the patterns select are synced, under their names as
+            the server sends them; stored folders the server no longer has are retired.
         concurrency: mailboxes synced at once (>= 1).
         batch_size: messages per UID FETCH and per store transaction (>= 1).
         observer: progress hooks, or None.
@@ -114,11 +135,65 @@ class SyncWorker:
         self._busy: dict[tuple[str, str], asyncio.Lock] = {}
         for a in self.accounts:
             store.ensure_account(a.key, a.account.host, a.account.username)
+        self.patterns: dict[str, tuple[Pattern, ...]] = {
+            a.key: compile_patterns(a.mailboxes) for a in self.accounts
+        }
+        self.folders: dict[str, tuple[Folder, ...]] = {
+            key: literal_folders(patterns) for key, patterns in self.patterns.items()
+        }
+        """account key -> its mailboxes as last resolved (before any LIST: the literal
+        names of its patterns)."""
+        self.mailbox_views: dict[str, dict[str, MailboxView]] = {a.key: {} for a in self.accounts}
+        """account key -> label (:meth:`label`) -> :class:`MailboxView`, for /metrics."""
+        self._by_name: dict[tuple[str, str], Folder] = {
+            (k, f.name): f for k, fs in self.folders.items() for f in fs
+        }
 
     def jobs(self) -> Iterable[tuple[str, str]]:
-        for a in self.accounts:
-            for mailbox in a.mailboxes:
-                yield a.key, mailbox
+        """(account key, wire name) of every mailbox as last resolved."""
+        for key, folders in self.folders.items():
+            for folder in folders:
+                yield key, folder.name
+
+    def label(self, key: str, mailbox: str) -> str:
+        """The human name of ``mailbox`` (a wire name) for logs and metrics:
+        ``Entwürfe``, ``Archive/2024``."""
+        folder = self._by_name.get((key, mailbox))
+        return folder.path if folder is not None else display(mailbox)
+
+    async def resolve(self) -> list[MailboxFailure]:
+        """LIST each account with a wildcard or role pattern (bounded by the worker's
+        concurrency) and update :attr:`folders`; retire stored folders the server no
+        longer has. An account whose LIST fails keeps its previous folders and gets a
+        failure, mailbox ``(LIST)``."""
+        keys = [k for k, patterns in self.patterns.items() if needs_list(patterns)]
+        outcomes = await asyncio.gather(*(self._resolve(key) for key in keys))
+        return [f for f in outcomes if f is not None]
+
+    async def _resolve(self, key: str) -> MailboxFailure | None:
+        try:
+            async with self._gate, self.pool.acquire(key) as imap:
+                found = await refresh(imap, self.store, key, self.patterns[key])
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            counters = self.counters[key]
+            counters.errors += 1
+            counters.last_error = error
+            log.warning("listing the mailboxes of %s failed: %s", key, error, extra={"key": key})
+            return MailboxFailure(key, "(LIST)", error)
+        self.folders[key] = found.folders
+        self._by_name.update(((key, f.name), f) for f in found.folders)
+        for label, state in found.retired:
+            self.mailbox_views[key].setdefault(label, MailboxView()).state = state
+        return None
+
+    def _note(self, key: str, mailbox: str, outcome: object) -> None:
+        view = self.mailbox_views[key].setdefault(self.label(key, mailbox), MailboxView())
+        if isinstance(outcome, MailboxResult):
+            view.state = "synced"
+            view.messages += outcome.new
+        else:
+            view.state = "failed"
 
     async def run_pass(self, jobs: Iterable[tuple[str, str]] | None = None) -> PassSummary:
         """Sync every mailbox (or the ``(key, mailbox)`` pairs of ``jobs``) once.
@@ -129,17 +204,21 @@ class SyncWorker:
         """
         summary = PassSummary(started=time.time())
         clock = time.monotonic()
+        failed_keys: set[str] = set()
+        if jobs is None:  # every mailbox: resolve the patterns first
+            summary.failures.extend(await self.resolve())
+            failed_keys.update(f.account for f in summary.failures)
         jobs = list(self.jobs() if jobs is None else jobs)
         outcomes = await asyncio.gather(*(self._job(key, name) for key, name in jobs))
-        failed_keys: set[str] = set()
         for (key, name), outcome in zip(jobs, outcomes, strict=True):
+            self._note(key, name, outcome)
             if isinstance(outcome, MailboxResult):
                 summary.results.append(outcome)
             else:
-                summary.failures.append(MailboxFailure(key, name, outcome))
+                summary.failures.append(MailboxFailure(key, self.label(key, name), outcome))
                 failed_keys.add(key)
         now = time.time()
-        for key in dict.fromkeys(key for key, _ in jobs):
+        for key in dict.fromkeys([*(key for key, _ in jobs), *failed_keys]):
             counters = self.counters[key]
             counters.passes += 1
             if key not in failed_keys:
@@ -153,6 +232,7 @@ class SyncWorker:
         """One mailbox: the result, or the error as text (counted, logged once)."""
         obs = self.observer
         counters = self.counters[key]
+        label = self.label(key, mailbox)
         # Two passes of one mailbox at once could store older flags over newer ones with
         # the newer checkpoint. The mailbox lock comes first so a pass waiting for it
         # holds no concurrency slot.
@@ -165,8 +245,8 @@ class SyncWorker:
                         key,
                         mailbox,
                         batch_size=self.batch_size,
-                        on_plan=(lambda n: obs.planned(key, mailbox, n)) if obs else None,
-                        on_batch=(lambda m, b: obs.advanced(key, mailbox, m, b)) if obs else None,
+                        on_plan=(lambda n: obs.planned(key, label, n)) if obs else None,
+                        on_batch=(lambda m, b: obs.advanced(key, label, m, b)) if obs else None,
                     )
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -175,12 +255,12 @@ class SyncWorker:
                 log.warning(
                     "sync of %s/%s failed: %s",
                     key,
-                    mailbox,
+                    label,
                     error,
-                    extra={"key": key, "mailbox": mailbox},
+                    extra={"key": key, "mailbox": label},
                 )
                 if obs is not None:
-                    obs.finished(key, mailbox, error)
+                    obs.finished(key, label, error)
                 return error
         counters.messages += result.new
         counters.bytes += result.bytes
@@ -190,12 +270,12 @@ class SyncWorker:
             log.warning(
                 "%s/%s: UIDVALIDITY changed; dropped %d stored messages and resynced",
                 key,
-                mailbox,
+                label,
                 result.dropped,
-                extra={"key": key, "mailbox": mailbox},
+                extra={"key": key, "mailbox": label},
             )
         if obs is not None:
-            obs.finished(key, mailbox, None)
+            obs.finished(key, label, None)
         return result
 
     async def run_forever(
@@ -215,6 +295,7 @@ class SyncWorker:
         ``max_per_key`` must be >= 2).
         """
         if mode == "idle":
+            await self.resolve()  # which mailbox to watch depends on what LIST says
             push = PushSync(self, poll_interval=poll_interval, renew_after=idle_renew_after)
             await push.run(stop, on_pass=on_pass)
         elif mode == "poll":
@@ -233,8 +314,8 @@ class SyncWorker:
         """A pass of ``jobs()`` (default: every mailbox), then wait ``poll_interval``
         seconds (or until ``stop`` is set), repeat. No jobs: no pass, just the wait."""
         while not stop.is_set():
-            todo = list(self.jobs() if jobs is None else jobs())
-            if todo:
+            todo = None if jobs is None else list(jobs())
+            if todo is None or todo:
                 summary = await self.run_pass(todo)
                 if on_pass is not None:
                     on_pass(summary)
@@ -243,3 +324,4 @@ class SyncWorker:
                     await stop.wait()
             except TimeoutError:
                 pass
+

@@ -2,12 +2,16 @@
 
 ``IMAPConnector(accounts)`` is the pool's connector; the pool hands out ``IMAPClient``
 objects whose every command is bounded and which poison themselves on any fault.
+Mailbox names are human names (``"Entwürfe"``), encoded on the wire (:mod:`.mutf7`);
+:class:`WireName` marks a name already in wire form.
 """
 
 from .account import IMAPAccount, TokenProvider
 from .client import IMAPClient
 from .connector import IMAPConnector
+from .mutf7 import WireName
 from .parse import (
+    SPECIAL_USE,
     FetchItem,
     IdlePush,
     ListEntry,
@@ -17,6 +21,7 @@ from .parse import (
     parse_appenduid,
     parse_capabilities,
     parse_copyuid,
+    parse_enabled,
     parse_fetch,
     parse_idle_push,
     parse_list,
@@ -35,11 +40,14 @@ __all__ = [
     "ListEntry",
     "ParseError",
     "Response",
+    "SPECIAL_USE",
     "SelectInfo",
     "TokenProvider",
+    "WireName",
     "parse_appenduid",
     "parse_capabilities",
     "parse_copyuid",
+    "parse_enabled",
     "parse_fetch",
     "parse_idle_push",
     "parse_list",

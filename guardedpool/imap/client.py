@@ -12,12 +12,14 @@ import re
 from typing import Any
 
 from ..errors import IMAPCommandError, ProtocolError
+from . import mutf7
 from .guard import GuardedSession, consume
 from .literals import criteria_pieces
-from .parse import Response
+from .mutf7 import WireName
+from .parse import Response, parse_enabled
 from .protocol import GuardedProtocol, quoted
 
-__all__ = ["IMAPClient"]
+__all__ = ["IMAPClient", "WireName"]
 
 # A mailbox name that needs no quoting; anything else is sent as a quoted string.
 _ATOM = re.compile(r"^[A-Za-z0-9_.&+,/\-]+$")
@@ -34,15 +36,25 @@ def _no_line_break(value: str, what: str) -> str:
     return value
 
 
-def mailbox_arg(name: str) -> str:
-    """``name`` as a command argument: as is when it is a plain atom or already quoted.
+def mailbox_arg(name: str, *, utf8: bool = False) -> str:
+    """Mailbox ``name`` as a command argument: its wire form, quoted when it needs it.
 
-    Raises ValueError (nothing is sent) for a name with CR, LF or NUL in it.
+    A :class:`~guardedpool.imap.mutf7.WireName` is sent as given. A plain ``str`` is the
+    human name: encoded as modified UTF-7 (RFC 3501 §5.1.3), or sent as UTF-8 when
+    ``utf8`` (the session enabled ``UTF8=ACCEPT``, RFC 6855 §3). ``""`` (or ``'""'``, the
+    spelling of the empty name before names were encoded) is the empty name, as in LIST's
+    reference.
+
+    Raises ValueError (nothing is sent) for a name with CR, LF or NUL in it: on the wire
+    they would end the command line, and no server allows them in a name even encoded.
     """
+    if name == '""' and not isinstance(name, WireName):
+        name = ""
     _no_line_break(name, "a mailbox name")
-    if _ATOM.match(name) or (len(name) >= 2 and name[0] == name[-1] == '"'):
-        return name
-    return str(quoted(name))
+    wire = str(name) if isinstance(name, WireName) or utf8 else mutf7.encode(name)
+    if _ATOM.match(wire) and wire.upper() != "NIL":  # NIL as an atom reads as nil
+        return wire
+    return str(quoted(wire))
 
 
 # A trailing {n} or {n+} announces a literal: the server would wait for bytes never sent.
@@ -93,8 +105,16 @@ class IMAPClient(GuardedSession):
         op_timeout: default bound of each command, seconds (``PoolConfig.op_timeout``).
 
     Every command takes ``timeout=`` (seconds, > 0) to override ``op_timeout`` for one
-    call, e.g. a large FETCH or APPEND. Mailbox names are quoted when they need it. See
-    :mod:`guardedpool.imap.guard` for how a command can end.
+    call, e.g. a large FETCH or APPEND. See :mod:`guardedpool.imap.guard` for how a
+    command can end.
+
+    Every mailbox argument (SELECT, EXAMINE, STATUS, CREATE, DELETE, RENAME, APPEND,
+    COPY/MOVE, LIST/LSUB reference and pattern, SUBSCRIBE) takes the human name,
+    ``select("Entwürfe")``, and sends its wire form: modified UTF-7 (``Entw&APw-rfe``,
+    RFC 3501 §5.1.3), or UTF-8 once ``ENABLE UTF8=ACCEPT`` succeeded (RFC 6855). A name
+    already in wire form, such as a LIST result, is passed as :class:`WireName` and sent
+    unchanged; the two cannot be told apart by looking (``&`` is legal in a human name).
+    Names are quoted when they need it.
     """
 
     def __init__(self, protocol: GuardedProtocol, *, key: str, op_timeout: float) -> None:
@@ -103,6 +123,12 @@ class IMAPClient(GuardedSession):
         self._done_sent = False
         self.selected: str | None = None
         """The mailbox selected (or examined) last, None when none is."""
+        self.utf8_enabled = False
+        """True once ENABLE UTF8=ACCEPT succeeded (RFC 6855): mailbox names then go on
+        the wire as UTF-8, and LIST sends them so."""
+
+    def _mailbox(self, name: str) -> str:
+        return mailbox_arg(name, utf8=self.utf8_enabled)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -138,7 +164,7 @@ class IMAPClient(GuardedSession):
         self, name: str, mailbox: str, timeout: float | None, condstore: bool
     ) -> Response:
         p = self._protocol
-        arg = mailbox_arg(mailbox)
+        arg = self._mailbox(mailbox)
         if condstore:
             arg = f"{arg} (CONDSTORE)"
         self.selected = None
@@ -164,15 +190,17 @@ class IMAPClient(GuardedSession):
         timeout: float | None = None,
     ) -> Response:
         """STATUS; see :func:`~guardedpool.imap.parse.parse_status`."""
-        arg = mailbox_arg(mailbox)
+        arg = self._mailbox(mailbox)
         p = self._protocol
         return await self._run("STATUS", lambda: p.simple_command("STATUS", arg, items), timeout)
 
     async def list(
-        self, reference: str = '""', pattern: str = "*", *, timeout: float | None = None
+        self, reference: str = "", pattern: str = "*", *, timeout: float | None = None
     ) -> Response:
-        """LIST; see :func:`~guardedpool.imap.parse.parse_list`."""
-        ref, pat = mailbox_arg(reference), mailbox_arg(pattern)
+        """LIST; see :func:`~guardedpool.imap.parse.parse_list` (pass it ``utf8=``
+        :attr:`utf8_enabled`). ``reference`` and ``pattern`` are mailbox names like any
+        other (encoded unless :class:`WireName`); ``*`` and ``%`` are the wildcards."""
+        ref, pat = self._mailbox(reference), self._mailbox(pattern)
         p = self._protocol
         return await self._run("LIST", lambda: p.simple_command("LIST", ref, pat), timeout)
 
@@ -202,9 +230,10 @@ class IMAPClient(GuardedSession):
         ``name`` (any case) is one of CHECK, CREATE, DELETE, ENABLE, LIST, LSUB, NOOP,
         RENAME, STATUS, SUBSCRIBE, UNSUBSCRIBE: the commands with no literal and no client
         state of their own. Mailbox-name arguments (the first of CREATE, DELETE, STATUS,
-        SUBSCRIBE and UNSUBSCRIBE, the first two of RENAME, LIST and LSUB) are quoted like
-        everywhere else; the other arguments are sent as given, so they must already be
-        IMAP syntax (an atom, a quoted string, a parenthesised list).
+        SUBSCRIBE and UNSUBSCRIBE, the first two of RENAME, LIST and LSUB) are human names,
+        encoded and quoted like everywhere else (see :func:`mailbox_arg`); the other
+        arguments are sent as given, so they must already be IMAP syntax (an atom, a
+        quoted string, a parenthesised list).
 
         Raises ValueError, before anything is sent, for another command (SELECT, FETCH,
         ... have methods that keep the client's state right), an argument with CR, LF or
@@ -216,10 +245,13 @@ class IMAPClient(GuardedSession):
         if mailboxes is None:
             raise ValueError(f"command() sends only {', '.join(_SIMPLE)}; got {name!r}")
         sent = tuple(
-            mailbox_arg(arg) if i < mailboxes else plain_arg(arg) for i, arg in enumerate(args)
+            self._mailbox(arg) if i < mailboxes else plain_arg(arg) for i, arg in enumerate(args)
         )
         p = self._protocol
-        return await self._run(cmd, lambda: p.simple_command(cmd, *sent), timeout)
+        resp = await self._run(cmd, lambda: p.simple_command(cmd, *sent), timeout)
+        if cmd == "ENABLE" and "UTF8=ACCEPT" in parse_enabled(resp.lines):
+            self.utf8_enabled = True
+        return resp
 
     async def search(
         self, *criteria: str, charset: str | None = None, timeout: float | None = None
@@ -322,7 +354,7 @@ class IMAPClient(GuardedSession):
                 name, lambda: p.search(*args, charset=None, by_uid=True), timeout
             )
         if cmd in ("COPY", "MOVE") and args:
-            args = (*args[:-1], mailbox_arg(args[-1]))
+            args = (*args[:-1], self._mailbox(args[-1]))
         if cmd == "FETCH":
             if len(args) != 2:
                 raise ValueError(f"UID FETCH takes a uid set and items, got {len(args)} args")
@@ -336,14 +368,14 @@ class IMAPClient(GuardedSession):
         self, message_set: str, mailbox: str, *, timeout: float | None = None
     ) -> Response:
         p = self._protocol
-        return await self._run("COPY", lambda: p.copy(message_set, mailbox_arg(mailbox)), timeout)
+        return await self._run("COPY", lambda: p.copy(message_set, self._mailbox(mailbox)), timeout)
 
     async def move(
         self, message_set: str, mailbox: str, *, timeout: float | None = None
     ) -> Response:
         """MOVE (RFC 6851; the server must offer it)."""
         p = self._protocol
-        return await self._run("MOVE", lambda: p.move(message_set, mailbox_arg(mailbox)), timeout)
+        return await self._run("MOVE", lambda: p.move(message_set, self._mailbox(mailbox)), timeout)
 
     async def expunge(self, *, timeout: float | None = None) -> Response:
         return await self._run("EXPUNGE", lambda: self._protocol.expunge(), timeout)
@@ -362,13 +394,17 @@ class IMAPClient(GuardedSession):
         See :func:`~guardedpool.imap.parse.parse_appenduid` for the new message's UID.
         """
         p = self._protocol
-        arg = mailbox_arg(mailbox)
+        arg = self._mailbox(mailbox)
         return await self._run(
             "APPEND", lambda: p.append(message, arg, flags, date, timeout=None), timeout
         )
 
     async def enable(self, capability: str, *, timeout: float | None = None) -> Response:
-        """ENABLE (RFC 5161), e.g. ``enable("CONDSTORE")``; only before SELECT."""
+        """ENABLE (RFC 5161), e.g. ``enable("CONDSTORE")``; only before SELECT.
+
+        ``enable("UTF8=ACCEPT")`` (RFC 6855), when the server confirms it, switches every
+        later mailbox argument from modified UTF-7 to UTF-8 (:attr:`utf8_enabled`).
+        """
         return await self.command("ENABLE", capability, timeout=timeout)
 
     async def logout(self, *, timeout: float | None = None) -> Response:

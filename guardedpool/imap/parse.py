@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 
+from .mutf7 import WireName, display
+
 __all__ = [
     "FetchItem",
     "Value",
@@ -23,10 +25,12 @@ __all__ = [
     "ListEntry",
     "ParseError",
     "Response",
+    "SPECIAL_USE",
     "SelectInfo",
     "parse_appenduid",
     "parse_capabilities",
     "parse_copyuid",
+    "parse_enabled",
     "parse_fetch",
     "parse_idle_push",
     "parse_list",
@@ -201,6 +205,17 @@ def response_code(text: str | bytes) -> str | None:
     return m.group(1).split()[0].upper()
 
 
+def parse_enabled(lines: Sequence[bytes]) -> frozenset[str]:
+    """Capabilities an ENABLE turned on: the ``ENABLED ...`` lines (RFC 5161 §3.2),
+    upper-cased; empty when the server enabled none."""
+    out: set[str] = set()
+    for line in lines[:-1]:
+        words = bytes(line).split()
+        if words and words[0].upper() == b"ENABLED":
+            out.update(w.decode("ascii", "replace").upper() for w in words[1:])
+    return frozenset(out)
+
+
 def parse_capabilities(lines: Sequence[bytes]) -> frozenset[str] | None:
     """Capabilities from ``CAPABILITY ...`` lines or a ``[CAPABILITY ...]`` response code.
 
@@ -304,37 +319,76 @@ def parse_status(lines: Sequence[bytes]) -> dict[str, int]:
     return out
 
 
+SPECIAL_USE = frozenset(
+    {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
+)
+"""The mailbox roles of RFC 6154 §2, as LIST attributes."""
+
+_NOT_SELECTABLE = frozenset({"\\NOSELECT", "\\NONEXISTENT"})
+
+
 @dataclass(frozen=True, slots=True)
 class ListEntry:
-    """One mailbox of a LIST response. ``name`` is as the server sent it (modified UTF-7
-    unless UTF8=ACCEPT is enabled), so it can be passed back to SELECT unchanged."""
+    """One mailbox of a LIST response.
 
-    name: str
+    Attributes:
+        name: as the server sent it (modified UTF-7, or UTF-8 where the session enabled
+            UTF8=ACCEPT), a :class:`~guardedpool.imap.mutf7.WireName`: pass it back to
+            SELECT unchanged. Equal to the plain ``str`` of the same text.
+        delimiter: the hierarchy delimiter (``"/"``, ``"."``), None for a flat name (NIL).
+        flags: the name attributes as sent, e.g. ``("\\HasNoChildren", "\\Trash")``.
+        human: ``name`` decoded for display (``Entwürfe`` for ``Entw&APw-rfe``); the name
+            as sent when it is not valid modified UTF-7.
+    """
+
+    name: WireName
     delimiter: str | None
     flags: tuple[str, ...]
+    human: str
+
+    @property
+    def selectable(self) -> bool:
+        """False for ``\\Noselect`` (RFC 3501 §7.2.2) and ``\\NonExistent`` (RFC 5258
+        §3.4): a name in the hierarchy that SELECT would refuse."""
+        return not any(f.upper() in _NOT_SELECTABLE for f in self.flags)
+
+    @property
+    def special_use(self) -> frozenset[str]:
+        """The mailbox's roles (RFC 6154 §2), e.g. ``{"\\Junk"}``; empty when the server
+        announces none (no SPECIAL-USE, or an ordinary mailbox)."""
+        roles = {r.upper(): r for r in SPECIAL_USE}
+        return frozenset(roles[f.upper()] for f in self.flags if f.upper() in roles)
 
 
-_LIST_START = re.compile(rb"^(LIST )?\(", re.IGNORECASE)
+_LIST_START = re.compile(rb"^(LIST |LSUB )?\(", re.IGNORECASE)
 
 
-def parse_list(lines: Sequence[bytes]) -> list[ListEntry]:
-    """Mailboxes from a LIST (or LSUB) response."""
+def parse_list(lines: Sequence[bytes], *, utf8: bool = False) -> list[ListEntry]:
+    """Mailboxes from a LIST (or LSUB) response (RFC 3501 §7.2.2).
+
+    ``utf8``: the session enabled UTF8=ACCEPT (RFC 6855), so names are UTF-8 rather than
+    modified UTF-7 (``IMAPClient.utf8_enabled``); it only changes ``human``.
+    """
     out: list[ListEntry] = []
     for raw in _responses(lines, _LIST_START):
-        data = _strip_keyword(raw, b"LIST")
+        data = _strip_keyword(_strip_keyword(raw, b"LIST"), b"LSUB")
         try:
             flags, pos = _tokenize(data)
             delim, pos = _tokenize(data, pos)
             name, _ = _tokenize(data, pos)
         except ParseError:
             continue
+        if name is None:  # the name is an astring (RFC 3501 9): an atom NIL is "NIL"
+            name = b"NIL"
         if not isinstance(name, bytes):
             continue
+        wire = name.decode("utf-8", "replace")
         out.append(
             ListEntry(
-                name=name.decode("utf-8", "replace"),
+                name=WireName(wire),
                 delimiter=delim.decode("utf-8", "replace") if isinstance(delim, bytes) else None,
                 flags=_strings(flags),
+                human=wire if utf8 else display(wire),
             )
         )
     return out

@@ -539,6 +539,16 @@ auth_mechanisms = {mechanisms}
 auth_failure_delay = {self.auth_failure_delay} secs
 auth_verbose = yes
 mail_location = maildir:~/Maildir
+# Roles (RFC 6154) for mailboxes a test creates; none is created automatically.
+namespace inbox {{
+  inbox = yes
+  mailbox Junk {{
+    special_use = \\Junk
+  }}
+  mailbox Trash {{
+    special_use = \\Trash
+  }}
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.passwd_dir}/%u

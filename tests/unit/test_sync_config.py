@@ -139,15 +139,25 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (minimal() | {"sync": 3}, "sync: must be a table"),
     (minimal() | {"health": {"bind": "8025"}}, "health.bind: must be HOST:PORT"),
     (minimal() | {"health": {"bind": "example.org:80"}}, "health.bind: host must be an IP"),
-    (minimal() | {"pool": {"op_timeout": 0}}, "pool: PoolConfig.op_timeout must be > 0"),
-    (minimal() | {"pool": {"max_per_key": 5, "max_total": 2}}, "pool: PoolConfig.max_per_key"),
+    (minimal() | {"pool": {"op_timeout": 0}}, "pool.op_timeout: must be > 0"),
+    (minimal() | {"pool": {"max_per_key": 5, "max_total": 2}}, "pool.max_per_key: must be <="),
     (minimal() | {"pool": {"bogus": 1}}, "pool.bogus: unknown key"),
-    (minimal() | {"pool": {"retry": {"max_delay": -1}}}, "pool: RetryPolicy.max_delay"),
-    (minimal() | {"pool": {"audit": {"backend": "x"}}}, "pool: AuditPolicy.backend"),
+    (minimal() | {"pool": {"retry": {"max_delay": -1}}}, "pool.retry.max_delay: must be > 0"),
+    (minimal() | {"pool": {"audit": {"backend": "x"}}}, "pool.audit.backend: must be one of"),
     (minimal() | {"pool": {"audit": {"nope": 1}}}, "pool.audit.nope: unknown key"),
     (minimal() | {"secrets_file": "missing.toml"}, "secrets_file:"),
     (minimal() | {"store": ""}, "store: must be a non-empty string"),
     (minimal() | {"store_fsync": "no"}, "store_fsync: must be true or false, got 'no'"),
+    # Keys are named as in the TOML, the pool's options too (not "pool: PoolConfig...").
+    (minimal() | {"pool": {"acquire_timeout": "5"}}, "pool.acquire_timeout: must be a number"),
+    (minimal() | {"pool": {"acquire_timeout": 0}}, "pool.acquire_timeout: must be > 0"),
+    (minimal() | {"pool": {"retry": 3}}, "pool.retry: must be a table"),
+    (minimal() | {"sync": {"poll_interval": float("inf")}}, "sync.poll_interval: must be > 0"),
+    (minimal() | {"accounts": 3}, "accounts: at least one"),
+    (minimal(mailboxes="INBOX"), "accounts.alice.mailboxes: must be a non-empty array"),
+    (minimal(mailboxes=["*", "!\\Spam"]), "accounts.alice.mailboxes[1]: \\Spam is not a"),
+    (minimal(mailboxes=["!"]), "accounts.alice.mailboxes[0]: '!' must be followed"),
+    ({"accounts": [{"key": "ab", "password_env": "ALICE_PW"}]}, "accounts.ab.host: is required"),
 ]
 
 
@@ -221,6 +231,12 @@ def test_docstring_example_is_a_valid_config(tmp_path: Path) -> None:
         mp.setenv("ALICE_IMAP_PASSWORD", SECRET)
         cfg = parse_config(data, base=tmp_path)
     assert cfg.accounts[0].mailboxes == ("INBOX", "Archive")
+
+
+def test_mailbox_patterns_are_kept_as_written(tmp_path: Path) -> None:
+    patterns = ["*", "!Trash", "!\\Junk", "Archive/%", "Entwürfe"]
+    (acc,) = parse_config(minimal(mailboxes=patterns), base=tmp_path).accounts
+    assert acc.mailboxes == tuple(patterns)
 
 
 @pytest.mark.parametrize(
