@@ -116,7 +116,7 @@ def fds_holding(inode: int) -> list[int]:
     return out
 
 
-@dataclass
+@dataclass(eq=False)  # hashable: the auditor keeps per-target state weakly
 class FakeTarget:
     """The pool's side of the audit, for real sockets the test opened."""
 
