@@ -15,6 +15,7 @@ import asyncio
 # opens a file: imported here, so a first psutil or lsof audit at the fd limit gets past it.
 import concurrent.futures.thread  # noqa: F401
 import errno
+import logging
 import os
 import resource
 import sys
@@ -42,6 +43,8 @@ __all__ = [
     "scan",
 ]
 
+
+log = logging.getLogger("guardedpool.audit")
 
 Backend = Literal["procfs", "psutil", "lsof"]
 
@@ -211,6 +214,17 @@ async def _scan_without_fd(
         probed = f"probed fds 0-{limit - 1} and the pool's own with fstat instead"
     used = f"{fds_used} of {limit}" if limit is not None else str(fds_used)
     head = f"no fd left ({used} in use): {reason}; {probed}"
+    log.warning(
+        "guardedpool audit (%s): %s",
+        backend,
+        head,
+        extra={
+            "backend": backend,
+            "fds_used": fds_used,
+            "fd_limit": limit,
+            "error": errno.errorcode.get(exc.errno or 0, "?"),
+        },
+    )
     return ScanResult(
         backend,
         tuple(rows),

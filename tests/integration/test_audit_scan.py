@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import resource
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence, Set
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import TypeVar
 
 import pytest
 
-from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan
+from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan, verify
 from guardedpool.audit.rows import Address
 from guardedpool.audit.scan import Backend
 from guardedpool.audit.scan_lsof import parse_lsof, run_lsof
@@ -335,7 +337,7 @@ async def test_straggler_is_force_closed_and_gone(
         transport = await sockets.transport(server.address)
     ident = identify(transport.get_extra_info("socket"))
     target = target_for(server, backend=backend)
-    target.add(ident, ConnState.CLOSED)
+    record = target.add(ident, ConnState.CLOSED)
 
     report = await run_audit(target)
 
@@ -349,6 +351,7 @@ async def test_straggler_is_force_closed_and_gone(
     assert f.record_state == "closed" and f.retired_at is not None
     assert fds_holding(ident.inode) == []
     assert report.healthy
+    assert record.os_closed is True and record.history[-1].event == "verified"
 
 
 async def test_straggler_the_pool_still_holds_is_aborted(server: Server, sockets: Sockets) -> None:
@@ -366,24 +369,125 @@ async def test_straggler_the_pool_still_holds_is_aborted(server: Server, sockets
 
 
 async def test_dupd_fd_of_a_retired_socket_is_found_and_left_to_its_holder(
-    server: Server, sockets: Sockets
+    server: Server, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(verify, "VERIFY_WAIT", 2.0)  # so the second audit surely overlaps
     client = sockets.raw(server.address)
     ident = identify(client)
     dup = sockets.fd(os.dup(ident.fd))
     client.close()  # the pool closed its fd; a dup it never knew about lives on
     target = target_for(server)
-    target.add(ident, ConnState.CLOSED)
+    record = target.add(ident, ConnState.CLOSED)
 
     report = await run_audit(target)
 
     (f,) = report.findings
     assert (f.kind, f.action, f.fds) == (Kind.STRAGGLER, Action.CLOSE_FAILED, (dup,))
-    assert f"fd {dup} still holds it" in f.detail
+    assert f"fd {dup} still holds it" in f.detail and "in the background" in f.detail
     assert not report.healthy
     # Shut down (the peer saw the connection end), but the fd number stays with its holder.
     assert os.fstat(dup).st_ino == ident.inode
     assert tcp_state(dup) != "ESTABLISHED"
+    assert record.os_closed is None  # the report went out before the verdict
+
+    # An audit while that check runs does not start another one.
+    (again,) = (await run_audit(target)).findings
+    assert again.action is Action.CLOSE_FAILED and "still being verified" in again.detail
+
+    await wait_until(lambda: record.os_closed is not None, timeout=10.0)
+    assert record.os_closed is False and record.history[-1].event == "verified"
+    later = await run_audit(target)
+    (v,) = later.verifications
+    assert (v.kind, v.action, v.record_id, v.fds, v.still) == (
+        Kind.STRAGGLER,
+        Action.CLOSE_FAILED,
+        record.id,
+        (dup,),
+        (dup,),
+    )
+    assert v.after >= 2.0
+    assert later.to_dict()["verifications"][0]["still"] == [dup]
+    assert "verified since last audit: straggler" in str(later)
+    assert (await run_audit(target)).verifications == ()  # each verdict is reported once
+
+
+async def test_a_socket_that_leaves_after_the_report_is_verified_in_the_next_one(
+    server: Server, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its holder (a thread) closes it only after the audit has reported: the report says
+    close_failed, the background check sees it go, and the next report says so."""
+    monkeypatch.setattr(verify, "VERIFY_WAIT", 10.0)  # the check outlasts any scheduling lag
+    client = sockets.raw(server.address)
+    ident = identify(client)
+    target = target_for(server)
+    record = target.add(ident, ConnState.CLOSED)
+    may_close = threading.Event()
+
+    def holder() -> None:
+        client.recv(1)  # returns b"" when the audit shuts the socket down
+        may_close.wait(10)
+        client.close()
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    try:
+        report = await run_audit(target)
+    finally:
+        may_close.set()
+    (f,) = report.findings
+    assert (f.kind, f.action) == (Kind.STRAGGLER, Action.CLOSE_FAILED)
+    assert not report.healthy
+
+    await wait_until(lambda: record.os_closed is not None, timeout=10.0)
+    await asyncio.to_thread(thread.join, 5)
+    assert record.os_closed is True
+    assert record.history[-1].event == "verified" and "gone" in record.history[-1].detail
+    later = await run_audit(target)
+    assert later.healthy and later.findings == ()
+    (v,) = later.verifications
+    assert (v.action, v.record_id, v.still, v.inode) == (
+        Action.FORCE_CLOSED,
+        record.id,
+        (),
+        ident.inode,
+    )
+
+
+async def test_each_action_is_logged_as_a_line_that_reads_on_its_own(
+    server: Server, sockets: Sockets, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = await sockets.transport(server.address)
+    ident = identify(transport.get_extra_info("socket"))
+    target = target_for(server)
+    record = target.add(ident, ConnState.CLOSED)
+
+    with caplog.at_level(logging.DEBUG, logger="guardedpool.audit"):
+        (f,) = (await run_audit(target)).findings
+
+    (line,) = [r for r in caplog.records if r.name == "guardedpool.audit"]
+    text = line.getMessage()
+    assert line.levelno == logging.WARNING
+    for fact in (
+        "straggler",
+        f"conn {record.id}",
+        "key 'inbox-1'",
+        f"fd {ident.fd}",
+        f"inode {ident.inode}",
+        f"{ident.local[0]}:{ident.local[1]} -> {HOST}:{server.port}",
+        "force_closed",
+        "shut down via dup",
+    ):
+        assert fact in text, (fact, text)
+    assert text == f"guardedpool audit: {f.summary()}"
+    fields = {k: getattr(line, k) for k in ("kind", "action", "key", "conn_id", "fd", "inode")}
+    assert fields == {
+        "kind": "straggler",
+        "action": "force_closed",
+        "key": "inbox-1",
+        "conn_id": record.id,
+        "fd": ident.fd,
+        "inode": ident.inode,
+    }
 
 
 async def test_straggler_reported_only_when_force_close_is_off(
