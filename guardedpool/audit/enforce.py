@@ -32,6 +32,7 @@ from typing import Protocol
 
 from ..records import ConnectionRecord
 from ..sockets import is_open, shutdown_socket, tcp_state
+from . import verify
 from .classify import Decision, Kind, Plan
 from .report import Action, describe
 from .scan_procfs import peek
@@ -205,7 +206,7 @@ async def enforce(
             if still:
                 why = (
                     f"{c.detail}; fd {', '.join(map(str, still))} still holds it "
-                    f"(checked again in the background for up to {VERIFY_WAIT:g} s; the "
+                    f"(checked again in the background for up to {verify.VERIFY_WAIT:g} s; the "
                     "verdict comes in the next report)"
                 )
                 action = Action.CLOSE_FAILED
