@@ -15,6 +15,7 @@ import asyncio
 # opens a file: imported here, so a first psutil or lsof audit at the fd limit gets past it.
 import concurrent.futures.thread  # noqa: F401
 import errno
+import itertools
 import logging
 import os
 import resource
@@ -50,6 +51,10 @@ Backend = Literal["procfs", "psutil", "lsof"]
 
 SCAN_TIMEOUT = 10.0
 """Seconds a psutil or lsof scan may take before the audit gives up on it."""
+
+PROBE_BEYOND = 4096
+"""Without a listing and without EMFILE's guarantee (ENFILE: the system is out of fds),
+fd numbers are probed up to this many past the pool's highest fd."""
 
 CHUNK = 500
 """fds handled between two turns of the event loop (procfs): about 1 ms of work."""
@@ -193,25 +198,31 @@ async def _scan_without_fd(
 ) -> ScanResult:
     """The procfs scan over ``fstat`` of fd numbers: needs no fd of its own.
 
-    Below the soft limit every number is probed: under ``EMFILE`` each one is in use (the
+    ``EMFILE``: every number below the soft limit is probed, and each one is in use (the
     kernel hands out the lowest free number, and none below the limit was free), so the
-    count is exact. An fd at or above the limit (opened before the limit was lowered) is
-    seen only if it is one of the pool's own.
+    count is exact and costs what a listing would. ``ENFILE`` (the system's table is full,
+    this process may hold few fds): numbers up to :data:`PROBE_BEYOND` past the pool's
+    highest fd, so a 1,000,000 limit does not mean a million failing ``fstat`` calls.
+    The pool's own fds are always probed, wherever they are.
     """
     name = errno.errorcode.get(exc.errno or 0, "?")
     reason = f"{_CANNOT[backend]}: {exc.strerror or exc} ({name})"
     own = {ident.fd for ident in known}
-    numbers = sorted(own.union(range(limit)) if limit is not None else own)
+    if exc.errno == errno.EMFILE and limit is not None:
+        upto = limit
+    else:
+        upto = max(own, default=2) + 1 + PROBE_BEYOND
+        upto = upto if limit is None else min(upto, limit)
+    numbers = itertools.chain(range(upto), sorted(fd for fd in own if fd >= upto))
     inodes = {ident.inode for ident in known}
     rows, quiet, fds_used, notes = await _drive(
         scan_procfs.scan_procfs(
             inodes, endpoints, inspect_all=inspect_all, chunk=CHUNK, probe=numbers
         )
     )
-    if limit is None:
-        probed = "no fd limit: only the pool's own fds were probed"
-    else:
-        probed = f"probed fds 0-{limit - 1} and the pool's own with fstat instead"
+    probed = f"probed fds 0-{upto - 1} and the pool's own with fstat instead"
+    if upto != limit:
+        probed += f" (fds from {upto} on not looked at)"
     used = f"{fds_used} of {limit}" if limit is not None else str(fds_used)
     head = f"no fd left ({used} in use): {reason}; {probed}"
     log.warning(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -23,9 +24,9 @@ from typing import TypeVar
 
 import pytest
 
-from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan, verify
+from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan, scan_procfs, verify
 from guardedpool.audit.rows import Address
-from guardedpool.audit.scan import Backend
+from guardedpool.audit.scan import PROBE_BEYOND, Backend
 from guardedpool.audit.scan_lsof import parse_lsof, run_lsof
 from guardedpool.audit.scan_psutil import psutil_rows
 from guardedpool.config import AuditPolicy, PoolConfig
@@ -319,6 +320,33 @@ async def test_rst_socket_is_close_in_procfs_and_missed_by_psutil(
         assert [(r.fd, r.inode, r.state) for r in view.sockets if r.fd == ident.fd] == [
             (ident.fd, ident.inode, "CLOSE")
         ]
+
+
+async def test_system_out_of_fds_probes_near_the_pools_fds_only(
+    server: Server, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENFILE (the whole system's file table is full) cannot be made here without starving
+    every other process, so the listing is made to fail with it; the rest is real. The
+    EMFILE case, real, is in test_audit_fd_limit.py."""
+
+    def enfile() -> Generator[int, None, None]:
+        raise OSError(errno.ENFILE, os.strerror(errno.ENFILE), "/proc/self/fd")
+        yield 0  # a generator, like the listing it stands for
+
+    monkeypatch.setattr(scan_procfs, "_listed", enfile)
+    pooled = sockets.raw(server.address)
+    beside = sockets.raw(server.address)
+    ident = identify(pooled)
+    view = await scan("procfs", [ident], {server.address})
+
+    upto = ident.fd + 1 + PROBE_BEYOND
+    assert view.fd_exhausted and view.full_view
+    assert "(ENFILE)" in view.notes[0]
+    assert f"probed fds 0-{upto - 1} and the pool's own" in view.notes[0]
+    assert f"(fds from {upto} on not looked at)" in view.notes[0]
+    assert dict(view.quiet) == {ident.inode: ident.fd}
+    assert [r.fd for r in view.sockets if r.local == beside.getsockname()] == [beside.fileno()]
+    assert view.fds_used == len(os.listdir("/proc/self/fd")) - 1  # the listing's own fd
 
 
 # --------------------------------------------------------------------------- stragglers
