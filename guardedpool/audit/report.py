@@ -53,7 +53,7 @@ def describe(
     force_closed (retired 3.2 s ago, the OS still holds it; shut down via dup of fd 14)``.
     The same facts, under stable names, are in :meth:`Finding.log_fields`.
     """
-    who = f"conn {record_id} key {key!r}" if record_id is not None else "no record (orphan)"
+    who = f"conn {record_id} key {key!r}" if record_id is not None else "no record"
     where = f"fd {','.join(map(str, fds))}" if fds else "no fd"
     if inode is not None:
         where += f" inode {inode}"

@@ -114,7 +114,7 @@ def _fields(c: Closing) -> dict[str, Any]:
 def _what(c: Closing) -> str:
     record = c.decision.record
     who = f"conn {record.id} key {record.key!r}" if record else "no record"
-    return f"{c.decision.kind.value} ({who}) fd {','.join(map(str, c.fds))} inode {c.inode}"
+    return f"{c.decision.kind.value} {who} fd {','.join(map(str, c.fds))} inode {c.inode}"
 
 
 class Verifier:

@@ -137,7 +137,7 @@ def test_a_finding_reads_on_its_own_and_names_its_log_fields() -> None:
         "close_failed (retired 5.0 s ago, socket still open)"
     )
     orphan = finding(Kind.ORPHAN, Action.REPORTED, key=None, record_id=None, detail="x")
-    assert orphan.summary().startswith("orphan no record (orphan) fd 12 inode 4242 ")
+    assert orphan.summary().startswith("orphan no record fd 12 inode 4242 ")
     fields = f.log_fields()
     assert {k: fields[k] for k in ("kind", "action", "key", "conn_id", "fd", "fds", "inode")} == {
         "kind": "straggler",
