@@ -440,7 +440,10 @@ async def test_dupd_fd_of_a_retired_socket_is_found_and_left_to_its_holder(
 
 
 async def test_a_socket_that_leaves_after_the_report_is_verified_in_the_next_one(
-    server: Server, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
+    server: Server,
+    sockets: Sockets,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Its holder (a thread) closes it only after the audit has reported: the report says
     close_failed, the background check sees it go, and the next report says so."""
@@ -466,9 +469,17 @@ async def test_a_socket_that_leaves_after_the_report_is_verified_in_the_next_one
     assert (f.kind, f.action) == (Kind.STRAGGLER, Action.CLOSE_FAILED)
     assert not report.healthy
 
-    await wait_until(lambda: record.os_closed is not None, timeout=10.0)
+    with caplog.at_level(logging.INFO, logger="guardedpool.audit"):
+        await wait_until(lambda: record.os_closed is not None, timeout=10.0)
     await asyncio.to_thread(thread.join, 5)
     assert record.os_closed is True
+    (line,) = [r for r in caplog.records if getattr(r, "action", None) == "force_closed"]
+    assert line.levelno == logging.INFO
+    assert line.getMessage().startswith(
+        f"guardedpool audit: straggler conn {record.id} key 'inbox-1' fd {ident.fd} "
+        f"inode {ident.inode} verified gone "
+    )
+    assert (line.conn_id, line.fd, line.inode) == (record.id, ident.fd, ident.inode)  # type: ignore[attr-defined]
     assert record.history[-1].event == "verified" and "gone" in record.history[-1].detail
     later = await run_audit(target)
     assert later.healthy and later.findings == ()
