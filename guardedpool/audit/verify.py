@@ -149,11 +149,6 @@ class Verifier:
         self._done.clear()
         return out
 
-    async def wait(self) -> None:
-        """Until every background check has finished (tests, shutdown)."""
-        while self._pending:
-            await asyncio.wait(list(self._pending.values()))
-
     async def _verify(self, c: Closing) -> None:
         loop = asyncio.get_running_loop()
         left = (await wait_gone([c], c.started + VERIFY_WAIT, poll=0.01))[c.inode]
