@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import policy
 from .acquisition import Acquisition, is_connection_fault
+from .audit.auditor import run_audit  # at import: an audit at the fd limit cannot import
 from .closing import close_and_verify
 from .config import PoolConfig
 from .connector import Address, Connector
@@ -719,8 +720,6 @@ class GuardedPool(Generic[C]):
 
         See :mod:`guardedpool.audit` and the README for the findings and actions.
         """
-        from .audit.auditor import run_audit
-
         return await run_audit(self)
 
     # The AuditTarget protocol (guardedpool.audit.auditor) ----------------------

@@ -3,7 +3,8 @@
 A :class:`ConnectionRecord` lives from the moment a connect is permitted until well after
 the socket is closed (in the graveyard), so an audit can still ask "is the socket this
 record owned really gone?". Records are plain data; only the pool mutates them, and always
-without an ``await`` between a decision and its recording.
+without an ``await`` between a decision and its recording -- except for one fact the
+auditor adds: a force-close's verdict (``os_closed`` and a ``verified`` history event).
 """
 
 from __future__ import annotations
@@ -177,7 +178,9 @@ class ConnectionRecord:
     close_reason: CloseReason | None = None
     retired_at: float | None = None
     closed_at: float | None = None
-    os_closed: bool | None = None  # None: not verified yet; False: still open after force-close
+    # None: not verified yet; False: still open after a force-close (the pool's or the
+    # audit's); True: verified gone. The audit's verdict may come in the background.
+    os_closed: bool | None = None
     history: list[LifecycleEvent] = field(default_factory=list)  # a deque costs 760 B
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ freed under anyone's feet.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -151,10 +152,19 @@ def shutdown_socket(fd: int, inode: int) -> bool:
 
     Returns True when a shutdown was issued. Works on a dup, so the fd number stays with
     its owner; checks the dup's inode first, so a reused fd number is never touched.
+
+    When the process has no fd left for the dup (``EMFILE``/``ENFILE``: the very moment a
+    leak matters most) it shuts the socket down at ``fd`` itself, right after checking the
+    inode there, through a socket object that borrows the fd and is detached (never
+    closed). Nothing in this thread can reuse the number in between; only another thread
+    that closes ``fd`` and opens a socket at the same number within those microseconds
+    could, which is why the dup stays the normal path.
     """
     try:
         dup = os.dup(fd)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return _shutdown_in_place(fd, inode)
         return False
     try:
         if os.fstat(dup).st_ino != inode:
@@ -172,3 +182,19 @@ def shutdown_socket(fd: int, inode: int) -> bool:
     finally:
         if dup >= 0:
             os.close(dup)
+
+
+def _shutdown_in_place(fd: int, inode: int) -> bool:
+    try:
+        if os.fstat(fd).st_ino != inode:
+            return False
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        return False
+    finally:
+        s.detach()
+    return True

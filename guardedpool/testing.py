@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
@@ -202,6 +203,11 @@ class LineConnector:
     def endpoints(self) -> Set[Address]:
         out: set[Address] = set()
         for host, port in self.addresses.values():
+            try:  # an IP literal as it is: no resolver, no file (an audit at the fd limit)
+                out.add((str(ipaddress.ip_address(host)), port))
+                continue
+            except ValueError:
+                pass
             for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
                 out.add((str(info[4][0]), port))
         return out

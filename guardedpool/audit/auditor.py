@@ -8,6 +8,7 @@ keeps records for real sockets, and the pool never needs to know how the OS is r
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence, Set
 from typing import Protocol
 
@@ -18,6 +19,7 @@ from .enforce import Outcome, enforce
 from .report import AuditReport, Finding
 from .rows import Address
 from .scan import Backend, resolve_backend, scan
+from .verify import Verifier
 
 __all__ = ["AuditTarget", "run_audit"]
 
@@ -65,14 +67,22 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
     ``backend`` overrides ``target.config.audit.backend``. Bounded: the scan by
     :data:`~guardedpool.audit.scan.SCAN_TIMEOUT` (psutil, lsof; procfs is one pass over
     the fd table, in chunks that give the event loop a turn), force-close verification by
-    :data:`~guardedpool.audit.enforce.VERIFY_WAIT`. Raises
-    :class:`~guardedpool.audit.scan.ScanError` when the OS view cannot be read.
+    :data:`~guardedpool.audit.verify.VERIFY_QUICK` (a few ms; the rest of it runs in the
+    background and comes in the next report of the same ``target`` object). At the fd
+    limit it still answers (see :func:`~guardedpool.audit.scan.scan`). Raises
+    :class:`~guardedpool.audit.scan.ScanError`, and nothing else, when the OS view cannot
+    be read.
     """
     started = time.perf_counter()
     checked_at = time.time()
     config = target.config
     chosen = backend or resolve_backend(config.audit.backend)
-    endpoints = frozenset(target.audit_endpoints())
+    verifier = _verifier_of(target)  # issue 12 §5
+    try:
+        endpoints = frozenset(target.audit_endpoints())
+        missed: tuple[str, ...] = ()
+    except OSError as exc:  # resolving needs fds too: at the fd limit, audit the rest
+        endpoints, missed = frozenset(), (f"orphans not looked for: endpoints failed: {exc}",)
     known = [
         r.socket
         for group in (target.audit_records(), target.audit_graveyard())
@@ -97,7 +107,7 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
         foreign=foreign,
         foreign_connecting=foreign_connecting,
     )
-    outcomes = await enforce(verdict.decisions, target)
+    outcomes = await enforce(verdict.decisions, target, verifier=verifier)
     findings = sorted((_finding(o, wall) for o in outcomes), key=lambda f: _ORDER[f.kind])
     return AuditReport(
         checked_at=checked_at,
@@ -110,8 +120,25 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
         sockets_seen=sum(1 for s in view.sockets if s.is_tcp) + len(view.quiet),
         findings=tuple(findings),
         orphans_deferred=verdict.orphans_deferred,
-        notes=view.notes,
+        notes=view.notes + missed,
+        fd_exhausted=view.fd_exhausted,
+        verifications=verifier.collect(),
     )
+
+
+# Issue 12 §5: force-close verdicts that come after a report wait for the next report of
+# the same target; the state lives here, weakly keyed, so the target needs no field for it.
+_VERIFIERS: weakref.WeakKeyDictionary[AuditTarget, Verifier] = weakref.WeakKeyDictionary()
+
+
+def _verifier_of(target: AuditTarget) -> Verifier:
+    try:
+        verifier = _VERIFIERS.get(target)
+        if verifier is None:
+            verifier = _VERIFIERS[target] = Verifier(target.audit_now)
+    except TypeError:  # not hashable or not weakly referable: verdicts reach records only
+        verifier = Verifier(target.audit_now)
+    return verifier
 
 
 def _wall(t: float | None, offset: float) -> float | None:

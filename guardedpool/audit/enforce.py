@@ -9,35 +9,44 @@ synchronous stretch (no ``await``), so the pool cannot change a record in betwee
 Force-close never ``os.close()``s anything: it shuts the socket down through a dup
 (:func:`guardedpool.sockets.shutdown_socket`, inode-checked, so a reused fd number is
 never touched), asks the pool to abort its transport if it still holds one, and then
-waits -- bounded by ``VERIFY_WAIT`` -- for every fd holding the inode to go, because the
-owner closes its fd only when it reads the EOF. An fd that stays (a dup someone keeps, a
-raw socket nobody reads) makes the finding ``close_failed``: it is still a leak.
+waits -- only :data:`~guardedpool.audit.verify.VERIFY_QUICK`, a few ms -- for every fd
+holding the inode to go, because the owner closes its fd only when it reads the EOF. An
+fd that is still there makes the finding ``close_failed`` (it is still a leak), and the
+check goes on in the background (:mod:`.verify`) until ``VERIFY_WAIT``: its verdict lands
+on the record and in the next report.
+
+Every action taken is logged as one line that reads on its own (kind, conn id, key, fd,
+inode, addresses, action, why) with the same facts in ``extra=``: see
+:meth:`guardedpool.audit.report.Finding.log_fields` for the names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..records import ConnectionRecord
 from ..sockets import is_open, shutdown_socket, tcp_state
+from . import verify
 from .classify import Decision, Kind, Plan
-from .report import Action
+from .report import Action, describe
 from .scan_procfs import peek
+from .verify import VERIFY_QUICK, VERIFY_WAIT, Closing, Verifier, holders, record_verdict, wait_gone
 
-__all__ = ["VERIFY_WAIT", "Outcome", "Remedies", "enforce"]
+__all__ = ["VERIFY_QUICK", "VERIFY_WAIT", "Outcome", "Remedies", "enforce"]
 
-VERIFY_WAIT = 0.5
-"""Seconds to wait for a shut-down socket to leave the process (owners close on EOF)."""
+log = logging.getLogger("guardedpool.audit")
 
 
 class Remedies(Protocol):
     """What enforcement needs from the pool (a subset of ``AuditTarget``)."""
 
+    def audit_now(self) -> float: ...
     def audit_poison(self, record: ConnectionRecord) -> None: ...
     def audit_retire(self, record: ConnectionRecord) -> None: ...
     def audit_abort(self, record: ConnectionRecord) -> bool: ...
@@ -52,25 +61,6 @@ class Outcome:
     detail: str
     fds: tuple[int, ...]
     inode: int | None
-
-
-@dataclass(slots=True)
-class _Closing:
-    index: int
-    inode: int
-    fds: list[int]
-    detail: str
-
-
-def _holders(fds: Iterable[int], inode: int) -> list[int]:
-    out: list[int] = []
-    for fd in dict.fromkeys(fds):
-        try:
-            if os.fstat(fd).st_ino == inode:
-                out.append(fd)
-        except OSError:
-            pass
-    return out
 
 
 def _abort_loop_transport(fd: int, inode: int) -> bool:
@@ -132,11 +122,12 @@ def _confirm_half_open(d: Decision) -> bool:
 
 
 def _act(
-    decisions: Sequence[Decision], target: Remedies
-) -> tuple[list[Outcome | None], list[_Closing]]:
+    decisions: Sequence[Decision], target: Remedies, verifier: Verifier | None
+) -> tuple[list[Outcome | None], list[Closing]]:
     """Confirm and act on every decision at once, without awaiting (see module doc)."""
+    now = asyncio.get_running_loop().time()
     outcomes: list[Outcome | None] = []
-    closing: list[_Closing] = []
+    closing: list[Closing] = []
     for d in decisions:
         record = d.record
         if d.kind is Kind.HALF_OPEN:
@@ -152,13 +143,17 @@ def _act(
             outcomes.append(Outcome(d, Action.RETIRED, d.reason, _fds(d), _inode(d)))
         elif d.kind in (Kind.STRAGGLER, Kind.ORPHAN):
             inode, candidates = _socket_of(d)
-            held = _holders(candidates, inode) if inode is not None else []
+            held = holders(candidates, inode) if inode is not None else []
             if inode is not None and not held:
                 outcomes.append(None)  # closed since the scan
                 continue
             if d.plan is not Plan.FORCE_CLOSE or inode is None:
                 why = d.reason if inode is not None else f"{d.reason}; could not re-identify"
                 outcomes.append(Outcome(d, Action.REPORTED, why, tuple(held or _fds(d)), inode))
+                continue
+            if verifier is not None and verifier.pending(inode):
+                why = f"{d.reason}; shut down by an earlier audit, still being verified"
+                outcomes.append(Outcome(d, Action.CLOSE_FAILED, why, tuple(held), inode))
                 continue
             shut = sum(shutdown_socket(fd, inode) for fd in held)
             detail = f"{d.reason}; shut down via dup of fd {held[0]}" if shut else d.reason
@@ -167,8 +162,8 @@ def _act(
             aborted = [fd for fd in held if _abort_loop_transport(fd, inode)]
             if aborted:
                 detail += f"; aborted the event loop's transport on fd {aborted[0]}"
-            outcomes.append(None)  # filled in after verification
-            closing.append(_Closing(len(outcomes) - 1, inode, held, detail))
+            outcomes.append(None)  # filled in after the quick verification
+            closing.append(Closing(d, inode, held, detail, now))
         else:
             outcomes.append(Outcome(d, Action.REPORTED, d.reason, _fds(d), _inode(d)))
     return outcomes, closing
@@ -184,36 +179,90 @@ def _inode(d: Decision) -> int | None:
     return next((r.inode for r in d.sockets if r.inode is not None), None)
 
 
-async def _wait_gone(closing: Sequence[_Closing], wait: float) -> dict[int, list[int]]:
-    """fds still holding each inode after at most ``wait`` seconds (empty lists: gone)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    turns = 0
-    while True:
-        left = {c.inode: _holders(c.fds, c.inode) for c in closing}
-        if not any(left.values()) or loop.time() >= deadline:
-            return left
-        # An aborted transport releases its fd from a callback: a few loop turns usually
-        # suffice; after that, poll gently until the deadline.
-        turns += 1
-        await asyncio.sleep(0 if turns <= 3 else 0.01)
-
-
 async def enforce(
-    decisions: Sequence[Decision], target: Remedies, *, verify_wait: float = VERIFY_WAIT
+    decisions: Sequence[Decision],
+    target: Remedies,
+    *,
+    verifier: Verifier | None = None,
+    quick_wait: float = VERIFY_QUICK,
 ) -> list[Outcome]:
-    """Confirm each decision, act on it, and verify force-closes (bounded by
-    ``verify_wait`` seconds in total, not per socket). Decisions that no longer hold are
-    dropped."""
-    outcomes, closing = _act(decisions, target)
+    """Confirm each decision, act on it, and report what is known ``quick_wait`` seconds
+    (default :data:`VERIFY_QUICK`, plus three loop turns) after the force-closes.
+
+    A force-closed socket that an fd still holds then is ``close_failed``; its check goes
+    on in ``verifier``'s background (a throwaway one when None: the verdict then reaches
+    only the record) until ``VERIFY_WAIT`` after the shutdown. Decisions that no longer
+    hold are dropped. Logs every action taken (see the module doc).
+    """
+    outcomes, closing = _act(decisions, target, verifier)
+    index = {id(d): i for i, d in enumerate(decisions)}
     if closing:
-        left = await _wait_gone(closing, verify_wait)
+        loop = asyncio.get_running_loop()
+        left = await wait_gone(closing, loop.time() + quick_wait, poll=0.001)
+        background = verifier
         for c in closing:
-            d = decisions[c.index]
+            d = c.decision
             still = left[c.inode]
             if still:
-                why = f"{c.detail}; fd {', '.join(map(str, still))} still holds it"
-                outcomes[c.index] = Outcome(d, Action.CLOSE_FAILED, why, tuple(c.fds), c.inode)
+                why = (
+                    f"{c.detail}; fd {', '.join(map(str, still))} still holds it "
+                    f"(checked again in the background for up to {verify.VERIFY_WAIT:g} s; the "
+                    "verdict comes in the next report)"
+                )
+                action = Action.CLOSE_FAILED
+                if background is None:
+                    background = Verifier(target.audit_now)
+                background.start(c)
             else:
-                outcomes[c.index] = Outcome(d, Action.FORCE_CLOSED, c.detail, tuple(c.fds), c.inode)
-    return [o for o in outcomes if o is not None]
+                why, action = c.detail, Action.FORCE_CLOSED
+                record_verdict(d.record, target.audit_now(), True, "audit force-close: gone")
+            outcomes[index[id(d)]] = Outcome(d, action, why, tuple(c.fds), c.inode)
+    done = [o for o in outcomes if o is not None]
+    for o in done:
+        _log(o)
+    return done
+
+
+_LEVELS = {
+    Action.FORCE_CLOSED: logging.WARNING,  # fixed, but a socket leaked: worth a look
+    Action.CLOSE_FAILED: logging.WARNING,  # the background check logs ERROR if it stays
+    Action.POISONED: logging.WARNING,
+    Action.RETIRED: logging.INFO,  # housekeeping lag, fixed
+}
+
+
+def _log(o: Outcome) -> None:
+    level = _LEVELS.get(o.action)
+    if level is None:  # reported only: nothing was done; the report (and the pool) say it
+        return
+    d = o.decision
+    record = d.record
+    ident = record.socket if record is not None else None
+    row = d.sockets[0] if d.sockets else None
+    local = ident.local if ident else (row.local if row else None)
+    remote = ident.remote if ident else (row.remote if row else None)
+    line = describe(
+        d.kind,
+        o.action,
+        key=record.key if record else None,
+        record_id=record.id if record else None,
+        fds=o.fds,
+        inode=o.inode,
+        local=local,
+        remote=remote,
+        detail=o.detail,
+    )
+    log.log(
+        level,
+        "guardedpool audit: %s",
+        line,
+        extra={
+            "kind": d.kind.value,
+            "action": o.action.value,
+            "key": record.key if record else None,
+            "conn_id": record.id if record else None,
+            "fd": o.fds[0] if o.fds else (ident.fd if ident else None),
+            "fds": list(o.fds),
+            "inode": o.inode,
+        },
+    )

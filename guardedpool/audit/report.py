@@ -18,7 +18,7 @@ from ..records import LifecycleEvent
 from .classify import Kind
 from .rows import Address
 
-__all__ = ["Action", "AuditReport", "Finding"]
+__all__ = ["Action", "AuditReport", "Finding", "Verification", "describe"]
 
 
 class Action(enum.Enum):
@@ -33,6 +33,33 @@ def _addr(addr: Address | None) -> str | None:
     if addr is None:
         return None
     return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+def describe(
+    kind: Kind,
+    action: Action,
+    *,
+    key: str | None,
+    record_id: int | None,
+    fds: tuple[int, ...],
+    inode: int | None,
+    local: Address | None,
+    remote: Address | None,
+    detail: str,
+) -> str:
+    """One self-explaining line: what was found, where, and what was done about it.
+
+    ``straggler conn 12 key 'alice' fd 14 inode 5678 127.0.0.1:40158 -> 127.0.0.1:993:
+    force_closed (retired 3.2 s ago, the OS still holds it; shut down via dup of fd 14)``.
+    The same facts, under stable names, are in :meth:`Finding.log_fields`.
+    """
+    who = f"conn {record_id} key {key!r}" if record_id is not None else "no record"
+    where = f"fd {','.join(map(str, fds))}" if fds else "no fd"
+    if inode is not None:
+        where += f" inode {inode}"
+    if local is not None or remote is not None:
+        where += f" {_addr(local) or '?'} -> {_addr(remote) or '?'}"
+    return f"{kind.value} {who} {where}: {action.value} ({detail})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +93,35 @@ class Finding:
     borrowed_at: float | None = None
     stack: tuple[str, ...] = ()
 
+    def summary(self) -> str:
+        """The finding as one line that reads on its own (see :func:`describe`)."""
+        return describe(
+            self.kind,
+            self.action,
+            key=self.key,
+            record_id=self.record_id,
+            fds=self.fds or ((self.fd,) if self.fd is not None else ()),
+            inode=self.inode,
+            local=self.local,
+            remote=self.remote,
+            detail=self.detail,
+        )
+
+    def log_fields(self) -> dict[str, Any]:
+        """The ``extra=`` fields of a log line about this finding, under stable names:
+        ``kind``, ``action``, ``key``, ``conn_id``, ``fd``, ``fds``, ``inode``, and the
+        whole finding as ``finding`` (:meth:`to_dict`)."""
+        return {
+            "kind": self.kind.value,
+            "action": self.action.value,
+            "key": self.key,
+            "conn_id": self.record_id,
+            "fd": self.fd,
+            "fds": list(self.fds),
+            "inode": self.inode,
+            "finding": self.to_dict(),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind.value,
@@ -90,6 +146,52 @@ class Finding:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """How a force-close turned out, when that was not known yet as its report went out.
+
+    An audit waits only a few ms for a shut-down socket to leave the process and reports
+    ``close_failed`` while an fd still holds it; the check goes on in the background (up
+    to 0.5 s after the shutdown) and its verdict comes in the target's next report.
+    ``action`` is the verdict: ``force_closed`` (gone ``after`` seconds after the shutdown)
+    or ``close_failed`` (``still`` lists the fds holding it then). ``finished_at`` is
+    wall-clock seconds. ``key``/``record_id`` are None for an orphan.
+    """
+
+    kind: Kind
+    action: Action
+    key: str | None
+    record_id: int | None
+    inode: int
+    fds: tuple[int, ...]
+    still: tuple[int, ...]
+    after: float
+    finished_at: float
+    detail: str
+
+    def summary(self) -> str:
+        who = f"conn {self.record_id} key {self.key!r}" if self.record_id is not None else "orphan"
+        fds = ",".join(map(str, self.fds)) or "-"
+        return (
+            f"{self.kind.value} {who} fd {fds} inode {self.inode}: {self.action.value} "
+            f"({self.detail})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "action": self.action.value,
+            "key": self.key,
+            "record_id": self.record_id,
+            "inode": self.inode,
+            "fds": list(self.fds),
+            "still": list(self.still),
+            "after": self.after,
+            "finished_at": self.finished_at,
+            "detail": self.detail,
+        }
+
+
 def _counts(findings: tuple[Finding, ...]) -> Mapping[str, int]:
     counts = {kind.value: 0 for kind in Kind}
     for f in findings:
@@ -107,10 +209,13 @@ class AuditReport:
       * there is any ``half_open``, ``orphan`` or ``leak_suspect`` finding, whatever was
         done about it (a poisoned or closed socket was still a fault worth a look);
       * the process uses more than ``fd_usage_unhealthy`` x its ``RLIMIT_NOFILE`` soft
-        limit (``fds_used > share * fd_limit``; never with an unlimited limit).
+        limit (``fds_used > share * fd_limit``; never with an unlimited limit);
+      * no fd was left for the scan (``fd_exhausted``), whatever the share.
     ``overdue`` findings alone leave it healthy: the connection was retired and the only
     fault was housekeeping lag. ``orphans_deferred`` counts orphan candidates not reported
     because a connect was in flight (its socket looks like one until it is identified).
+    ``verifications`` finish what an earlier report of the same pool could not know yet:
+    whether a socket it shut down left the process after all; they do not change health.
 
     Attributes:
         healthy: see above.
@@ -124,7 +229,11 @@ class AuditReport:
         records_checked: live plus retired records held against the OS.
         sockets_seen: TCP sockets (rows) the OS view returned.
         findings: the findings, in order: stragglers, half-open, overdue, leaks, orphans.
+        orphans_deferred: orphan candidates left for the next audit (a connect in flight).
         notes: what the audit could not look at, in words.
+        fd_exhausted: the backend could not start because the process (``EMFILE``) or the
+            system (``ENFILE``) had no fd left; the scan probed fd numbers instead (notes).
+        verifications: background force-close checks finished since the last report.
     """
 
     checked_at: float
@@ -138,6 +247,8 @@ class AuditReport:
     findings: tuple[Finding, ...] = ()
     orphans_deferred: int = 0
     notes: tuple[str, ...] = ()
+    fd_exhausted: bool = False
+    verifications: tuple[Verification, ...] = ()
     counts: Mapping[str, int] = field(init=False)
     healthy: bool = field(init=False)
 
@@ -159,7 +270,9 @@ class AuditReport:
             if self.counts[kind.value]:
                 out.append(f"{self.counts[kind.value]} {kind.value}")
         limit = self.fd_limit
-        if limit is not None and self.fds_used > self.fd_usage_unhealthy * limit:
+        if self.fd_exhausted:
+            out.append(f"no fd left (fds {self.fds_used}/{limit or 'unlimited'})")
+        elif limit is not None and self.fds_used > self.fd_usage_unhealthy * limit:
             out.append(f"fds {self.fds_used} > {self.fd_usage_unhealthy:g} x limit {limit}")
         return out
 
@@ -177,8 +290,10 @@ class AuditReport:
             "records_checked": self.records_checked,
             "sockets_seen": self.sockets_seen,
             "orphans_deferred": self.orphans_deferred,
+            "fd_exhausted": self.fd_exhausted,
             "notes": list(self.notes),
             "findings": [f.to_dict() for f in self.findings],
+            "verifications": [v.to_dict() for v in self.verifications],
         }
 
     def __str__(self) -> str:
@@ -191,6 +306,7 @@ class AuditReport:
             + ", ".join(f"{k} {n}" for k, n in self.counts.items()),
         ]
         lines.extend(f"  note: {note}" for note in self.notes)
+        lines.extend(f"  verified since last audit: {v.summary()}" for v in self.verifications)
         if not self.findings:
             return "\n".join(lines)
         header = ("kind", "action", "key", "id", "fds", "os/record state", "local -> remote")

@@ -82,6 +82,9 @@ class ScanResult:
     ``quiet`` (procfs) maps inode -> fd for the pool's sockets that are ESTABLISHED at a
     single fd with nothing to report: they are left out of ``sockets`` because a row each
     would cost as much as the rest of the scan (``inspect_all=True`` gives every row).
+    ``fd_exhausted``: the backend could not start because no fd was left (``EMFILE`` /
+    ``ENFILE``); the view is then the one that needs none (``fstat`` of each fd number),
+    and ``notes`` says why.
     """
 
     backend: str
@@ -91,6 +94,7 @@ class ScanResult:
     full_view: bool
     notes: tuple[str, ...] = ()
     quiet: Mapping[int, int] = field(default_factory=dict)
+    fd_exhausted: bool = False
 
 
 def quiet_row(inode: int, fd: int, family: str) -> OsSocket:

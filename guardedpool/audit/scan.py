@@ -10,11 +10,20 @@ the process's fd figures every report carries.
 from __future__ import annotations
 
 import asyncio
+
+# asyncio.to_thread imports concurrent.futures.thread on its first call, and an import
+# opens a file: imported here, so a first psutil or lsof audit at the fd limit gets past it.
+import concurrent.futures.thread  # noqa: F401
+import errno
+import itertools
+import logging
 import os
 import resource
 import sys
 from collections.abc import Collection, Generator, Set
 from typing import Literal, TypeVar
+
+import psutil
 
 from ..config import AuditBackend
 from ..errors import PoolError
@@ -25,21 +34,40 @@ from .rows import Address, OsSocket, ScanResult
 from .scan_lsof import parse_lsof, run_lsof
 from .scan_psutil import psutil_rows
 
-__all__ = ["Backend", "SCAN_TIMEOUT", "ScanError", "fd_limit", "resolve_backend", "scan"]
+__all__ = [
+    "Backend",
+    "FD_EXHAUSTED",
+    "SCAN_TIMEOUT",
+    "ScanError",
+    "fd_limit",
+    "resolve_backend",
+    "scan",
+]
+
+
+log = logging.getLogger("guardedpool.audit")
 
 Backend = Literal["procfs", "psutil", "lsof"]
 
 SCAN_TIMEOUT = 10.0
 """Seconds a psutil or lsof scan may take before the audit gives up on it."""
 
+PROBE_BEYOND = 4096
+"""Without a listing and without EMFILE's guarantee (ENFILE: the system is out of fds),
+fd numbers are probed up to this many past the pool's highest fd."""
+
 CHUNK = 500
 """fds handled between two turns of the event loop (procfs): about 1 ms of work."""
+
+FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
+"""errnos meaning "no fd left": for this process (EMFILE) or the whole system (ENFILE)."""
 
 T = TypeVar("T")
 
 
 class ScanError(PoolError):
-    """The OS view could not be read (lsof missing or too slow, procfs absent)."""
+    """The OS view could not be read (lsof missing, failed or too slow, procfs absent,
+    psutil denied access). Not raised at the fd limit: see :func:`scan`."""
 
 
 def resolve_backend(name: AuditBackend) -> Backend:
@@ -114,17 +142,24 @@ async def scan(
     not look). ``inspect_all`` (procfs) reads type, addresses and state of every socket.
     psutil and lsof are bounded by ``time_limit`` seconds; procfs does a bounded amount of
     local work (one pass over the fd table) and needs none.
+
+    At the fd limit (``EMFILE``, or ``ENFILE`` for the whole system) no backend can start:
+    listing ``/proc/self/fd``, psutil's reads and lsof's pipes each need a new fd. The scan
+    then calls ``fstat`` on every fd number below the limit (and the pool's own fds) instead,
+    which needs none, and returns that view with ``fd_exhausted`` set and the reason in
+    ``notes``; it keeps the requested ``backend`` name. Raises :class:`ScanError` (and
+    nothing else) when the OS view cannot be read at all.
     """
     limit = fd_limit()
-    if backend == "procfs":
-        if not scan_procfs.available():
-            raise ScanError(f"procfs backend needs {scan_procfs.FD_DIR}")
-        inodes = {ident.inode for ident in known}
-        rows, quiet, fds_used, notes = await _drive(
-            scan_procfs.scan_procfs(inodes, endpoints, inspect_all=inspect_all, chunk=CHUNK)
-        )
-        return ScanResult("procfs", tuple(rows), fds_used, limit, True, tuple(notes), quiet)
     try:
+        if backend == "procfs":
+            if not scan_procfs.available():
+                raise ScanError(f"procfs backend needs {scan_procfs.FD_DIR}")
+            inodes = {ident.inode for ident in known}
+            rows, quiet, fds_used, notes = await _drive(
+                scan_procfs.scan_procfs(inodes, endpoints, inspect_all=inspect_all, chunk=CHUNK)
+            )
+            return ScanResult("procfs", tuple(rows), fds_used, limit, True, tuple(notes), quiet)
         async with asyncio.timeout(time_limit):
             if backend == "psutil":
                 rows, fds_used = await asyncio.to_thread(psutil_rows)
@@ -136,11 +171,82 @@ async def scan(
         raise ScanError(f"{backend} scan took longer than {time_limit} s") from None
     except FileNotFoundError as exc:
         raise ScanError(f"{backend} backend unavailable: {exc}") from None
+    except OSError as exc:
+        if exc.errno not in FD_EXHAUSTED:
+            raise ScanError(f"{backend} scan failed: {exc}") from None
+        return await _scan_without_fd(backend, exc, known, endpoints, limit, inspect_all)
+    except psutil.Error as exc:  # AccessDenied, NoSuchProcess: not OSErrors
+        raise ScanError(f"{backend} scan failed: {type(exc).__name__}: {exc}") from None
     rows.extend(_probe_missing(rows, known))
     return ScanResult(backend, tuple(rows), fds_used, limit, False)
 
 
-def _fds_used() -> int:
-    import psutil
+_CANNOT = {
+    "procfs": f"could not list {scan_procfs.FD_DIR}",
+    "psutil": "psutil could not read the process's sockets",
+    "lsof": "lsof could not start",
+}
 
+
+async def _scan_without_fd(
+    backend: Backend,
+    exc: OSError,
+    known: Collection[SocketIdentity],
+    endpoints: Set[Address],
+    limit: int | None,
+    inspect_all: bool,
+) -> ScanResult:
+    """The procfs scan over ``fstat`` of fd numbers: needs no fd of its own.
+
+    ``EMFILE``: every number below the soft limit is probed, and each one is in use (the
+    kernel hands out the lowest free number, and none below the limit was free), so the
+    count is exact and costs what a listing would. ``ENFILE`` (the system's table is full,
+    this process may hold few fds): numbers up to :data:`PROBE_BEYOND` past the pool's
+    highest fd, so a 1,000,000 limit does not mean a million failing ``fstat`` calls.
+    The pool's own fds are always probed, wherever they are.
+    """
+    name = errno.errorcode.get(exc.errno or 0, "?")
+    reason = f"{_CANNOT[backend]}: {exc.strerror or exc} ({name})"
+    own = {ident.fd for ident in known}
+    if exc.errno == errno.EMFILE and limit is not None:
+        upto = limit
+    else:
+        upto = max(own, default=2) + 1 + PROBE_BEYOND
+        upto = upto if limit is None else min(upto, limit)
+    numbers = itertools.chain(range(upto), sorted(fd for fd in own if fd >= upto))
+    inodes = {ident.inode for ident in known}
+    rows, quiet, fds_used, notes = await _drive(
+        scan_procfs.scan_procfs(
+            inodes, endpoints, inspect_all=inspect_all, chunk=CHUNK, probe=numbers
+        )
+    )
+    probed = f"probed fds 0-{upto - 1} and the pool's own with fstat instead"
+    if upto != limit:
+        probed += f" (fds from {upto} on not looked at)"
+    used = f"{fds_used} of {limit}" if limit is not None else str(fds_used)
+    head = f"no fd left ({used} in use): {reason}; {probed}"
+    log.warning(
+        "guardedpool audit (%s): %s",
+        backend,
+        head,
+        extra={
+            "backend": backend,
+            "fds_used": fds_used,
+            "fd_limit": limit,
+            "error": errno.errorcode.get(exc.errno or 0, "?"),
+        },
+    )
+    return ScanResult(
+        backend,
+        tuple(rows),
+        fds_used,
+        limit,
+        True,
+        (head, *notes),
+        quiet,
+        fd_exhausted=True,
+    )
+
+
+def _fds_used() -> int:
     return psutil.Process().num_fds()

@@ -24,7 +24,7 @@ import select
 import socket
 import stat
 import struct
-from collections.abc import Generator, Set
+from collections.abc import Generator, Iterable, Iterator, Set
 
 from ..sockets import TCP_STATES, tcp_state
 from .rows import Address, OsSocket, normalize_address
@@ -85,18 +85,32 @@ def peek(fd: int, inode: int | None, *, with_state: bool) -> OsSocket | None:
         s.detach()
 
 
+def _listed() -> Iterator[int]:
+    """The fd numbers in ``/proc/self/fd``. Listing it takes an fd: at the fd limit the
+    first ``next()`` raises ``OSError`` (``EMFILE``)."""
+    with os.scandir(FD_DIR) as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                yield int(entry.name)
+
+
 def scan_procfs(
     known: Set[int],
     endpoints: Set[Address],
     *,
     inspect_all: bool = False,
     chunk: int = 1000,
+    probe: Iterable[int] | None = None,
 ) -> ScanSteps:
     """Every socket fd of this process; see the module docstring for what is read.
 
     ``known`` holds the pool's socket inodes (live and retired); ``endpoints`` are the
     pooled (host, port) pairs (orphans are sockets to them). ``inspect_all`` reads type,
     addresses and state of every socket (for tests and cross-checks; slower).
+    ``probe``: ``fstat`` these fd numbers instead of listing ``/proc/self/fd`` -- the
+    scan that needs no new fd, for when the process has none left (see
+    :func:`guardedpool.audit.scan.scan`); it works wherever ``fstat`` does, not only on
+    Linux.
 
     Returns (rows, quiet, fds_used, notes). ``quiet`` maps inode -> fd for the pool's
     sockets that sit at one fd with nothing to report (ESTABLISHED); they get no row
@@ -109,24 +123,22 @@ def scan_procfs(
     fds_used = 0
     fstat = os.fstat
     is_sock = stat.S_ISSOCK
-    with os.scandir(FD_DIR) as entries:
-        for i, entry in enumerate(entries, 1):
-            try:
-                fd = int(entry.name)
-                st = fstat(fd)
-            except (ValueError, OSError):  # closed since the listing
-                continue
-            fds_used += 1
-            if is_sock(st.st_mode):
-                inode = st.st_ino
-                if inode not in known:
-                    foreign[fd] = inode
-                elif inode in first:
-                    dups.append((fd, inode))
-                else:
-                    first[inode] = fd
-            if i % chunk == 0:
-                yield
+    for i, fd in enumerate(_listed() if probe is None else probe, 1):
+        try:
+            st = fstat(fd)
+        except OSError:  # closed since the listing (or, probing, not open)
+            continue
+        fds_used += 1
+        if is_sock(st.st_mode):
+            inode = st.st_ino
+            if inode not in known:
+                foreign[fd] = inode
+            elif inode in first:
+                dups.append((fd, inode))
+            else:
+                first[inode] = fd
+        if i % chunk == 0:
+            yield
 
     flagged: set[int] = set()
     if not inspect_all:

@@ -267,6 +267,15 @@ class GuardedSession:
             if expect_close and isinstance(fault, ConnectionLost):
                 return None  # the server closed after LOGOUT, as it should
             raise self._poisoned_by(self._fault_error(name)) from None
+        if task.cancelled():
+            # Not a timeout: the command's task was cancelled from outside -- typically
+            # asyncio.run() cancelling every task at event-loop teardown (no pool.close()).
+            raise self._poisoned_by(
+                ConnectionPoisoned(
+                    f"{name} on key {self.key!r} was cancelled before it completed (its task "
+                    "was cancelled from outside, e.g. event-loop teardown without pool.close())"
+                )
+            ) from None
         task.cancel()
         raise self._poisoned_by(
             OperationTimeout(f"{name} on key {self.key!r} did not complete within {bound:.3g} s")

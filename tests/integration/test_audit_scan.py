@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import logging
 import os
 import resource
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence, Set
 from dataclasses import dataclass, field
@@ -21,9 +24,9 @@ from typing import TypeVar
 
 import pytest
 
-from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan
+from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan, scan_procfs, verify
 from guardedpool.audit.rows import Address
-from guardedpool.audit.scan import Backend
+from guardedpool.audit.scan import PROBE_BEYOND, Backend
 from guardedpool.audit.scan_lsof import parse_lsof, run_lsof
 from guardedpool.audit.scan_psutil import psutil_rows
 from guardedpool.config import AuditPolicy, PoolConfig
@@ -116,7 +119,7 @@ def fds_holding(inode: int) -> list[int]:
     return out
 
 
-@dataclass
+@dataclass(eq=False)  # hashable: the auditor keeps per-target state weakly
 class FakeTarget:
     """The pool's side of the audit, for real sockets the test opened."""
 
@@ -319,6 +322,33 @@ async def test_rst_socket_is_close_in_procfs_and_missed_by_psutil(
         ]
 
 
+async def test_system_out_of_fds_probes_near_the_pools_fds_only(
+    server: Server, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENFILE (the whole system's file table is full) cannot be made here without starving
+    every other process, so the listing is made to fail with it; the rest is real. The
+    EMFILE case, real, is in test_audit_fd_limit.py."""
+
+    def enfile() -> Generator[int, None, None]:
+        raise OSError(errno.ENFILE, os.strerror(errno.ENFILE), "/proc/self/fd")
+        yield 0  # a generator, like the listing it stands for
+
+    monkeypatch.setattr(scan_procfs, "_listed", enfile)
+    pooled = sockets.raw(server.address)
+    beside = sockets.raw(server.address)
+    ident = identify(pooled)
+    view = await scan("procfs", [ident], {server.address})
+
+    upto = ident.fd + 1 + PROBE_BEYOND
+    assert view.fd_exhausted and view.full_view
+    assert "(ENFILE)" in view.notes[0]
+    assert f"probed fds 0-{upto - 1} and the pool's own" in view.notes[0]
+    assert f"(fds from {upto} on not looked at)" in view.notes[0]
+    assert dict(view.quiet) == {ident.inode: ident.fd}
+    assert [r.fd for r in view.sockets if r.local == beside.getsockname()] == [beside.fileno()]
+    assert view.fds_used == len(os.listdir("/proc/self/fd")) - 1  # the listing's own fd
+
+
 # --------------------------------------------------------------------------- stragglers
 
 
@@ -335,7 +365,7 @@ async def test_straggler_is_force_closed_and_gone(
         transport = await sockets.transport(server.address)
     ident = identify(transport.get_extra_info("socket"))
     target = target_for(server, backend=backend)
-    target.add(ident, ConnState.CLOSED)
+    record = target.add(ident, ConnState.CLOSED)
 
     report = await run_audit(target)
 
@@ -349,6 +379,7 @@ async def test_straggler_is_force_closed_and_gone(
     assert f.record_state == "closed" and f.retired_at is not None
     assert fds_holding(ident.inode) == []
     assert report.healthy
+    assert record.os_closed is True and record.history[-1].event == "verified"
 
 
 async def test_straggler_the_pool_still_holds_is_aborted(server: Server, sockets: Sockets) -> None:
@@ -366,24 +397,136 @@ async def test_straggler_the_pool_still_holds_is_aborted(server: Server, sockets
 
 
 async def test_dupd_fd_of_a_retired_socket_is_found_and_left_to_its_holder(
-    server: Server, sockets: Sockets
+    server: Server, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(verify, "VERIFY_WAIT", 2.0)  # so the second audit surely overlaps
     client = sockets.raw(server.address)
     ident = identify(client)
     dup = sockets.fd(os.dup(ident.fd))
     client.close()  # the pool closed its fd; a dup it never knew about lives on
     target = target_for(server)
-    target.add(ident, ConnState.CLOSED)
+    record = target.add(ident, ConnState.CLOSED)
 
     report = await run_audit(target)
 
     (f,) = report.findings
     assert (f.kind, f.action, f.fds) == (Kind.STRAGGLER, Action.CLOSE_FAILED, (dup,))
-    assert f"fd {dup} still holds it" in f.detail
+    assert f"fd {dup} still holds it" in f.detail and "in the background" in f.detail
     assert not report.healthy
     # Shut down (the peer saw the connection end), but the fd number stays with its holder.
     assert os.fstat(dup).st_ino == ident.inode
     assert tcp_state(dup) != "ESTABLISHED"
+    assert record.os_closed is None  # the report went out before the verdict
+
+    # An audit while that check runs does not start another one.
+    (again,) = (await run_audit(target)).findings
+    assert again.action is Action.CLOSE_FAILED and "still being verified" in again.detail
+
+    await wait_until(lambda: record.os_closed is not None, timeout=10.0)
+    assert record.os_closed is False and record.history[-1].event == "verified"
+    later = await run_audit(target)
+    (v,) = later.verifications
+    assert (v.kind, v.action, v.record_id, v.fds, v.still) == (
+        Kind.STRAGGLER,
+        Action.CLOSE_FAILED,
+        record.id,
+        (dup,),
+        (dup,),
+    )
+    assert v.after >= 2.0
+    assert later.to_dict()["verifications"][0]["still"] == [dup]
+    assert "verified since last audit: straggler" in str(later)
+    assert (await run_audit(target)).verifications == ()  # each verdict is reported once
+
+
+async def test_a_socket_that_leaves_after_the_report_is_verified_in_the_next_one(
+    server: Server,
+    sockets: Sockets,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its holder (a thread) closes it only after the audit has reported: the report says
+    close_failed, the background check sees it go, and the next report says so."""
+    monkeypatch.setattr(verify, "VERIFY_WAIT", 10.0)  # the check outlasts any scheduling lag
+    client = sockets.raw(server.address)
+    ident = identify(client)
+    target = target_for(server)
+    record = target.add(ident, ConnState.CLOSED)
+    may_close = threading.Event()
+
+    def holder() -> None:
+        client.recv(1)  # returns b"" when the audit shuts the socket down
+        may_close.wait(10)
+        client.close()
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    try:
+        report = await run_audit(target)
+    finally:
+        may_close.set()
+    (f,) = report.findings
+    assert (f.kind, f.action) == (Kind.STRAGGLER, Action.CLOSE_FAILED)
+    assert not report.healthy
+
+    with caplog.at_level(logging.INFO, logger="guardedpool.audit"):
+        await wait_until(lambda: record.os_closed is not None, timeout=10.0)
+    await asyncio.to_thread(thread.join, 5)
+    assert record.os_closed is True
+    (line,) = [r for r in caplog.records if getattr(r, "action", None) == "force_closed"]
+    assert line.levelno == logging.INFO
+    assert line.getMessage().startswith(
+        f"guardedpool audit: straggler conn {record.id} key 'inbox-1' fd {ident.fd} "
+        f"inode {ident.inode} verified gone "
+    )
+    assert (line.conn_id, line.fd, line.inode) == (record.id, ident.fd, ident.inode)  # type: ignore[attr-defined]
+    assert record.history[-1].event == "verified" and "gone" in record.history[-1].detail
+    later = await run_audit(target)
+    assert later.healthy and later.findings == ()
+    (v,) = later.verifications
+    assert (v.action, v.record_id, v.still, v.inode) == (
+        Action.FORCE_CLOSED,
+        record.id,
+        (),
+        ident.inode,
+    )
+
+
+async def test_each_action_is_logged_as_a_line_that_reads_on_its_own(
+    server: Server, sockets: Sockets, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = await sockets.transport(server.address)
+    ident = identify(transport.get_extra_info("socket"))
+    target = target_for(server)
+    record = target.add(ident, ConnState.CLOSED)
+
+    with caplog.at_level(logging.DEBUG, logger="guardedpool.audit"):
+        (f,) = (await run_audit(target)).findings
+
+    (line,) = [r for r in caplog.records if r.name == "guardedpool.audit"]
+    text = line.getMessage()
+    assert line.levelno == logging.WARNING
+    for fact in (
+        "straggler",
+        f"conn {record.id}",
+        "key 'inbox-1'",
+        f"fd {ident.fd}",
+        f"inode {ident.inode}",
+        f"{ident.local[0]}:{ident.local[1]} -> {HOST}:{server.port}",
+        "force_closed",
+        "shut down via dup",
+    ):
+        assert fact in text, (fact, text)
+    assert text == f"guardedpool audit: {f.summary()}"
+    fields = {k: getattr(line, k) for k in ("kind", "action", "key", "conn_id", "fd", "inode")}
+    assert fields == {
+        "kind": "straggler",
+        "action": "force_closed",
+        "key": "inbox-1",
+        "conn_id": record.id,
+        "fd": ident.fd,
+        "inode": ident.inode,
+    }
 
 
 async def test_straggler_reported_only_when_force_close_is_off(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from guardedpool.audit.classify import Kind
-from guardedpool.audit.report import Action, AuditReport, Finding
+from guardedpool.audit.report import Action, AuditReport, Finding, Verification
 from guardedpool.records import LifecycleEvent
 
 
@@ -32,17 +32,20 @@ def finding(kind: Kind, action: Action, **extra: object) -> Finding:
     return Finding(kind=kind, action=action, **fields)  # type: ignore[arg-type]
 
 
-def report(*findings: Finding, fds_used: int = 10, fd_limit: int | None = 1024) -> AuditReport:
-    return AuditReport(
+def report(
+    *findings: Finding, fds_used: int = 10, fd_limit: int | None = 1024, **extra: object
+) -> AuditReport:
+    fields: dict[str, object] = {"fd_usage_unhealthy": 0.9, **extra}
+    return AuditReport(  # type: ignore[arg-type]
         checked_at=1_700_000_200.0,
         duration=0.004,
         backend="procfs",
         fds_used=fds_used,
         fd_limit=fd_limit,
-        fd_usage_unhealthy=0.9,
         records_checked=5,
         sockets_seen=6,
         findings=findings,
+        **fields,
     )
 
 
@@ -115,3 +118,71 @@ def test_report_is_frozen() -> None:
     r = report()
     with pytest.raises(AttributeError):
         r.healthy = False  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("share", [0.9, 1.0])
+@pytest.mark.parametrize(("fds_used", "fd_limit"), [(1024, 1024), (300, 1024), (50, None)])
+def test_no_fd_left_is_always_unhealthy(share: float, fds_used: int, fd_limit: int | None) -> None:
+    """EMFILE (every fd in use) or ENFILE (the system's table full, whatever our share)."""
+    r = report(fds_used=fds_used, fd_limit=fd_limit, fd_exhausted=True, fd_usage_unhealthy=share)
+    assert not r.healthy
+    assert r.problems() == [f"no fd left (fds {fds_used}/{fd_limit or 'unlimited'})"]
+    assert r.to_dict()["fd_exhausted"] is True
+
+
+def test_a_finding_reads_on_its_own_and_names_its_log_fields() -> None:
+    f = finding(Kind.STRAGGLER, Action.CLOSE_FAILED, fds=(12, 14))
+    assert f.summary() == (
+        "straggler conn 3 key 'inbox-7' fd 12,14 inode 4242 127.0.0.1:50000 -> [::1]:993: "
+        "close_failed (retired 5.0 s ago, socket still open)"
+    )
+    orphan = finding(Kind.ORPHAN, Action.REPORTED, key=None, record_id=None, detail="x")
+    assert orphan.summary().startswith("orphan no record fd 12 inode 4242 ")
+    fields = f.log_fields()
+    assert {k: fields[k] for k in ("kind", "action", "key", "conn_id", "fd", "fds", "inode")} == {
+        "kind": "straggler",
+        "action": "close_failed",
+        "key": "inbox-7",
+        "conn_id": 3,
+        "fd": 12,
+        "fds": [12, 14],
+        "inode": 4242,
+    }
+    assert fields["finding"] == f.to_dict()
+    json.dumps(fields)
+
+
+def test_verifications_do_not_change_health_and_are_shown() -> None:
+    v = Verification(
+        kind=Kind.STRAGGLER,
+        action=Action.FORCE_CLOSED,
+        key="inbox-7",
+        record_id=3,
+        inode=4242,
+        fds=(12,),
+        still=(),
+        after=0.042,
+        finished_at=1_700_000_201.0,
+        detail="gone 42 ms after the shutdown",
+    )
+    r = report(verifications=(v,))
+    assert r.healthy
+    data = json.loads(json.dumps(r.to_dict()))
+    assert data["verifications"] == [
+        {
+            "kind": "straggler",
+            "action": "force_closed",
+            "key": "inbox-7",
+            "record_id": 3,
+            "inode": 4242,
+            "fds": [12],
+            "still": [],
+            "after": 0.042,
+            "finished_at": 1_700_000_201.0,
+            "detail": "gone 42 ms after the shutdown",
+        }
+    ]
+    assert (
+        "verified since last audit: straggler conn 3 key 'inbox-7' fd 12 inode 4242: "
+        "force_closed (gone 42 ms after the shutdown)"
+    ) in str(r)
