@@ -26,7 +26,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,29 +61,6 @@ class Outcome:
     detail: str
     fds: tuple[int, ...]
     inode: int | None
-
-
-def _abort_loop_transport(fd: int, inode: int) -> bool:
-    """Abort the running loop's transport on ``fd`` if it still owns that socket.
-
-    A shutdown makes the owner read EOF, but a stream transport (``StreamReaderProtocol``)
-    stays half-open after EOF until someone closes the writer -- which a leaked connection's
-    owner never does. Aborting the transport closes the fd through its owner, so the
-    number is released by the one object that held it (no stale-fd hazard). This reads
-    the selector loop's private ``_transports`` map; on other loops it does nothing.
-    """
-    registry = getattr(asyncio.get_running_loop(), "_transports", None)
-    transport = registry.get(fd) if isinstance(registry, Mapping) else None
-    if not isinstance(transport, asyncio.WriteTransport):
-        return False
-    sock = transport.get_extra_info("socket")
-    try:
-        if sock is None or sock.fileno() != fd or os.fstat(fd).st_ino != inode:
-            return False
-    except OSError:
-        return False
-    transport.abort()
-    return True
 
 
 def _socket_of(d: Decision) -> tuple[int | None, list[int]]:
@@ -159,9 +136,6 @@ def _act(
             detail = f"{d.reason}; shut down via dup of fd {held[0]}" if shut else d.reason
             if record is not None and target.audit_abort(record):
                 detail += "; pool aborted its transport"
-            aborted = [fd for fd in held if _abort_loop_transport(fd, inode)]
-            if aborted:
-                detail += f"; aborted the event loop's transport on fd {aborted[0]}"
             outcomes.append(None)  # filled in after the quick verification
             closing.append(Closing(d, inode, held, detail, now))
         else:
