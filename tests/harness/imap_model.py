@@ -175,7 +175,7 @@ class ModelIMAP:
         self.faults = faults or Faults()
         self._sent = 0
         self._searched = False
-        self._counts: dict[str, int] = {}
+        self._counts = {}
         self.expunged_in_pass = set()
 
     async def __aenter__(self) -> ModelIMAP:

@@ -7,12 +7,16 @@ leaves items out of a FETCH, or cuts its answer at a chosen byte on demand.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from harness.imap_model import Faults, ModelIMAP
+from harness.sync_histories import History, histories, run_history
+from hypothesis import HealthCheck, given, settings
 
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.store import Store, flags_text
@@ -86,3 +90,24 @@ def _shuffled(seed: int, uids: list[int]) -> list[int]:
     out = list(uids)
     random.Random(seed).shuffle(out)
     return out
+
+
+# -- the model-based test ----------------------------------------------------------------
+
+MODEL_EXAMPLES = int(os.environ.get("IMAP_MODEL_EXAMPLES", "40"))
+
+
+@pytest.mark.timeout(90)
+@settings(
+    max_examples=MODEL_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(history=histories)
+def test_no_history_loses_or_duplicates_a_message(history: History) -> None:
+    """Invariants (a), (b), (c) of ``harness/sync_histories.py`` over generated histories.
+
+    ``IMAP_MODEL_EXAMPLES`` sets the number of examples (CI: 40, well under 60 s);
+    ``python -m tests.harness.sync_histories --examples 2000`` is the long run.
+    """
+    asyncio.run(run_history(history))
