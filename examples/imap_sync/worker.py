@@ -10,7 +10,8 @@ is nothing to undo: the store only ever holds whole batches.
 Continuous mode polls by default: a pass every ``poll_interval`` seconds, which keeps the
 pool's connections shareable, the point of a pool. ``mode="idle"`` (:mod:`.push`) trades
 one held connection per account for changes seen within a second: IDLE pushes trigger
-passes of each account's INBOX, and its other mailboxes are still polled.
+passes of each account's INBOX, and its other mailboxes are still polled. Pushes only
+speed things up: INBOX too gets a pass whenever none has run for ``poll_interval``.
 """
 
 from __future__ import annotations
