@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from harness.imap_model import Faults, ModelIMAP
-from harness.sync_histories import History, histories, run_history
+from harness.sync_histories import FaultPlan, History, histories, run_history
 from hypothesis import HealthCheck, given, settings
 
 from examples.imap_sync.config import AccountConfig
@@ -90,6 +90,26 @@ def _shuffled(seed: int, uids: list[int]) -> list[int]:
     out = list(uids)
     random.Random(seed).shuffle(out)
     return out
+
+
+def test_flagged_then_expunged_mid_pass_under_condstore() -> None:
+    """Found by the long run (10,000 examples, seed 11) -- in the *model's* check, not the
+    worker: a message flagged between passes and expunged by another session right after
+    SEARCH stays stored with its old flags until the next pass (CHANGEDSINCE does not
+    report a message that is gone); the next pass removes it."""
+    no_faults = FaultPlan(None, None, (), False, (), 0)
+    history = History(
+        condstore=True,
+        batch_size=1,
+        initial=2,
+        steps=(
+            ("pass", no_faults),
+            ("expunge", 0),
+            ("flag", (0, frozenset({"\\Seen"}))),
+            ("pass", FaultPlan(None, None, (), False, (0,), 0)),
+        ),
+    )
+    asyncio.run(run_history(history))
 
 
 # -- the model-based test ----------------------------------------------------------------
