@@ -26,8 +26,7 @@ A ``(CHANGEDSINCE n)`` answer is only ever reordered or split: a server that lea
 changed message out of it is indistinguishable, to any client, from one where nothing
 changed.
 
-``python -m tests.harness.imap_model --examples 2000`` runs the model-based test of the
-sync worker (:func:`check_history`) for that many hypothesis examples and prints JSON.
+The model-based test of the sync worker built on it is :mod:`harness.sync_histories`.
 """
 
 from __future__ import annotations
