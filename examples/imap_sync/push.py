@@ -11,6 +11,12 @@ incremental pass whenever it is dirty, so a burst of pushes during a pass costs 
 pass, not one per push. Passes go through :meth:`SyncWorker.run_pass`: they share the
 worker's concurrency bound and never overlap another pass of the same mailbox.
 
+Pushes are an accelerator, never relied on: a watched mailbox that has had no pass for
+``poll_interval`` seconds gets one anyway, on the syncing connection, while its IDLE goes
+on. Some servers never push inside an IDLE round (GNU Mailutils) or only poll their own
+store every minute (Courier); on those, and on any server, a message is stored at most
+``poll_interval`` plus one pass after it arrived -- the same bound as poll mode.
+
 The other mailboxes are polled every ``poll_interval`` seconds, as in poll mode. A watched
 mailbox whose IDLE session ends for good (the server has no IDLE, SELECT answers NO, the
 login is refused) is logged, counted as an error, and polled from then on.
@@ -63,6 +69,8 @@ class PushSync:
         watched: account key -> the mailbox held in IDLE.
         polled: the (key, mailbox) pairs synced by polling; grows when IDLE fails.
         triggers: account key -> events that marked its watched mailbox dirty.
+        timed: account key -> passes of its watched mailbox run because no push had
+            come for ``poll_interval`` seconds (the staleness bound at work).
         sessions: account key -> its running :class:`IdleSession`.
     """
 
@@ -82,6 +90,7 @@ class PushSync:
         }
         self.polled = [(key, box) for key, box in worker.jobs() if self.watched[key] != box]
         self.triggers = dict.fromkeys(self.watched, 0)
+        self.timed = dict.fromkeys(self.watched, 0)
         self.sessions: dict[str, IdleSession] = {}
 
     async def run(
@@ -147,7 +156,13 @@ class PushSync:
     ) -> None:
         job = (key, self.watched[key])
         while True:
-            await dirty.wait()
+            try:
+                async with asyncio.timeout(self.poll_interval):
+                    await dirty.wait()
+            except TimeoutError:
+                if job in self.polled:  # IDLE failed for good: the poller has it
+                    continue
+                self.timed[key] += 1  # no push for poll_interval: never staler than a poll
             if stop.is_set():
                 return
             dirty.clear()  # before the pass: a push during it means one more pass

@@ -1,23 +1,33 @@
-"""The local mirror: SQLite, with checkpoints that never run ahead of the messages.
+"""The local mirror: SQLite, where a checkpoint never runs ahead of the messages.
 
-The one invariant that makes ``kill -9`` safe: a mailbox's checkpoint ``last_uid`` ("every
-message with a UID up to here is stored, or was expunged") is raised only in the same
-transaction that inserts those messages. A crash loses at most the batch in flight, and
-its checkpoint with it, so the next pass fetches that batch again; ``UNIQUE(account,
-mailbox, uidvalidity, uid)`` makes a second insert of a stored message a no-op rather than
-a duplicate. ``highestmodseq`` (flags are current up to this mod-sequence) is likewise
-written only after the flag updates it vouches for.
+A pass decides what to fetch as *server minus stored* (see :mod:`.mailbox`), so the
+messages themselves are the checkpoint: whatever was stored is stored, whatever was not
+is fetched again. Each batch is one transaction, so a crash loses at most the batch in
+flight; ``UNIQUE(account, mailbox, uidvalidity, uid)`` makes a second insert of a stored
+message a no-op rather than a duplicate. ``last_uid`` (the highest UID stored in this
+generation) is computed in the same transaction from the messages inserted, never from
+what was asked for: it is for people and metrics, no pass decides anything by it.
+``uidnext`` and ``highestmodseq`` are written by :meth:`Store.finish_pass` only after a
+pass verified the store equal to the server, so the "nothing changed" fast path only ever
+trusts a verified store.
 
 A mailbox whose UIDVALIDITY changed is reset in one transaction: its messages are
 deleted, its checkpoints cleared, the new UIDVALIDITY recorded. UIDs of the old
 generation mean nothing any more (RFC 3501 2.3.1.1), so nothing of it is kept.
 
+Schema version 2 (this one) differs from 1 only in meaning: version 1 moved ``last_uid``
+to the highest UID a batch *asked for*, and fetched only above it, so a store written by
+it may lack messages while its ``uidnext``/``highestmodseq`` claim a complete pass.
+Opening a version-1 store clears those two columns of every mailbox (one transaction),
+so the next pass of each mailbox runs in full -- SEARCH, all flags, every message
+missing fetched -- and heals whatever version 1 lost. Nothing else changes.
+
 WAL mode lets readers (``/metrics``, a test, ``sqlite3`` in a shell) look while a sync
 writes. ``synchronous=NORMAL`` does not fsync each commit: a killed process loses
 nothing committed, a power cut may lose the last transactions -- but always whole ones, in
-order, so a checkpoint still never outruns its messages. The calls are synchronous: a
-commit is a few milliseconds, and one writer connection on the event loop's thread needs
-no locking.
+order, so a store is always a set of whole messages the server had. The calls are
+synchronous: a commit is a few milliseconds, and one writer connection on the event
+loop's thread needs no locking.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from types import TracebackType
 
 __all__ = ["MailboxState", "NewMessage", "Store", "StoreError", "UnusableStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -45,8 +55,8 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     account       TEXT NOT NULL REFERENCES accounts(key) ON DELETE CASCADE,
     name          TEXT NOT NULL,
     uidvalidity   INTEGER,           -- NULL until the first SELECT
-    last_uid      INTEGER NOT NULL DEFAULT 0,  -- checkpoint: all UIDs <= this are stored
-    uidnext       INTEGER,           -- as of the last completed pass
+    last_uid      INTEGER NOT NULL DEFAULT 0,  -- highest UID stored (informational)
+    uidnext       INTEGER,           -- as of the last verified pass
     highestmodseq INTEGER,           -- flags current up to here; NULL: unknown/no CONDSTORE
     last_sync     REAL,              -- wall clock of the last completed pass
     PRIMARY KEY (account, name)
@@ -98,6 +108,18 @@ def flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted({f for f in flags if f.lower() != "\\recent"}))
 
 
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Forget every mailbox's fast-path checkpoints: its next pass runs in full."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("UPDATE mailboxes SET uidnext=NULL, highestmodseq=NULL")
+        db.execute("PRAGMA user_version=2")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 class Store:
     """One SQLite file; open with :meth:`open` (creates the schema), close when done."""
 
@@ -118,7 +140,7 @@ class Store:
             # Read before anything writes: switching to WAL rewrites the file header, and
             # a file that is not ours must be refused exactly as it was found.
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise UnusableStore(f"{p}: schema version {version}, expected {SCHEMA_VERSION}")
             db.execute("PRAGMA page_size=65536")  # only takes on a new file
             db.execute("PRAGMA journal_mode=WAL")
@@ -127,6 +149,8 @@ class Store:
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            if version == 1:
+                _migrate_1_to_2(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             db.close()
@@ -206,23 +230,18 @@ class Store:
     # -- messages ----------------------------------------------------------------------
 
     def store_batch(
-        self,
-        account: str,
-        name: str,
-        uidvalidity: int,
-        messages: Iterable[NewMessage],
-        checkpoint: int,
+        self, account: str, name: str, uidvalidity: int, messages: Iterable[NewMessage]
     ) -> int:
-        """Insert ``messages`` and raise ``last_uid`` to ``checkpoint``, atomically.
+        """Insert ``messages`` and raise ``last_uid`` to the highest of them, atomically.
 
-        ``checkpoint`` is the highest UID the batch asked for: a UID in the batch that the
-        server no longer had was expunged meanwhile and will never come back. Returns how
-        many messages were new (a re-fetched batch after a crash inserts 0 of those it had).
+        ``last_uid`` comes from the messages stored here, never from the UIDs asked for.
+        Returns how many messages were new (a re-fetched message inserts nothing).
         """
         now = time.time()
         with self._tx() as db:
             self._guard(db, account, name, uidvalidity)
             inserted = 0
+            highest = 0
             for m in messages:
                 cur = db.execute(
                     "INSERT INTO messages(account, mailbox, uidvalidity, uid, flags, size, raw, "
@@ -239,9 +258,10 @@ class Store:
                     ),
                 )
                 inserted += cur.rowcount
+                highest = max(highest, m.uid)
             db.execute(
                 "UPDATE mailboxes SET last_uid=MAX(last_uid, ?) WHERE account=? AND name=?",
-                (checkpoint, account, name),
+                (highest, account, name),
             )
         return inserted
 
@@ -284,7 +304,7 @@ class Store:
         uidnext: int | None,
         highestmodseq: int | None,
     ) -> None:
-        """Record a completed pass: every change up to ``highestmodseq`` is now stored."""
+        """Record a verified pass (store == server as of its SELECT): the fast-path checkpoints."""
         with self._tx() as db:
             self._guard(db, account, name, uidvalidity)
             db.execute(

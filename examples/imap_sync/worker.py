@@ -4,13 +4,16 @@ A pass syncs every configured (account, mailbox) pair. At most ``concurrency`` o
 at a time, and each takes its semaphore slot *before* asking the pool for a connection, so
 the bound caps connections in flight as well as work (the pool's ``max_per_key`` still
 caps each account). A failure is counted against its inbox and logged in one line; the
-other mailboxes carry on, and the next pass retries from the store's checkpoints. There
-is nothing to undo: the store only ever holds whole batches.
+other mailboxes carry on, and the next pass fetches whatever the store still lacks. There
+is nothing to undo: the store only ever holds whole messages the server had. A mailbox's
+pass counts as a success only when it left the store equal to the server (see
+:mod:`.mailbox`, step 7).
 
 Continuous mode polls by default: a pass every ``poll_interval`` seconds, which keeps the
 pool's connections shareable, the point of a pool. ``mode="idle"`` (:mod:`.push`) trades
 one held connection per account for changes seen within a second: IDLE pushes trigger
-passes of each account's INBOX, and its other mailboxes are still polled.
+passes of each account's INBOX, and its other mailboxes are still polled. Pushes only
+speed things up: INBOX too gets a pass whenever none has run for ``poll_interval``.
 """
 
 from __future__ import annotations

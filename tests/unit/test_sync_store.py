@@ -77,35 +77,36 @@ def test_new_mailbox_starts_empty(store: Store) -> None:
 
 def test_batch_and_checkpoint_commit_together(store: Store) -> None:
     store.reset_mailbox("alice", "INBOX", 7)
-    assert store.store_batch("alice", "INBOX", 7, [msg(1), msg(3, "\\Seen")], checkpoint=4) == 2
-    assert store.mailbox("alice", "INBOX").last_uid == 4
+    assert store.store_batch("alice", "INBOX", 7, [msg(1), msg(3, "\\Seen")]) == 2
+    # last_uid is the highest UID *stored* (issue 11: it was the highest asked for, 4).
+    assert store.mailbox("alice", "INBOX").last_uid == 3
     assert store.uids("alice", "INBOX", 7) == [1, 3]
     # The same batch again (a restart after a crash after the commit): no duplicates.
-    assert store.store_batch("alice", "INBOX", 7, [msg(1), msg(3)], checkpoint=4) == 0
+    assert store.store_batch("alice", "INBOX", 7, [msg(1), msg(3)]) == 0
     assert store.uids("alice", "INBOX", 7) == [1, 3]
     # A checkpoint never moves backwards.
-    store.store_batch("alice", "INBOX", 7, [], checkpoint=2)
-    assert store.mailbox("alice", "INBOX").last_uid == 4
+    store.store_batch("alice", "INBOX", 7, [msg(2)])
+    assert store.mailbox("alice", "INBOX").last_uid == 3
     assert store.message("alice", "INBOX", 3) == ("\\Seen", msg(3).raw)
 
 
 def test_failed_batch_leaves_nothing_behind(store: Store) -> None:
     store.reset_mailbox("alice", "INBOX", 7)
-    store.store_batch("alice", "INBOX", 7, [msg(1)], checkpoint=1)
+    store.store_batch("alice", "INBOX", 7, [msg(1)])
     with pytest.raises(Crash):
-        store.store_batch("alice", "INBOX", 7, crashing([msg(2), msg(3), msg(4)], 1), checkpoint=4)
+        store.store_batch("alice", "INBOX", 7, crashing([msg(2), msg(3), msg(4)], 1))
     assert store.uids("alice", "INBOX", 7) == [1]
     assert store.mailbox("alice", "INBOX").last_uid == 1
 
 
 def test_writes_for_an_old_uidvalidity_are_refused(store: Store) -> None:
     store.reset_mailbox("alice", "INBOX", 7)
-    store.store_batch("alice", "INBOX", 7, [msg(1), msg(2)], checkpoint=2)
+    store.store_batch("alice", "INBOX", 7, [msg(1), msg(2)])
     assert store.reset_mailbox("alice", "INBOX", 8) == 2
     state = store.mailbox("alice", "INBOX")
     assert (state.uidvalidity, state.last_uid, state.highestmodseq) == (8, 0, None)
     for write in (
-        lambda: store.store_batch("alice", "INBOX", 7, [msg(3)], checkpoint=3),
+        lambda: store.store_batch("alice", "INBOX", 7, [msg(3)]),
         lambda: store.update_flags("alice", "INBOX", 7, {1: ["\\Seen"]}),
         lambda: store.expunge("alice", "INBOX", 7, [1]),
         lambda: store.finish_pass("alice", "INBOX", 7, uidnext=3, highestmodseq=None),
@@ -117,7 +118,7 @@ def test_writes_for_an_old_uidvalidity_are_refused(store: Store) -> None:
 
 def test_flags_and_expunge(store: Store) -> None:
     store.reset_mailbox("alice", "INBOX", 1)
-    store.store_batch("alice", "INBOX", 1, [msg(1, "\\Seen"), msg(2), msg(3)], checkpoint=3)
+    store.store_batch("alice", "INBOX", 1, [msg(1, "\\Seen"), msg(2), msg(3)])
     changed = store.update_flags(
         "alice", "INBOX", 1, {1: ["\\Seen", "\\Recent"], 2: ["\\Flagged", "\\Seen"], 9: ["x"]}
     )
@@ -134,7 +135,7 @@ def test_flags_and_expunge(store: Store) -> None:
 def test_totals_and_success(store: Store) -> None:
     store.ensure_account("bob", "127.0.0.1", "bob")
     store.reset_mailbox("alice", "INBOX", 1)
-    store.store_batch("alice", "INBOX", 1, [msg(1), msg(2)], checkpoint=2)
+    store.store_batch("alice", "INBOX", 1, [msg(1), msg(2)])
     totals = store.totals()
     assert totals["alice"] == (2, len(msg(1).raw) + len(msg(2).raw))
     assert totals["bob"] == (0, 0)
@@ -196,16 +197,16 @@ def _sync(s: Store, server: list[int], uidvalidity: int, batch_size: int, fail_a
     """The worker's algorithm against a list; message ``fail_at`` of the pass breaks it."""
     if s.mailbox("a", "m").uidvalidity != uidvalidity:
         s.reset_mailbox("a", "m", uidvalidity)
-    state = s.mailbox("a", "m")
     gone = [u for u in s.uids("a", "m", uidvalidity) if u not in set(server)]
     s.expunge("a", "m", uidvalidity, gone)
-    new = [u for u in server if u > state.last_uid]
+    stored = set(s.uids("a", "m", uidvalidity))
+    new = [u for u in sorted(server) if u not in stored]  # server minus stored
     seen = 0
     for batch in batches(new, batch_size):
         msgs = crashing([msg(uid) for uid in batch], fail_at - seen)
         seen += len(batch)
         try:
-            s.store_batch("a", "m", uidvalidity, msgs, checkpoint=batch[-1])
+            s.store_batch("a", "m", uidvalidity, msgs)
         except Crash:
             return  # the rest of the pass never happens
     after = s.mailbox("a", "m")
@@ -224,7 +225,7 @@ s.reset_mailbox("a", "m", 1)
 uid = 1
 while True:
     batch = [NewMessage(u, (), b"x" * 2000) for u in range(uid, uid + 10)]
-    s.store_batch("a", "m", 1, batch, checkpoint=uid + 9)
+    s.store_batch("a", "m", 1, batch)
     uid += 10
 """
 
@@ -257,3 +258,26 @@ def test_kill_9_mid_write_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         uids = s.uids("a", "m", 1)
         assert uids == list(range(1, state.last_uid + 1))
         assert state.last_uid % 10 == 0
+
+
+def test_version_1_store_is_migrated_to_a_full_next_pass(tmp_path: Path) -> None:
+    """A store written by schema 1 may lack messages behind a "complete" checkpoint (issue
+    11): opening it forgets every mailbox's UIDNEXT/HIGHESTMODSEQ, nothing else."""
+    path = tmp_path / "v1.sqlite3"
+    with Store.open(path) as s:
+        s.ensure_account("a", "h", "u")
+        s.reset_mailbox("a", "m", 7)
+        s.store_batch("a", "m", 7, [msg(9)])
+        s.finish_pass("a", "m", 7, uidnext=10, highestmodseq=55)
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=1")
+    with Store.open(path) as s:
+        state = s.mailbox("a", "m")
+        assert (state.uidvalidity, state.last_uid, state.uidnext, state.highestmodseq) == (
+            7,
+            9,
+            None,
+            None,
+        )
+        assert s.uids("a", "m", 7) == [9]
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
