@@ -32,6 +32,7 @@ from typing import Any
 from aioimaplib.aioimaplib import (
     AUTH,
     CONNECTED,
+    SELECTED,
     Command,
     IMAP4ClientProtocol,
     IncompleteRead,
@@ -39,8 +40,9 @@ from aioimaplib.aioimaplib import (
     quoted,
 )
 
-from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError
+from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError, ServerBusyClosed
 from .parse import parse_capabilities
+from .refusals import Phase, Refusal, classify_refusal
 
 __all__ = ["GuardedProtocol", "quoted"]
 
@@ -99,6 +101,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         sent: number of lines written; lets the client tell a command aioimaplib refused
             locally (nothing sent) from one that failed on the wire.
         logging_out: set before LOGOUT, so the ``BYE`` that follows is not a fault.
+        refusal: the classified ``BYE`` that refused the greeting or ended the session,
+            if any (see :mod:`guardedpool.imap.refusals`).
+        first_bytes: the first few bytes the server sent (to recognise a TLS record on
+            a connection meant to be plaintext).
     """
 
     # aioimaplib's parser state, declared for the type checker.
@@ -111,6 +117,8 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.greeting: asyncio.Future[str | None] = loop.create_future()
         self.sent = 0
         self.logging_out = False
+        self.refusal: Refusal | None = None
+        self.first_bytes = b""
         self._secrets: tuple[str, ...] = ()
         self._sasl_initial: str | None = None
 
@@ -190,6 +198,8 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         # even when DEBUG is off (a repr of each megabyte of a large FETCH).
         if self.fault.done():
             return
+        if len(self.first_bytes) < 8:
+            self.first_bytes += data[: 8 - len(self.first_bytes)]
         try:
             start, size = 0, len(data)
             while start < size:
@@ -245,9 +255,29 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         if self.state != CONNECTED and not self.logging_out and _BYE.match(line):
             # A server that hangs up on LOGIN may quote it: redact before anything quotes us.
             said = self.redact(line[2:].decode("utf-8", "replace"))
-            self.fail(ProtocolError(f"server said {_text(said)}"))
+            refusal = self.classify_bye(line)
+            if refusal.limited:
+                self.fail(
+                    ServerBusyClosed(
+                        f"server closed the session for its limits ({refusal.kind}): {_text(said)}",
+                        kind=refusal.kind,
+                        delay=refusal.delay,
+                        code=refusal.code,
+                        server_text=refusal.text,
+                    )
+                )
+            else:
+                self.fail(ProtocolError(f"server said {_text(said)}"))
             return None
         return super()._handle_line(line, current_cmd)
+
+    def classify_bye(self, line: bytes) -> Refusal:
+        """Classify an untagged ``BYE`` line (remembered as :attr:`refusal`)."""
+        text = self.redact(line.decode("utf-8", "replace"))
+        text = re.sub(r"^\*\s+BYE\b\s*", "", text, flags=re.IGNORECASE).rstrip("\r\n")
+        phase: Phase = "command" if self.state in (AUTH, SELECTED) else "login"
+        self.refusal = classify_refusal(text, status="BYE", phase=phase)
+        return self.refusal
 
     def _untagged_response(self, line: bytes) -> Any:
         # aioimaplib 2.0.3 with its `line.replace(b'* ', b'')` fixed to strip the prefix only.
@@ -293,6 +323,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
 
     async def welcome(self, command: bytes) -> None:
         if _BYE.match(command):
+            self.classify_bye(command)
             self._greeted(f"server refused the connection: {_text(command[2:])}")
             return
         try:
