@@ -338,7 +338,8 @@ class IMAPConnector:
             watched: set[asyncio.Future[Any]] = {protocol.greeting, protocol.fault}
             await asyncio.wait(watched, timeout=probe_after, return_when=asyncio.FIRST_COMPLETED)
             transport = protocol.transport
-            if not protocol.greeting.done() and not protocol.first_bytes and transport:
+            silent = not (protocol.greeting.done() or protocol.fault.done() or protocol.first_bytes)
+            if silent and transport is not None and not transport.is_closing():
                 transport.write(PROBE)
                 probed.append(True)
         result: str | None = await protocol.call(protocol.greeting)

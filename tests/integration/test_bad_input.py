@@ -92,6 +92,7 @@ GAPS: dict[tuple[type, str], list[object]] = {
     (RetryPolicy, "max_delay"): [-1.0, math.nan, math.inf, None, True],
     (RetryPolicy, "jitter"): [-0.1, math.inf, "0.5", None],
     (RetryPolicy, "reconnect_deadline"): [0.0, -1.0, math.nan, None, "120"],
+    (RetryPolicy, "max_throttle_delay"): [0.0, -1.0, math.nan, math.inf, None, "300"],
     (AuditPolicy, "backend"): [None, "", "PROCFS", 1],
     (AuditPolicy, "interval"): [-1.0, math.nan, math.inf, "60", True],
     (AuditPolicy, "force_close_stragglers"): [0, "yes", None],

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from harness import DovecotServer, socket_fds
 from harness.provider import Point, ProviderIMAP
+from harness.scripted import ScriptConn, ScriptedIMAP
 from harness.wordings import WORDINGS, Wording
 
 from guardedpool import (
@@ -331,4 +332,48 @@ async def test_a_mistake_fails_the_acquire_at_once_naming_it(
     assert info.value.transient is False
     assert words in str(info.value) and "key 'k'" in str(info.value)
     assert stats["connect_failures"] == 1  # one attempt, never retried
+    await sockets_back_to(baseline)
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_hang_up_before_the_greeting_stays_transient(how: str) -> None:
+    """Courier's per-IP limit drops new connections before any greeting: that is load, not
+    a TLS port (no probe was sent), so it is retried."""
+
+    async def hang_up(c: ScriptConn) -> None:
+        if how == "reset":
+            c.writer.transport.abort()
+
+    baseline = set(socket_fds().values())
+    async with ScriptedIMAP(hang_up) as srv:
+        with pytest.raises(ConnectError) as info:
+            await IMAPConnector({"k": account(srv.port)}).open("k", CFG)
+    assert type(info.value) is ConnectError and info.value.transient
+    await sockets_back_to(baseline)
+
+
+# -- the real thing: Dovecot's own connection limit ---------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_dovecot_connection_limit_is_server_busy_not_bad_credentials(
+    dovecot_factory: Any,
+) -> None:
+    """``mail_max_userip_connections = 2``: the third login is refused for capacity."""
+    server: DovecotServer = dovecot_factory(max_userip_connections=2)
+    user = IMAPAccount(
+        host=server.host, port=server.port, username="alice", password="alice-pw", tls=False
+    )
+    connector = IMAPConnector({"k": user})
+    baseline = set(socket_fds().values())
+    held = [await connector.open("k", CFG) for _ in range(2)]
+    try:
+        with pytest.raises(ServerBusy) as info:
+            await connector.open("k", CFG)
+        assert info.value.kind == "capacity" and info.value.transient
+        assert info.value.code in ("LIMIT", "UNAVAILABLE")
+        assert "Maximum number of connections" in info.value.server_text
+    finally:
+        for client in held:
+            await connector.close(client, 1.0)
     await sockets_back_to(baseline)
