@@ -27,8 +27,8 @@ bad credentials:
 3. an RFC 5530 code of refusal (``AUTHENTICATIONFAILED``, ``AUTHORIZATIONFAILED``,
    ``EXPIRED``, ``PRIVACYREQUIRED``, ``CONTACTADMIN``) -> auth;
 4. an RFC 5530 code of load (``UNAVAILABLE``, ``INUSE`` -> throttled; ``LIMIT`` -> capacity
-   at login, throttled after; ``OVERQUOTA`` -> throttled on ``BYE`` or at login, unless the
-   text speaks of storage);
+   at login, throttled after, unless the text speaks of a size; ``OVERQUOTA`` -> throttled
+   on ``BYE`` or at login, unless the text speaks of storage);
 5. wording of temporary trouble ("temporary", "try again later", "unavailable", "busy")
    -> throttled;
 6. wording of bad credentials or a refused account -> auth;
@@ -164,6 +164,8 @@ _AUTH = _any(
 
 # Storage quota wording: an [OVERQUOTA] with these is a full mailbox, not a rate.
 _STORAGE = _any(r"mailbox (?:is )?full", r"storage", r"disk", r"\bspace\b", r"message too large")
+# Size wording: a [LIMIT] with these is a too-large request (RFC 5530), not a load limit.
+_SIZE = _any(r"too (?:large|long|big)", r"\bsize\b", r"too many (?:messages|results|arguments)")
 
 _CODE = re.compile(r"^\s*\[([^\]]*)\]")
 
@@ -276,7 +278,7 @@ def _kind(text: str, code: str | None, status: Status, phase: Phase) -> Kind:
         return "auth"
     if code in ("UNAVAILABLE", "INUSE"):
         return "throttled"
-    if code == "LIMIT":
+    if code == "LIMIT" and not _SIZE.search(text):
         return "capacity" if phase == "login" else "throttled"
     if code == "OVERQUOTA" and (status == "BYE" or phase == "login") and not _STORAGE.search(text):
         return "throttled"
