@@ -335,6 +335,22 @@ async def test_a_mistake_fails_the_acquire_at_once_naming_it(
     await sockets_back_to(baseline)
 
 
+async def test_bye_right_after_the_greeting_is_server_busy() -> None:
+    """Some servers greet, then refuse at once with an untagged BYE before any command."""
+
+    async def greet_then_bye(c: ScriptConn) -> None:
+        await c.greet()
+        await c.send(b"* BYE [UNAVAILABLE] Too many connections for this account\r\n")
+
+    baseline = set(socket_fds().values())
+    async with ScriptedIMAP(greet_then_bye) as srv:
+        with pytest.raises(ConnectError) as info:
+            await IMAPConnector({"k": account(srv.port)}).open("k", CFG)
+    assert type(info.value) is ServerBusy and info.value.kind == "capacity"
+    assert info.value.code == "UNAVAILABLE"
+    await sockets_back_to(baseline)
+
+
 @pytest.mark.parametrize("how", ["close", "reset"])
 async def test_a_hang_up_before_the_greeting_stays_transient(how: str) -> None:
     """Courier's per-IP limit drops new connections before any greeting: that is load, not
