@@ -8,6 +8,8 @@ from .connector import Connector
 from .errors import (
     AuthenticationError,
     CertificateError,
+    CommandThrottled,
+    ConfigurationError,
     ConnectError,
     ConnectionLost,
     ConnectionPoisoned,
@@ -18,6 +20,9 @@ from .errors import (
     PoolError,
     PoolTimeout,
     ProtocolError,
+    ServerBusy,
+    ServerBusyClosed,
+    ServerLimit,
     UnknownKey,
 )
 from .pool import GuardedPool
@@ -55,6 +60,12 @@ __all__ = [
     "RetryPolicy",
     "SocketIdentity",
     "UnknownKey",
+    # Server limits and settings no retry can fix (issue 13).
+    "CommandThrottled",
+    "ConfigurationError",
+    "ServerBusy",
+    "ServerBusyClosed",
+    "ServerLimit",
 ]
 
 __version__ = "0.1.0"

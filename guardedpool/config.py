@@ -76,6 +76,10 @@ class RetryPolicy:
         max_delay: ceiling of one delay, seconds (default 30.0).
         jitter: maximum random extra per delay, seconds (default 0.5).
         reconnect_deadline: seconds of failure before the callback fires (default 120.0).
+        max_throttle_delay: ceiling, seconds, of a wait a server asks for when it throttles
+            (e.g. Office 365's "Suggested Backoff Time: 299961 milliseconds"; default
+            300.0, five minutes, as ImapFlow caps it): a server cannot park a key for
+            longer than this.
     """
 
     initial: float = 0.1
@@ -83,6 +87,7 @@ class RetryPolicy:
     max_delay: float = 30.0
     jitter: float = 0.5
     reconnect_deadline: float = 120.0
+    max_throttle_delay: float = 300.0
 
     def __post_init__(self) -> None:
         o = "RetryPolicy"
@@ -94,6 +99,14 @@ class RetryPolicy:
             o,
             "reconnect_deadline",
             self.reconnect_deadline,
+            kind=float,
+            minimum=0.0,
+            inclusive=False,
+        )
+        _check_number(
+            o,
+            "max_throttle_delay",
+            self.max_throttle_delay,
             kind=float,
             minimum=0.0,
             inclusive=False,

@@ -11,9 +11,13 @@ an untrusted certificate will not.
 
 from __future__ import annotations
 
+from typing import Self
+
 __all__ = [
     "AuthenticationError",
     "CertificateError",
+    "CommandThrottled",
+    "ConfigurationError",
     "ConnectError",
     "ConnectTimeout",
     "ConnectionLost",
@@ -24,6 +28,9 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "ProtocolError",
+    "ServerBusy",
+    "ServerBusyClosed",
+    "ServerLimit",
     "UnknownKey",
 ]
 
@@ -110,3 +117,129 @@ class IMAPCommandError(PoolError):
         self.result = result
         self.text = text
         super().__init__(f"{command} failed: {result} {text}".rstrip())
+
+
+# -- Server limits and settings no retry can fix (issue 13) ------------------------------
+#
+# A server that refuses because of its own limits (too many connections, throttling, a
+# rate limit, a bandwidth or command quota, temporarily unavailable) is telling the client
+# to come back later, not that the credentials are wrong. Which refusal is which is decided
+# by ``guardedpool.imap.refusals.classify_refusal``; these are the errors it leads to.
+
+
+class ServerLimit(PoolError):
+    """Base of the refusals caused by the server's limits; catch it to handle them all.
+
+    Never raised itself: it is one of :class:`ServerBusy` (at connect/login),
+    :class:`ServerBusyClosed` (the server ended a session, ``BYE``) or
+    :class:`CommandThrottled` (a command answered ``NO``/``BAD``).
+
+    Attributes:
+        kind: ``"capacity"`` (too many connections: holding fewer helps) or
+            ``"throttled"`` (a rate, quota or temporary unavailability: waiting helps).
+        delay: seconds the server asked the client to wait (e.g. Office 365's
+            "Suggested Backoff Time"), or None when it named no time.
+        code: the RFC 5530 response code (``"LIMIT"``, ``"UNAVAILABLE"``...), or None.
+        server_text: what the server said, secrets redacted, at most 300 characters.
+    """
+
+    kind: str = "throttled"
+    delay: float | None = None
+    code: str | None = None
+    server_text: str = ""
+
+    def _limit(self, kind: str, delay: float | None, code: str | None, server_text: str) -> None:
+        self.kind = kind
+        self.delay = delay
+        self.code = code
+        self.server_text = server_text
+
+
+class ServerBusy(ServerLimit, ConnectError):
+    """The server refused a new connection because of its limits. Transient.
+
+    Raised at the greeting (``* BYE``), at LOGIN/AUTHENTICATE (tagged ``NO``/``BAD``) or
+    when the server hangs up (``BYE``) before the login is through. Never an
+    :class:`AuthenticationError`: a capacity limit is not a wrong password.
+    See :class:`ServerLimit` for the attributes.
+    """
+
+    transient = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        delay: float | None = None,
+        code: str | None = None,
+        server_text: str = "",
+    ) -> None:
+        super().__init__(message)
+        self._limit(kind, delay, code, server_text)
+
+
+class ServerBusyClosed(ServerLimit, ConnectionLost):
+    """The server ended an established session (untagged ``BYE``) because of its limits.
+
+    Mid-session (SELECT, FETCH, IDLE...): the connection is poisoned like any
+    :class:`ConnectionLost`, and the attributes of :class:`ServerLimit` say how long to
+    stay away, e.g. Gmail's ``* BYE [OVERQUOTA] Account exceeded command or bandwidth
+    limits.``
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        delay: float | None = None,
+        code: str | None = None,
+        server_text: str = "",
+    ) -> None:
+        super().__init__(message)
+        self._limit(kind, delay, code, server_text)
+
+    def retold(self, message: str) -> Self:
+        """The same refusal with another message (e.g. naming the command it ended)."""
+        return type(self)(
+            message,
+            kind=self.kind,
+            delay=self.delay,
+            code=self.code,
+            server_text=self.server_text,
+        )
+
+
+class CommandThrottled(ServerLimit, IMAPCommandError):
+    """A command was answered ``NO``/``BAD`` because of the server's limits.
+
+    E.g. Office 365's ``BAD Request is throttled. Suggested Backoff Time: 299961
+    milliseconds`` or Yahoo's ``NO [LIMIT] Rate limit hit.`` Like any
+    :class:`IMAPCommandError` the connection itself stays usable; the attributes of
+    :class:`ServerLimit` say how long to wait before the next command.
+    """
+
+    def __init__(
+        self,
+        command: str,
+        result: str,
+        text: str,
+        *,
+        kind: str,
+        delay: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(command, result, text)
+        self._limit(kind, delay, code, text)
+
+
+class ConfigurationError(ConnectError):
+    """The account's settings cannot work; no retry fixes them. Never retried.
+
+    The message names the likely mistake: a host name that does not exist, TLS spoken to
+    a plaintext port ("did you mean tls=False or starttls=True?"), plaintext spoken to a
+    TLS port, or an ``ssl_context`` that cannot make a client connection.
+    """
+
+    transient = False

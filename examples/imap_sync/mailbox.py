@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from guardedpool import IMAPCommandError
+from guardedpool import IMAPCommandError, ServerLimit
 from guardedpool.imap import IMAPClient, parse_fetch, parse_search, parse_select
 
 from .fetched import delivered
@@ -138,8 +138,8 @@ async def select(imap: IMAPClient, mailbox: str) -> Selected:
     try:
         resp = await imap.select(mailbox, condstore=condstore)
     except IMAPCommandError as exc:
-        if not condstore or exc.result != "BAD":
-            raise  # NO: the mailbox itself is the problem
+        if not condstore or exc.result != "BAD" or isinstance(exc, ServerLimit):
+            raise  # NO: the mailbox itself is the problem; a throttled BAD: not CONDSTORE
         # A server that lists CONDSTORE but rejects the parameter only costs the fast
         # path: without HIGHESTMODSEQ the pass falls back to fetching all flags.
         resp = await imap.select(mailbox)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import builtins
 import re
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import IMAPCommandError, ProtocolError
+from ..errors import CommandThrottled, IMAPCommandError, ProtocolError
 from . import mutf7
 from .guard import GuardedSession, consume
 from .literals import criteria_pieces
 from .mutf7 import WireName
 from .parse import Response, parse_enabled
 from .protocol import GuardedProtocol, quoted
+from .refusals import classify_refusal
 
 __all__ = ["IMAPClient", "WireName"]
 
@@ -94,6 +96,26 @@ _IDLING = Response("OK", [b"+ idling"])
 # BODY[1.2] / BODY.PEEK[] (a part number or nothing: RFC 3516 section-binary).
 _BODY_PART = re.compile(r"\bBODY(\.PEEK)?\[([0-9.]*)\]", re.IGNORECASE)
 _CHARSET = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+
+
+def _idle_refusal(
+    idle: asyncio.Future[Any], redact: Callable[[str], str]
+) -> CommandThrottled | None:
+    """IDLE's own NO/BAD, when it is the server's limit (e.g. throttled); else None."""
+    if idle.cancelled() or idle.exception() is not None:
+        return None
+    raw = idle.result()
+    result = str(getattr(raw, "result", ""))
+    if result not in ("NO", "BAD"):
+        return None
+    lines = [bytes(line) for line in getattr(raw, "lines", [])]
+    text = lines[-1].decode("utf-8", "replace") if lines else ""
+    refusal = classify_refusal(redact(text), status="NO" if result == "NO" else "BAD")
+    if not refusal.limited:
+        return None
+    return CommandThrottled(
+        "IDLE", result, refusal.text, kind=refusal.kind, delay=refusal.delay, code=refusal.code
+    )
 
 
 class IMAPClient(GuardedSession):
@@ -474,7 +496,11 @@ class IMAPClient(GuardedSession):
 
         Returns the next batch (see :func:`~guardedpool.imap.parse.parse_idle_push`), or
         ``[]`` when nothing came in time: silence is not a fault. A lost connection or a
-        ``BYE`` raises at once. Cancelling this wait does not poison the connection.
+        ``BYE`` raises at once (:class:`~guardedpool.errors.ServerBusyClosed` for a ``BYE``
+        of the server's limits). A server that ends IDLE itself poisons the connection; when
+        it ended it with a ``NO``/``BAD`` of its limits (throttled...),
+        :class:`~guardedpool.errors.CommandThrottled` says so. Cancelling this wait does not
+        poison the connection.
         """
         idle = self._idle
         if idle is None:
@@ -495,9 +521,13 @@ class IMAPClient(GuardedSession):
         if p.fault.done() or self._poison is not None:
             raise self._poisoned_by(self._fault_error("IDLE"))
         if idle.done() and not self._done_sent:
-            raise self._poisoned_by(
+            ended = self._poisoned_by(
                 ProtocolError(f"server ended IDLE on key {self.key!r} without DONE")
             )
+            limit = _idle_refusal(idle, self._protocol.redact)
+            if limit is not None:
+                raise limit from None
+            raise ended
         return []
 
     def pending_pushes(self) -> builtins.list[bytes]:

@@ -13,12 +13,16 @@ id (:mod:`~guardedpool.imap.rfc2971`), compress (:mod:`~guardedpool.imap.compres
 
 Errors are typed for the reconnect path: :class:`ConnectTimeout`; :class:`ConnectError`
 (``transient=True``: refused, reset, EOF during TLS, a ``BYE`` greeting, a lost
-connection, LOGIN answered ``NO [UNAVAILABLE]``, a token provider that raised, and
-similar); :class:`CertificateError` and :class:`AuthenticationError` (``transient=False``,
-never worth a retry); :class:`ProtocolError` (not a ConnectError, never retried) when
-STARTTLS is missing, refused, or followed by injected bytes. No message carries a
-password or token: aioimaplib's own exception texts and a token provider's are never
-passed through for the login step.
+connection, a token provider that raised, and similar); :class:`ServerBusy`
+(``transient=True``: the server refused for its limits -- too many connections, throttled,
+a rate limit, temporarily unavailable -- at the greeting, at LOGIN/AUTHENTICATE or with a
+``BYE`` before login was through; classified by :mod:`guardedpool.imap.refusals`, carrying
+the suggested delay); :class:`CertificateError`, :class:`AuthenticationError` and
+:class:`ConfigurationError` (``transient=False``, never worth a retry; the last names the
+likely mistake, see :mod:`guardedpool.imap.diagnose`); :class:`ProtocolError` (not a
+ConnectError, never retried) when STARTTLS is missing, refused, or followed by injected
+bytes. No message carries a password or token: aioimaplib's own exception texts and a
+token provider's are never passed through for the login step.
 """
 
 from __future__ import annotations
@@ -29,25 +33,31 @@ import logging
 import re
 import socket
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     AuthenticationError,
     CertificateError,
+    ConfigurationError,
     ConnectError,
     ConnectionPoisoned,
     ConnectTimeout,
     PoolError,
     ProtocolError,
+    ServerBusy,
+    ServerLimit,
     UnknownKey,
 )
 from ..sockets import SocketLike, set_keepalive, socket_tcp_state
 from .account import IMAPAccount
 from .client import IMAPClient
 from .compress import start_compression
+from .diagnose import PROBE, context_problem, misconfiguration
 from .parse import response_code
 from .protocol import GuardedProtocol
+from .refusals import Status, classify_refusal
 from .rfc2971 import send_id
 from .sasl import choose_oauth_mechanism, oauth_exchange
 from .starttls import starttls, upgrade_tls
@@ -66,11 +76,11 @@ AccountSource = (
     | Callable[[str], Awaitable[IMAPAccount]]
 )
 
-# LOGIN answered NO with one of these codes (RFC 5530) is the server's trouble, not the
-# credentials': worth another attempt later.
-_TRANSIENT_CODES = frozenset({"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG"})
 # A token holding one of these would break the SASL framing or the command line.
 _TOKEN_BREAKS = re.compile(r"[\x00-\x1f\x7f]")
+# A plaintext connection whose greeting has not begun after this long (seconds, at most
+# half of connect_timeout) gets diagnose.PROBE, so a TLS port answers with a TLS alert.
+GREETING_PROBE_AFTER = 2.0
 
 
 def _status_text(response: Any) -> str:
@@ -99,6 +109,7 @@ class IMAPConnector:
         self._resolved: dict[Address, frozenset[Address]] = {}
         self._observed: set[Address] = set()
         self._default_ctx: ssl.SSLContext | None = None
+        self._usable_ctx: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         kind = "mapping" if isinstance(self._accounts, Mapping) else "callable"
@@ -179,6 +190,7 @@ class IMAPConnector:
         self._seen[key] = account
         stage = "resolve"
         made: list[GuardedProtocol] = []
+        probed: list[bool] = []
 
         def factory() -> GuardedProtocol:
             protocol = GuardedProtocol(loop)
@@ -190,6 +202,8 @@ class IMAPConnector:
         extra = {"key": key, "host": account.host, "port": account.port}
         try:
             async with asyncio.timeout_at(deadline):
+                if ctx is not None:
+                    self._check_context(ctx, key, account)
                 await self._resolve(account)
                 stage = "connect"
                 transport, _ = await loop.create_connection(factory, account.host, account.port)
@@ -207,9 +221,9 @@ class IMAPConnector:
                     stage = "tls"
                     await upgrade_tls(protocol, ctx, hostname, config.connect_timeout)
                 stage = "greeting"
-                refusal = await protocol.call(protocol.greeting)
+                refusal = await self._greeting(protocol, account, config, probed)
                 if refusal is not None:
-                    raise ConnectError(f"{self._where(key, account)}: {refusal}")
+                    raise self._refused(protocol, key, account, refusal)
                 if account.starttls:
                     assert ctx is not None
                     stage = "starttls"
@@ -228,7 +242,8 @@ class IMAPConnector:
             # asyncio closes an aborted transport's socket on the next loop iteration;
             # let it, so no socket outlives a failed open.
             await asyncio.sleep(0)
-            error = self._classify(exc, key, account, stage, config)
+            first = made[-1].first_bytes if made else b""
+            error = self._classify(exc, key, account, stage, config, first, bool(probed))
             if error is None:
                 raise
             log.info(
@@ -373,11 +388,21 @@ class IMAPConnector:
             method = "LOGIN"
         lines = [bytes(line) for line in response.lines]
         if response.result != "OK":
-            text = protocol.redact(_status_text(response))[:200]
-            message = f"{where}: {method} answered {response.result} {text}".rstrip()
-            if response_code(text) in _TRANSIENT_CODES:
-                raise ConnectError(message)
-            raise AuthenticationError(message)
+            text = protocol.redact(_status_text(response))
+            status: Status = "BAD" if str(response.result) == "BAD" else "NO"
+            refusal = classify_refusal(text, status=status, phase="login")
+            message = f"{where}: {method} answered {status} {refusal.text}".rstrip()
+            if refusal.limited:
+                raise ServerBusy(
+                    f"{message} (the server's {refusal.kind} limit, not the credentials)",
+                    kind=refusal.kind,
+                    delay=refusal.delay,
+                    code=refusal.code,
+                    server_text=refusal.text,
+                )
+            if refusal.kind == "auth":
+                raise AuthenticationError(message)
+            raise ConnectError(message)
         if protocol.adopt_capabilities(lines) is None:
             # No [CAPABILITY] in the OK: ask, since they usually change after login.
             caps_response = await protocol.call(protocol.capability_command())
@@ -421,6 +446,56 @@ class IMAPConnector:
             )
         return token
 
+    async def _greeting(
+        self,
+        protocol: GuardedProtocol,
+        account: IMAPAccount,
+        config: PoolConfig,
+        probed: list[bool],
+    ) -> str | None:
+        """Wait for the greeting (bounded by the caller); None when it was OK.
+
+        On a plaintext connection that stays silent, send :data:`~.diagnose.PROBE` once,
+        so that a TLS port gives itself away (a TLS alert, or a hang-up) instead of a
+        timeout; ``probed`` gets a True when it was sent.
+        """
+        if not account.tls:
+            probe_after = min(GREETING_PROBE_AFTER, config.connect_timeout / 2)
+            watched: set[asyncio.Future[Any]] = {protocol.greeting, protocol.fault}
+            await asyncio.wait(watched, timeout=probe_after, return_when=asyncio.FIRST_COMPLETED)
+            transport = protocol.transport
+            silent = not (protocol.greeting.done() or protocol.fault.done() or protocol.first_bytes)
+            if silent and transport is not None and not transport.is_closing():
+                transport.write(PROBE)
+                probed.append(True)
+        result: str | None = await protocol.call(protocol.greeting)
+        return result
+
+    def _refused(
+        self, protocol: GuardedProtocol, key: str, account: IMAPAccount, reason: str
+    ) -> ConnectError:
+        """The error for a greeting that refused the connection."""
+        message = f"{self._where(key, account)}: {reason}"
+        refusal = protocol.refusal
+        if refusal is not None and refusal.limited:
+            return ServerBusy(
+                f"{message} (the server's {refusal.kind} limit)",
+                kind=refusal.kind,
+                delay=refusal.delay,
+                code=refusal.code,
+                server_text=refusal.text,
+            )
+        return ConnectError(message)
+
+    def _check_context(self, ctx: ssl.SSLContext, key: str, account: IMAPAccount) -> None:
+        """ConfigurationError when ``ctx`` cannot make a client connection (checked once)."""
+        if ctx in self._usable_ctx:
+            return
+        problem = context_problem(ctx, account.server_hostname or account.host)
+        if problem is not None:
+            raise ConfigurationError(f"{self._where(key, account)}: {problem}")
+        self._usable_ctx.add(ctx)
+
     @staticmethod
     def _where(key: str, account: IMAPAccount) -> str:
         return f"key {key!r} ({account.host}:{account.port})"
@@ -432,6 +507,8 @@ class IMAPConnector:
         account: IMAPAccount,
         stage: str,
         config: PoolConfig,
+        first_bytes: bytes = b"",
+        probed: bool = False,
     ) -> PoolError | None:
         """The typed error for a failed open, or None to re-raise ``exc`` unchanged."""
         where = self._where(key, account)
@@ -441,6 +518,24 @@ class IMAPConnector:
             # Not a ConnectError: never retried, a server (or a man in the middle) that
             # breaks STARTTLS will do so again.
             return ProtocolError(f"{where}: {exc}")
+        if isinstance(exc, ServerLimit):  # BYE for the server's limits before login was done
+            return ServerBusy(
+                f"{where}: {exc} (at {stage})",
+                kind=exc.kind,
+                delay=exc.delay,
+                code=exc.code,
+                server_text=exc.server_text,
+            )
+        mistake = misconfiguration(
+            exc,
+            host=account.host,
+            tls=account.tls,
+            stage=stage,
+            first_bytes=first_bytes,
+            probed=probed,
+        )
+        if mistake is not None:
+            return ConfigurationError(f"{where}: {mistake}")
         if isinstance(exc, TimeoutError):
             return ConnectTimeout(
                 f"{where}: connect did not finish within {config.connect_timeout:.3g} s "

@@ -5,11 +5,16 @@ A command ends one of four ways:
 * ``OK``: its :class:`~guardedpool.imap.parse.Response` is returned.
 * ``NO`` / ``BAD`` (or a command the client refuses before sending it): an
   :class:`~guardedpool.errors.IMAPCommandError`; the connection is fine and stays usable.
+  When the refusal is the server's limit (throttled, rate limit, too many connections...,
+  see :mod:`guardedpool.imap.refusals`) it is the subclass
+  :class:`~guardedpool.errors.CommandThrottled`, carrying the suggested delay.
 * A timeout, a protocol error, an untagged ``BYE``, a lost connection, or the caller being
   cancelled while the command is on the wire: the transport is aborted at once, the client
   is *poisoned*, and :class:`~guardedpool.errors.OperationTimeout`,
   :class:`~guardedpool.errors.ProtocolError` or :class:`~guardedpool.errors.ConnectionLost`
-  is raised. The command's state on the server is unknown, so nothing is reused.
+  is raised (:class:`~guardedpool.errors.ServerBusyClosed`, a ``ConnectionLost``, when the
+  ``BYE`` was for the server's limits, e.g. ``* BYE [OVERQUOTA] ...``). The command's
+  state on the server is unknown, so nothing is reused.
 * The client was already poisoned: :class:`~guardedpool.errors.ConnectionPoisoned` at once.
 
 Every command waits against the protocol's ``fault`` future as well as its own bound, so
@@ -25,15 +30,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import (
+    CommandThrottled,
     ConnectionLost,
     ConnectionPoisoned,
     IMAPCommandError,
     OperationTimeout,
     ProtocolError,
+    ServerBusyClosed,
 )
 from ..sockets import SocketLike
 from .parse import Response
 from .protocol import GuardedProtocol
+from .refusals import classify_refusal
 
 __all__ = ["GuardedSession", "consume"]
 
@@ -183,8 +191,11 @@ class GuardedSession:
 
     def _fault_error(self, name: str) -> ConnectionPoisoned:
         fault = self._protocol.fault.result() if self._protocol.fault.done() else self._poison
+        message = f"{name} on key {self.key!r} failed: {fault}"
+        if isinstance(fault, ServerBusyClosed):
+            return fault.retold(message)  # keep what the server asked for (kind, delay)
         kind = type(fault) if fault is not None else ConnectionPoisoned
-        return kind(f"{name} on key {self.key!r} failed: {fault}")
+        return kind(message)
 
     async def _run(
         self,
@@ -290,7 +301,19 @@ class GuardedSession:
             return Response(result, lines)
         text = lines[-1].decode("utf-8", "replace") if lines else ""
         if result in ("NO", "BAD"):
-            raise IMAPCommandError(name, result, self._protocol.redact(text)[:300])
+            refusal = classify_refusal(
+                self._protocol.redact(text), status="NO" if result == "NO" else "BAD"
+            )
+            if refusal.limited:
+                raise CommandThrottled(
+                    name,
+                    result,
+                    refusal.text,
+                    kind=refusal.kind,
+                    delay=refusal.delay,
+                    code=refusal.code,
+                )
+            raise IMAPCommandError(name, result, refusal.text)
         raise self._poisoned_by(
             ProtocolError(f"{name} on key {self.key!r}: unexpected result {result!r} {text[:200]}")
         )

@@ -12,6 +12,13 @@ unanswered within ``op_timeout``; TCP keepalive catches a peer that vanished. Ei
 the connection is poisoned, the pool replaces it with backoff, and the consumer receives a
 ``CONNECTED`` event with ``resumed=True``: pushes may have been missed, resync.
 
+No transient error ends the session for good. When the server refuses for its limits
+(:class:`~guardedpool.errors.ServerLimit`: a ``BYE`` for too many connections or a quota,
+a throttled SELECT...), the session waits before it asks the pool again: the delay the
+server suggested, at most ``retry.max_throttle_delay``, or else the pool's retry backoff
+(``retry.initial * retry.multiplier ** n`` up to ``retry.max_delay``), counted from the
+last time IDLE was reached. ``stop()`` ends the wait at once.
+
 The session runs as a task feeding a bounded queue, so a slow consumer never delays a
 DONE. If the consumer falls more than ``queue_size`` events behind, the backlog is dropped
 and one ``OVERFLOW`` event says so (resync, like after a reconnect).
@@ -26,11 +33,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..errors import ConnectionPoisoned, IMAPCommandError, PoolClosed, PoolError, PoolTimeout
+from ..errors import (
+    ConnectionPoisoned,
+    IMAPCommandError,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    ServerBusyClosed,
+    ServerLimit,
+)
 from ..policy import is_transient
 from ..pool import GuardedPool
 from .client import IMAPClient
 from .parse import parse_idle_push
+from .refusals import classify_refusal
 
 __all__ = ["IdleEvent", "IdleSession", "idle"]
 
@@ -89,6 +105,8 @@ class IdleSession:
         self.renew_after = renew_after
         self.connections = 0  # connections that reached IDLE, for stats and tests
         self.rounds = 0
+        self.limited = 0  # server-limit refusals waited out, for stats and tests
+        self._limit_streak = 0  # refusals since IDLE was last reached
         self._queue: asyncio.Queue[IdleEvent | object] = asyncio.Queue(queue_size)
         self._overflowed = False
         self._error: BaseException | None = None
@@ -154,6 +172,8 @@ class IdleSession:
                     await self._one_connection()
                 except (PoolClosed, asyncio.CancelledError):
                     raise
+                except ServerLimit as exc:
+                    await self._wait_out(exc)
                 except (ConnectionPoisoned, PoolTimeout, OSError, TimeoutError) as exc:
                     # The pool paces reconnects (per-key backoff); we just ask again.
                     log.info(
@@ -174,6 +194,33 @@ class IdleSession:
         finally:
             self._finish(error)
 
+    async def _wait_out(self, exc: ServerLimit) -> None:
+        """Stay away as long as the server asked (bounded), or back off; see the module doc."""
+        retry = self.pool.config.retry
+        if exc.delay is not None:
+            delay = min(exc.delay, retry.max_throttle_delay)
+        else:
+            delay = min(retry.initial * retry.multiplier**self._limit_streak, retry.max_delay)
+        self._limit_streak += 1
+        self.limited += 1
+        log.warning(
+            "guardedpool: IDLE on key %r refused by the server's %s limit (%s); "
+            "resuming in %.3g s",
+            self.key,
+            exc.kind,
+            exc.server_text or type(exc).__name__,
+            delay,
+            extra={
+                "key": self.key,
+                "error": type(exc).__name__,
+                "kind": exc.kind,
+                "code": exc.code,
+                "delay": delay,
+                "suggested_delay": exc.delay,
+            },
+        )
+        await asyncio.sleep(delay)  # bounded by max_throttle_delay; stop() cancels it
+
     async def _one_connection(self) -> None:
         """Hold one connection in IDLE until it is due, faulty, or the session ends."""
         pool = self.pool
@@ -193,6 +240,7 @@ class IdleSession:
                 self.rounds += 1
                 if not announced:  # IDLE is live on this connection: pushes will arrive
                     announced = True
+                    self._limit_streak = 0
                     self._overflowed = False
                     self._emit(IdleEvent("CONNECTED", resumed=self.connections > 0))
                     self.connections += 1
@@ -201,7 +249,7 @@ class IdleSession:
                     for push in parse_idle_push(lines):
                         if push.kind == "BYE":
                             conn.abort("server sent BYE during IDLE")
-                            raise ConnectionPoisoned(f"server sent BYE during IDLE on {self.key!r}")
+                            raise _bye_error(push.raw, self.key)
                         self._emit(IdleEvent(push.kind, push.number, push.raw))
                 await conn.idle_done()
         except IMAPCommandError as exc:
@@ -218,6 +266,22 @@ class IdleSession:
             raise
         finally:
             pool.release(conn, error=error if isinstance(error, Exception) else None)
+
+
+def _bye_error(raw: bytes, key: str) -> ConnectionPoisoned:
+    """The error for a ``BYE`` pushed during IDLE: a server limit, or just the end."""
+    text = raw.decode("utf-8", "replace").removeprefix("* ")[3:].strip()
+    refusal = classify_refusal(text, status="BYE")
+    message = f"server sent BYE during IDLE on {key!r}"
+    if refusal.limited:
+        return ServerBusyClosed(
+            f"{message}: {refusal.text}",
+            kind=refusal.kind,
+            delay=refusal.delay,
+            code=refusal.code,
+            server_text=refusal.text,
+        )
+    return ConnectionPoisoned(message)
 
 
 def idle(

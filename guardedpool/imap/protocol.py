@@ -37,6 +37,7 @@ from typing import Any
 from aioimaplib.aioimaplib import (
     AUTH,
     CONNECTED,
+    SELECTED,
     Command,
     IMAP4ClientProtocol,
     IncompleteRead,
@@ -44,9 +45,10 @@ from aioimaplib.aioimaplib import (
     quoted,
 )
 
-from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError
+from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError, ServerBusyClosed
 from .literals import Piece, command_chunks, nonsync_limit
 from .parse import parse_capabilities
+from .refusals import Phase, Refusal, classify_refusal
 from .sasl import OAuthExchange
 
 __all__ = ["GuardedProtocol", "quoted"]
@@ -121,6 +123,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         sent: number of lines written; lets the client tell a command aioimaplib refused
             locally (nothing sent) from one that failed on the wire.
         logging_out: set before LOGOUT, so the ``BYE`` that follows is not a fault.
+        refusal: the classified ``BYE`` that refused the greeting or ended the session,
+            if any (see :mod:`guardedpool.imap.refusals`).
+        first_bytes: the first few bytes the server sent (to recognise a TLS record on
+            a connection meant to be plaintext).
     """
 
     # aioimaplib's parser state, declared for the type checker.
@@ -133,6 +139,8 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.greeting: asyncio.Future[str | None] = loop.create_future()
         self.sent = 0
         self.logging_out = False
+        self.refusal: Refusal | None = None
+        self.first_bytes = b""
         self._secrets: tuple[str, ...] = ()
         self._sasl_initial: str | None = None
         self._sasl_error_reply = ""
@@ -216,6 +224,8 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         # even when DEBUG is off (a repr of each megabyte of a large FETCH).
         if self.fault.done():
             return
+        if len(self.first_bytes) < 8:
+            self.first_bytes += data[: 8 - len(self.first_bytes)]
         if self._switch is not None:
             self._switch_data(data)
             return
@@ -356,9 +366,29 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         if self.state != CONNECTED and not self.logging_out and _BYE.match(line):
             # A server that hangs up on LOGIN may quote it: redact before anything quotes us.
             said = self.redact(line[2:].decode("utf-8", "replace"))
-            self.fail(ProtocolError(f"server said {_text(said)}"))
+            refusal = self.classify_bye(line)
+            if refusal.limited:
+                self.fail(
+                    ServerBusyClosed(
+                        f"server closed the session for its limits ({refusal.kind}): {_text(said)}",
+                        kind=refusal.kind,
+                        delay=refusal.delay,
+                        code=refusal.code,
+                        server_text=refusal.text,
+                    )
+                )
+            else:
+                self.fail(ProtocolError(f"server said {_text(said)}"))
             return None
         return super()._handle_line(line, current_cmd)
+
+    def classify_bye(self, line: bytes) -> Refusal:
+        """Classify an untagged ``BYE`` line (remembered as :attr:`refusal`)."""
+        text = self.redact(line.decode("utf-8", "replace"))
+        text = re.sub(r"^\*\s+BYE\b\s*", "", text, flags=re.IGNORECASE).rstrip("\r\n")
+        phase: Phase = "command" if self.state in (AUTH, SELECTED) else "login"
+        self.refusal = classify_refusal(text, status="BYE", phase=phase)
+        return self.refusal
 
     def _untagged_response(self, line: bytes) -> Any:
         # aioimaplib 2.0.3 with its `line.replace(b'* ', b'')` fixed to strip the prefix only.
@@ -409,6 +439,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
 
     async def welcome(self, command: bytes) -> None:
         if _BYE.match(command):
+            self.classify_bye(command)
             self._greeted(f"server refused the connection: {_text(command[2:])}")
             return
         try:

@@ -41,6 +41,7 @@ from guardedpool import (
     AuditPolicy,
     AuthenticationError,
     CertificateError,
+    ConfigurationError,
     ConnectError,
     ConnectionLost,
     ConnectionPoisoned,
@@ -51,6 +52,7 @@ from guardedpool import (
     PoolTimeout,
     ProtocolError,
     RetryPolicy,
+    ServerBusy,
     UnknownKey,
 )
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
@@ -90,6 +92,7 @@ GAPS: dict[tuple[type, str], list[object]] = {
     (RetryPolicy, "max_delay"): [-1.0, math.nan, math.inf, None, True],
     (RetryPolicy, "jitter"): [-0.1, math.inf, "0.5", None],
     (RetryPolicy, "reconnect_deadline"): [0.0, -1.0, math.nan, None, "120"],
+    (RetryPolicy, "max_throttle_delay"): [0.0, -1.0, math.nan, math.inf, None, "300"],
     (AuditPolicy, "backend"): [None, "", "PROCFS", 1],
     (AuditPolicy, "interval"): [-1.0, math.nan, math.inf, "60", True],
     (AuditPolicy, "force_close_stragglers"): [0, "yes", None],
@@ -239,10 +242,11 @@ def tls(dovecot: DovecotServer, port: int, **kw: Any) -> IMAPAccount:
 
 NETWORK_ROWS: dict[str, tuple[Callable[[DovecotServer], IMAPAccount], type[ConnectError], bool]] = {
     # name: (account, error class, transient)
-    "unresolvable host": (lambda d: plain("no-such-host.invalid", 143), ConnectError, True),
+    # Settings no retry can fix fail at once, naming the mistake (issue 13).
+    "unresolvable host": (lambda d: plain("no-such-host.invalid", 143), ConfigurationError, False),
     "refused port": (lambda d: plain("127.0.0.1", free_port()), ConnectError, True),
-    "TLS to the plain port": (lambda d: tls(d, d.port), ConnectError, True),
-    "plain to the TLS port": (lambda d: plain("127.0.0.1", d.tls_port), ConnectTimeout, True),
+    "TLS to the plain port": (lambda d: tls(d, d.port), ConfigurationError, False),
+    "plain to the TLS port": (lambda d: plain("127.0.0.1", d.tls_port), ConfigurationError, False),
     "untrusted certificate": (
         lambda d: tls(d, d.tls_port, ssl_context=None),
         CertificateError,
@@ -363,7 +367,7 @@ LOGIN_ROWS: dict[str, tuple[Callable[[ScriptConn], Awaitable[None]], type[Connec
     "not IMAP4rev1": (not_imap4rev1, ConnectError, True),
     "BYE answering LOGIN": (bye_to_login, ConnectError, True),
     "continuation answering LOGIN": (continuation_to_login, ConnectError, True),
-    "LOGIN NO [UNAVAILABLE]": (login_unavailable, ConnectError, True),
+    "LOGIN NO [UNAVAILABLE]": (login_unavailable, ServerBusy, True),  # issue 13
     "LOGIN NO [AUTHENTICATIONFAILED]": (login_rejected, AuthenticationError, False),
     "greeting that never ends": (greeting_never_ends, ConnectTimeout, True),
 }

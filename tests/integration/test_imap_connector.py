@@ -38,6 +38,7 @@ from guardedpool.errors import (
     IMAPCommandError,
     OperationTimeout,
     ProtocolError,
+    ServerBusy,
     UnknownKey,
 )
 from guardedpool.imap import (
@@ -598,7 +599,9 @@ async def test_bye_greeting_is_transient_connect_error() -> None:
 
     with ScriptedServer(script) as srv, within(1.0), pytest.raises(ConnectError) as err:
         await IMAPConnector({"k": plain("127.0.0.1", srv.port, "u", "p")}).open("k", CFG)
-    assert type(err.value) is ConnectError and err.value.transient
+    # A capacity refusal is ServerBusy, a transient ConnectError (issue 13).
+    assert type(err.value) is ServerBusy and err.value.transient
+    assert err.value.kind == "capacity"
     assert "too many connections" in str(err.value)
 
 

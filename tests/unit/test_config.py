@@ -78,6 +78,8 @@ def test_cross_field_and_optional_rules(kwargs: dict[str, object], names: str) -
         ({"jitter": math.nan}, "jitter"),
         ({"reconnect_deadline": math.inf}, "reconnect_deadline"),
         ({"initial": 10.0, "max_delay": 1.0}, "initial"),
+        ({"max_throttle_delay": 0.0}, "max_throttle_delay"),
+        ({"max_throttle_delay": math.inf}, "max_throttle_delay"),
     ],
 )
 def test_retry_policy_rejects(kwargs: dict[str, object], name: str) -> None:
