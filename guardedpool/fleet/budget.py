@@ -50,15 +50,24 @@ StatValue = int | float | bool | str
 def limit_for(limit: Limit, key: str) -> int:
     """The cap for ``key``; raises ``ValueError`` for a cap below 1 or not an int,
     ``KeyError`` for a key a mapping does not have."""
-    if isinstance(limit, int):
-        value = limit
-    elif isinstance(limit, Mapping):
+    if isinstance(limit, Mapping):
         value = limit[key]
-    else:
+    elif callable(limit):
         value = limit(key)
+    else:
+        value = limit
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"budget limit for key {key!r} must be an int >= 1, got {value!r}")
     return value
+
+
+def check_limit(limit: Limit) -> None:
+    """Raise ``ValueError`` now for a limit that can be checked without a key."""
+    if isinstance(limit, Mapping):
+        for key in limit:
+            limit_for(limit, key)
+    elif not callable(limit):
+        limit_for(limit, "")
 
 
 def new_token() -> str:
@@ -132,8 +141,7 @@ class LocalBudget:
     ) -> None:
         if ttl is not None and not (0 < ttl < math.inf):
             raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
-        if isinstance(limit, int):
-            limit_for(limit, "")
+        check_limit(limit)
         self.limit = limit
         self.ttl = ttl
         self.margin = (ttl / 10 if ttl is not None else 0.0) if margin is None else margin

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from .book import LeaseBook, LostListener
-from .budget import Limit, StatValue, limit_for, new_token
+from .budget import Limit, StatValue, check_limit, limit_for, new_token
 from .errors import BudgetTimeout, BudgetUnavailable
 from .lease import Lease, LostReason, clock, local_deadline
 from .store import UNREACHABLE, call, client_from, load_script, where
@@ -83,8 +83,7 @@ class RedisBudget:
     ) -> None:
         if not (0 < ttl < math.inf):
             raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
-        if isinstance(limit, int):
-            limit_for(limit, "")
+        check_limit(limit)
         if fallback_limit is not None and (
             isinstance(fallback_limit, bool)
             or not isinstance(fallback_limit, int)
