@@ -63,6 +63,8 @@ class RedisBudget:
         max_poll: longest wait between two tries for room, seconds; default
             ``min(1, ttl / 10)``. A release in this process wakes its waiters at once.
         name: for logs; default ``"redis-budget"``.
+        auto_renew: run the renewal loop (default); ``False`` leaves ``renew()`` to the
+            caller (a housekeeping loop of its own, or a test of expiry).
 
     Raises ``ValueError`` for an invalid option. Redis is first contacted by the first
     ``acquire``.
@@ -80,6 +82,7 @@ class RedisBudget:
         op_timeout: float | None = None,
         max_poll: float | None = None,
         name: str = "redis-budget",
+        auto_renew: bool = True,
     ) -> None:
         if not (0 < ttl < math.inf):
             raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
@@ -104,6 +107,7 @@ class RedisBudget:
         self.prefix = prefix
         self.fallback_limit = fallback_limit
         self.renew_interval = ttl / 3
+        self.auto_renew = auto_renew
         self.where = where(redis)
         self._client, self._owns_client = client_from(redis, self.op_timeout)
         self._acquire = load_script(self._client, "acquire")
@@ -137,7 +141,7 @@ class RedisBudget:
     # -- the protocol ----------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._task is None and not self._closed:
+        if self.auto_renew and self._task is None and not self._closed:
             self._task = asyncio.create_task(self._renew_loop(), name=f"{self._name}-renew")
 
     async def acquire(self, key: str, *, timeout: float) -> Lease:

@@ -150,7 +150,7 @@ async def test_after_a_pause_past_the_ttl_the_loss_is_heard_before_any_task_runs
 
     task = asyncio.create_task(borrower())
     await asyncio.sleep(0)
-    time.sleep(0.4)  # the whole loop "paused" (SIGSTOP) past ttl - margin
+    time.sleep(0.4)  # noqa: ASYNC251 - the point: the whole loop paused past ttl - margin
     await task
     assert order == ["lost:expired", "borrower sees valid=False"]
     assert lease.remaining() < 0
