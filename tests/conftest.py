@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import DovecotServer, FaultProxy, Mode, ProxyFactory, RedisServer
+from harness import DovecotServer, FaultProxy, Mode, PostgresServer, ProxyFactory, RedisServer
 from harness.sockets import describe_sockets, socket_fds
 
 # How long sockets may take to close after a module's last test before they count as leaked
@@ -108,6 +108,17 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
 
     yield make
     for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (started on first use, ~1.5 s): ``.dsn``."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
         server.stop()
 
 

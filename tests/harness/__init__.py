@@ -1,6 +1,7 @@
-"""Real-server test harness: throwaway Dovecot and Redis, a fault proxy, socket counting."""
+"""Real-server test harness: throwaway Dovecot, Redis, PostgreSQL; fault proxy; socket counts."""
 
 from .dovecot import DEFAULT_USERS, DovecotError, DovecotServer, make_message
+from .postgres import PostgresError, PostgresServer
 from .proxy import Fault, FaultProxy, Mode, ProxyConnection, ProxyFactory, ProxyStats
 from .redis import RedisError, RedisServer
 from .sockets import describe_sockets, socket_fds
@@ -12,6 +13,8 @@ __all__ = [
     "Fault",
     "FaultProxy",
     "Mode",
+    "PostgresError",
+    "PostgresServer",
     "ProxyConnection",
     "ProxyFactory",
     "ProxyStats",
