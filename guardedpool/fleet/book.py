@@ -43,6 +43,7 @@ class LeaseBook:
         self.lost_total = 0
         self._listeners: list[LostListener] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = math.inf  # the deadline the timer is set for (inf: no timer)
 
     def __iter__(self) -> Iterator[Lease]:
         return iter(list(self.leases.values()))
@@ -57,10 +58,12 @@ class LeaseBook:
     def add(self, lease: Lease) -> None:
         self.leases[lease.key, lease.token] = lease
         self.per_key[lease.key] = self.per_key.get(lease.key, 0) + 1
-        self.arm()
+        if lease.valid_until < self._armed_for:  # O(1) on the hot path: rarely earlier
+            self.arm()
 
     def remove(self, lease: Lease) -> bool:
-        """Forget ``lease``; False if it was not held (released twice)."""
+        """Forget ``lease``; False if it was not held (released twice). The watchdog is
+        left as it is: if it fires for a lease gone since, it finds nothing and re-arms."""
         if self.leases.pop((lease.key, lease.token), None) is None:
             return False
         left = self.per_key[lease.key] - 1
@@ -129,9 +132,7 @@ class LeaseBook:
         Outside a running event loop (a synchronous test) there is no watchdog; callers
         then rely on :meth:`Lease.valid` and :meth:`expire_due`.
         """
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.disarm()
         earliest = min(
             (lease.valid_until for lease in self.leases.values() if lease.lost is None),
             default=math.inf,
@@ -144,9 +145,11 @@ class LeaseBook:
             return
         delay = max(0.0, earliest - clock())
         self._timer = loop.call_at(loop.time() + delay, self._fire)
+        self._armed_for = earliest
 
     def _fire(self) -> None:
         self._timer = None
+        self._armed_for = math.inf
         self.expire_due()
         self.arm()
 
@@ -154,3 +157,4 @@ class LeaseBook:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._armed_for = math.inf

@@ -195,7 +195,6 @@ class LocalBudget:
             for waiter in self._waiters.get(lease.key, ()):
                 if not waiter.done():
                     waiter.set_result(None)
-            self._book.arm()
 
     async def renew(self) -> list[Lease]:
         lost = self._book.expire_due()

@@ -210,7 +210,6 @@ class RedisBudget:
         for waiter in self._waiters.get(lease.key, ()):
             if not waiter.done():
                 waiter.set_result(None)
-        self._book.arm()
         if not lease.fallback:
             self._forget_on_server(lease.key, lease.token)
 

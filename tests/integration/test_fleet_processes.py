@@ -95,7 +95,8 @@ def _run_hammers(
     during: Callable[[], None] | None = None,
 ) -> tuple[list[Member], int, int]:
     """3 processes x 8 tasks on 3 keys, limit 2, for 4 s; the parent samples the in-use
-    counts. Returns (members, peak sampled, grants counted when ``during`` ran)."""
+    counts and runs ``during`` once 50 grants were made. Returns (members, peak sampled,
+    grants counted when ``during`` ran)."""
     limit = 2
     members = [
         spawn(
@@ -122,9 +123,13 @@ def _run_hammers(
             assert time.monotonic() - started < 40, "hammers did not finish"
             counts = obs.mget([f"{prefix}:inuse:key{i}" for i in range(3)])
             peak = max([peak, *(int(c or 0) for c in counts)])
-            if during is not None and grants_then < 0 and time.monotonic() - started > 1.5:
-                grants_then = int(obs.get(f"{prefix}:grants") or 0)
-                during()
+            if during is not None and grants_then < 0:
+                # Mid-run: once the members are up and granting (start-up takes a
+                # while on a busy machine), not at a fixed time.
+                grants = int(obs.get(f"{prefix}:grants") or 0)
+                if grants >= 50:
+                    grants_then = grants
+                    during()
             time.sleep(0.01)
         assert int(obs.get(f"{prefix}:violations") or 0) == 0
     finally:
