@@ -283,7 +283,7 @@ class RedisOwnership:
         held = list(self._owned.values())
         sent = clock()
         try:
-            live_raw, statuses = await call(
+            live_raw, statuses, next_expiry_ms = await call(
                 self._heartbeat,
                 [self.workers_key, *(self.owner_key(lease.key) for lease in held)],
                 [self.worker_id, int(self.ttl * 1000), "beat", *(lease.token for lease in held)],
@@ -319,7 +319,14 @@ class RedisOwnership:
         keys = self._keys() if callable(self._keys) else self._keys
         mine = {key for key in keys if owner(key, self._live) == self.worker_id}
         await self._hand_over([self._owned[k] for k in list(self._owned) if k not in mine])
-        self._next_tick = await self._claim_keys(sorted(k for k in mine if k not in self._owned))
+        wait = await self._claim_keys(sorted(k for k in mine if k not in self._owned))
+        if int(next_expiry_ms) >= 0:
+            # Tick again when the next other worker's heartbeat runs out: if that worker
+            # is dead, its keys are claimable then (its owner leases expire with it), so
+            # a takeover comes about ttl after its last renewal, not up to ttl/3 later.
+            # A live worker renews long before, so this adds no ticks in steady state.
+            wait = min(wait, int(next_expiry_ms) / 1000 + 0.01)
+        self._next_tick = max(wait, 0.01)
 
     async def _hand_over(self, leases: list[Lease]) -> None:
         if not leases:

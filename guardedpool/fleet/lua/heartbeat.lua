@@ -3,7 +3,8 @@
 -- KEYS[1+i]  owner key i (a string "<fencing token> <worker id>" with a TTL)
 -- ARGV[1]    worker id   ARGV[2]  ttl (ms)   ARGV[3]  "beat" or "leave"
 -- ARGV[3+i]  the value owner key i must still hold
--- Returns {live workers (ids, expired ones dropped), statuses: 1 renewed, 0 lost}.
+-- Returns {live workers (ids, expired ones dropped), statuses: 1 renewed, 0 lost,
+--          ms until the next other worker's heartbeat expires, or -1}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -26,4 +27,12 @@ for i = 2, #KEYS do
     statuses[i - 1] = 0
   end
 end
-return {redis.call('ZRANGE', KEYS[1], 0, -1), statuses}
+local next_expiry = -1
+local first = redis.call('ZRANGE', KEYS[1], 0, 1, 'WITHSCORES')
+for j = 1, #first, 2 do
+  if first[j] ~= ARGV[1] then
+    next_expiry = tonumber(first[j + 1]) - now
+    break
+  end
+end
+return {redis.call('ZRANGE', KEYS[1], 0, -1), statuses, next_expiry}
