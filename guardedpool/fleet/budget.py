@@ -84,7 +84,7 @@ class Budget(Protocol):
         """Start renewing (idempotent). ``acquire`` also starts it."""
 
     async def acquire(self, key: str, *, timeout: float) -> Lease:
-        """A lease on ``key`` within ``timeout`` seconds (finite, >= 0).
+        """A lease on ``key`` within ``timeout`` seconds (finite, >= 0; 0: one try).
 
         Raises :class:`BudgetTimeout` when there was no room in time and
         :class:`BudgetUnavailable` when the store could not be reached (and no fallback

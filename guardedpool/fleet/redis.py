@@ -145,7 +145,8 @@ class RedisBudget:
             self._task = asyncio.create_task(self._renew_loop(), name=f"{self._name}-renew")
 
     async def acquire(self, key: str, *, timeout: float) -> Lease:
-        """A lease on ``key`` within ``timeout`` seconds (> 0, finite).
+        """A lease on ``key`` within ``timeout`` seconds (>= 0, finite; 0 makes one try,
+        its round trip bounded by ``op_timeout``).
 
         One round trip when the key has room. Without room, tries again after a
         growing pause (at most ``max_poll``, and never past the earliest lease's expiry
@@ -157,8 +158,8 @@ class RedisBudget:
         """
         if self._closed:
             raise RuntimeError("budget is closed")
-        if not (0 < timeout < math.inf):
-            raise ValueError(f"timeout must be finite and > 0, got {timeout!r}")
+        if not (0 <= timeout < math.inf):
+            raise ValueError(f"timeout must be finite and >= 0, got {timeout!r}")
         cap = limit_for(self.limit, key)
         await self.start()
         started = time.monotonic()
@@ -166,9 +167,10 @@ class RedisBudget:
         pause = _FIRST_POLL
         held = 0
         last_error: BaseException | None = None
+        tries = 0
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 and tries:
                 waited = time.monotonic() - started
                 if last_error is not None:
                     self._counts["unavailable"] += 1
@@ -178,14 +180,16 @@ class RedisBudget:
             token = new_token()
             sent = clock()
             try:
-                reply = await self._call_acquire(key, token, cap, min(self.op_timeout, left))
+                tries += 1
+                bound = min(self.op_timeout, left) if left > 0 else self.op_timeout
+                reply = await self._call_acquire(key, token, cap, bound)
             except UNREACHABLE as exc:
                 last_error = exc
                 self._store_error(exc, "acquire", key)
                 lease = self._fallback_grant(key, token, cap)
                 if lease is not None:
                     return lease
-                wait = min(pause, left)
+                wait = min(pause, max(left, 0.0))
             else:
                 self._store_back()
                 last_error = None
@@ -197,7 +201,7 @@ class RedisBudget:
                     self._book.add(lease)
                     self._counts["acquired"] += 1
                     return lease
-                wait = min(pause, left)
+                wait = min(pause, max(left, 0.0))
                 if first_expiry_ms >= 0:
                     wait = min(wait, first_expiry_ms / 1000 + 0.001)
             pause = min(pause * 2, self.max_poll)

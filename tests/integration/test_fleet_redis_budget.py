@@ -4,6 +4,7 @@ batched renewal, NOSCRIPT recovery, Redis unreachable, the fallback share."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -239,6 +240,30 @@ async def test_leases_survive_a_redis_restart(
     finally:
         await budget.aclose()
         await other.aclose()
+
+
+async def test_acquires_cancelled_anywhere_leave_nothing_in_redis(
+    redis_server: RedisServer, fleet_prefix: str, client: aioredis.Redis
+) -> None:
+    """Cancelled before, during or after the script ran: a lease Redis granted to a
+    cancelled acquire is taken back, so none is left counted."""
+    budget = RedisBudget(redis_server.url, limit=50, ttl=30, prefix=fleet_prefix)
+    try:
+        for turns in range(30):
+            task = asyncio.create_task(budget.acquire("k", timeout=2))
+            for _ in range(turns % 6):
+                await asyncio.sleep(0)
+            if turns % 6 == 5:
+                await asyncio.sleep(0.002 * (turns % 3))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                budget.release(await task)  # finished before the cancel landed
+        once = await budget.acquire("k", timeout=0)  # timeout 0: one try
+        budget.release(once)
+    finally:
+        await budget.aclose()  # waits for the background take-backs
+    assert budget.held("k") == 0
+    assert await client.zcard(budget.redis_key("k")) == 0
 
 
 def test_bad_options_are_rejected() -> None:
