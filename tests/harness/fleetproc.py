@@ -40,7 +40,9 @@ def _say(event: str, **fields: object) -> None:
 
 
 async def hammer(args: argparse.Namespace) -> None:
-    budget = RedisBudget(args.url, limit=args.limit, ttl=args.ttl, prefix=args.prefix)
+    budget = RedisBudget(
+        args.url, limit=args.limit, ttl=args.ttl, prefix=args.prefix, op_timeout=args.op_timeout
+    )
     observer = aioredis.Redis.from_url(args.observer)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -90,7 +92,12 @@ async def hammer(args: argparse.Namespace) -> None:
 async def owner(args: argparse.Namespace) -> None:
     keys = [f"key{i}" for i in range(args.keys)]
     own = RedisOwnership(
-        args.url, keys=keys, ttl=args.ttl, prefix=args.prefix, worker_id=args.worker
+        args.url,
+        keys=keys,
+        ttl=args.ttl,
+        prefix=args.prefix,
+        worker_id=args.worker,
+        op_timeout=args.op_timeout,
     )
 
     def on_change(change: OwnershipChange) -> None:
@@ -127,6 +134,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=2)
     parser.add_argument("--ttl", type=float, default=2.0)
     parser.add_argument("--keys", type=int, default=3)
+    # Roomier than the default ttl/6 with the short test TTLs: the test machine is busy,
+    # and a timed-out renewal there would only churn keys (safely), not test anything.
+    parser.add_argument("--op-timeout", dest="op_timeout", type=float, default=1.0)
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=5.0)

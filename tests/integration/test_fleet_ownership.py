@@ -28,8 +28,12 @@ async def _until(what: str, check: Callable[[], bool], timeout: float = 10.0) ->
 async def test_one_worker_owns_everything_then_a_join_moves_only_the_newcomers_keys(
     redis_server: RedisServer, fleet_prefix: str
 ) -> None:
-    a = RedisOwnership(redis_server.url, keys=KEYS, ttl=1.5, prefix=fleet_prefix, worker_id="a")
-    b = RedisOwnership(redis_server.url, keys=KEYS, ttl=1.5, prefix=fleet_prefix, worker_id="b")
+    a = RedisOwnership(
+        redis_server.url, keys=KEYS, ttl=1.5, op_timeout=1, prefix=fleet_prefix, worker_id="a"
+    )
+    b = RedisOwnership(
+        redis_server.url, keys=KEYS, ttl=1.5, op_timeout=1, prefix=fleet_prefix, worker_id="b"
+    )
     changes: list[OwnershipChange] = []
     a.subscribe(changes.append)
     try:
@@ -62,8 +66,12 @@ async def test_one_worker_owns_everything_then_a_join_moves_only_the_newcomers_k
 async def test_a_clean_leave_hands_the_keys_over_at_once_and_the_stream_ends(
     redis_server: RedisServer, fleet_prefix: str
 ) -> None:
-    a = RedisOwnership(redis_server.url, keys=KEYS, ttl=20, prefix=fleet_prefix, worker_id="a")
-    b = RedisOwnership(redis_server.url, keys=KEYS, ttl=20, prefix=fleet_prefix, worker_id="b")
+    a = RedisOwnership(
+        redis_server.url, keys=KEYS, ttl=20, op_timeout=5, prefix=fleet_prefix, worker_id="a"
+    )
+    b = RedisOwnership(
+        redis_server.url, keys=KEYS, ttl=20, op_timeout=5, prefix=fleet_prefix, worker_id="b"
+    )
     seen: list[OwnershipChange] = []
 
     async def follow() -> None:
@@ -93,7 +101,7 @@ async def test_a_clean_leave_hands_the_keys_over_at_once_and_the_stream_ends(
 async def test_a_key_whose_owner_value_changed_is_lost_at_the_next_tick(
     redis_server: RedisServer, fleet_prefix: str
 ) -> None:
-    own = RedisOwnership(redis_server.url, keys=["k"], ttl=10, prefix=fleet_prefix)
+    own = RedisOwnership(redis_server.url, keys=["k"], ttl=10, op_timeout=5, prefix=fleet_prefix)
     r = aioredis.Redis.from_url(redis_server.url)
     try:
         await own.start()

@@ -39,15 +39,17 @@ async def _server_ms(r: aioredis.Redis) -> int:
 async def test_grants_up_to_the_limit_across_budgets_then_times_out(
     redis_server: RedisServer, fleet_prefix: str, client: aioredis.Redis
 ) -> None:
-    a = RedisBudget(redis_server.url, limit=2, ttl=5, prefix=fleet_prefix)
-    b = RedisBudget(client, limit=2, ttl=5, prefix=fleet_prefix)  # a client, not closed by b
+    a = RedisBudget(redis_server.url, limit=2, ttl=5, prefix=fleet_prefix, op_timeout=5)
+    b = RedisBudget(
+        client, limit=2, ttl=5, prefix=fleet_prefix, op_timeout=5
+    )  # a client, not closed by b
     assert isinstance(a, Budget)
     try:
         la = await a.acquire("inbox", timeout=2)
         lb = await b.acquire("inbox", timeout=2)
         assert await client.zcard(a.redis_key("inbox")) == 2
         with pytest.raises(BudgetTimeout) as caught:
-            await a.acquire("inbox", timeout=0.2)
+            await a.acquire("inbox", timeout=0)  # one try
         assert caught.value.held == 2 and caught.value.limit == 2
         # A release elsewhere makes room for a waiter.
         waiter = asyncio.create_task(a.acquire("inbox", timeout=5))
@@ -69,7 +71,7 @@ async def test_lease_expiry_is_stamped_by_the_server_clock(
     redis_server: RedisServer, fleet_prefix: str, client: aioredis.Redis
 ) -> None:
     budget = RedisBudget(
-        redis_server.url, limit=1, ttl=1.5, prefix=fleet_prefix, auto_renew=False
+        redis_server.url, limit=1, ttl=1.5, prefix=fleet_prefix, auto_renew=False, op_timeout=5
     )
     try:
         before = await _server_ms(client)
@@ -79,10 +81,10 @@ async def test_lease_expiry_is_stamped_by_the_server_clock(
         assert score is not None
         assert before + 1500 <= score <= after + 1500
         # Another holder gets room only once the server's clock passes that score.
-        other = RedisBudget(redis_server.url, limit=1, ttl=1.5, prefix=fleet_prefix)
+        other = RedisBudget(redis_server.url, limit=1, ttl=1.5, prefix=fleet_prefix, op_timeout=5)
         try:
             with pytest.raises(BudgetTimeout):
-                await other.acquire("k", timeout=0.1)
+                await other.acquire("k", timeout=0)
             for _ in range(100):
                 if await _server_ms(client) > score:
                     break
@@ -98,7 +100,7 @@ async def test_lease_expiry_is_stamped_by_the_server_clock(
 async def test_a_lease_gone_from_redis_is_lost_at_the_next_renewal(
     redis_server: RedisServer, fleet_prefix: str, client: aioredis.Redis
 ) -> None:
-    budget = RedisBudget(redis_server.url, limit=3, ttl=10, prefix=fleet_prefix)
+    budget = RedisBudget(redis_server.url, limit=3, ttl=10, prefix=fleet_prefix, op_timeout=5)
     heard: list[tuple[str, str | None]] = []
     budget.subscribe(lambda lease: heard.append((lease.key, lease.lost)))
     try:
@@ -119,7 +121,7 @@ async def test_a_lease_gone_from_redis_is_lost_at_the_next_renewal(
 async def test_renewal_of_many_leases_is_one_script_call(
     redis_server: RedisServer, fleet_prefix: str, client: aioredis.Redis
 ) -> None:
-    budget = RedisBudget(redis_server.url, limit=5, ttl=30, prefix=fleet_prefix)
+    budget = RedisBudget(redis_server.url, limit=5, ttl=30, prefix=fleet_prefix, op_timeout=5)
     try:
         leases = [await budget.acquire(f"k{i % 8}", timeout=2) for i in range(40)]
         await budget.renew()  # scripts loaded, connection warm
@@ -143,7 +145,7 @@ async def test_renewal_of_many_leases_is_one_script_call(
 async def test_scripts_are_loaded_again_after_the_cache_is_flushed(
     redis_server: RedisServer, fleet_prefix: str, client: aioredis.Redis
 ) -> None:
-    budget = RedisBudget(redis_server.url, limit=1, ttl=5, prefix=fleet_prefix)
+    budget = RedisBudget(redis_server.url, limit=1, ttl=5, prefix=fleet_prefix, op_timeout=5)
     try:
         first = await budget.acquire("k", timeout=2)
         budget.release(first)
@@ -161,7 +163,7 @@ async def test_unreachable_redis_is_a_typed_error_at_the_deadline(
 ) -> None:
     server = redis_factory()
     server.stop(_cleanup=False)  # a port nobody listens on
-    budget = RedisBudget(server.url, limit=1, ttl=3, prefix=fleet_prefix)
+    budget = RedisBudget(server.url, limit=1, ttl=3, prefix=fleet_prefix, op_timeout=5)
     try:
         with pytest.raises(BudgetUnavailable) as caught:
             await budget.acquire("k", timeout=0.5)
@@ -178,7 +180,9 @@ async def test_fallback_share_while_redis_is_away_then_adopted_when_it_returns(
     redis_factory: Callable[..., RedisServer], fleet_prefix: str
 ) -> None:
     server = redis_factory()
-    budget = RedisBudget(server.url, limit=2, ttl=3, prefix=fleet_prefix, fallback_limit=1)
+    budget = RedisBudget(
+        server.url, limit=2, ttl=3, prefix=fleet_prefix, fallback_limit=1, op_timeout=5
+    )
     try:
         server.stop(_cleanup=False)
         lease = await budget.acquire("k", timeout=1)
@@ -206,8 +210,10 @@ async def test_a_fallback_lease_redis_has_no_room_for_is_lost(
     redis_factory: Callable[..., RedisServer], fleet_prefix: str
 ) -> None:
     server = redis_factory()
-    other = RedisBudget(server.url, limit=1, ttl=5, prefix=fleet_prefix)
-    budget = RedisBudget(server.url, limit=1, ttl=5, prefix=fleet_prefix, fallback_limit=1)
+    other = RedisBudget(server.url, limit=1, ttl=5, prefix=fleet_prefix, op_timeout=5)
+    budget = RedisBudget(
+        server.url, limit=1, ttl=5, prefix=fleet_prefix, fallback_limit=1, op_timeout=5
+    )
     try:
         server.stop(_cleanup=False)
         lease = await budget.acquire("k", timeout=1)
@@ -227,15 +233,15 @@ async def test_leases_survive_a_redis_restart(
     redis_factory: Callable[..., RedisServer], fleet_prefix: str
 ) -> None:
     server = redis_factory()
-    budget = RedisBudget(server.url, limit=1, ttl=5, prefix=fleet_prefix)
-    other = RedisBudget(server.url, limit=1, ttl=5, prefix=fleet_prefix)
+    budget = RedisBudget(server.url, limit=1, ttl=5, prefix=fleet_prefix, op_timeout=5)
+    other = RedisBudget(server.url, limit=1, ttl=5, prefix=fleet_prefix, op_timeout=5)
     try:
         lease = await budget.acquire("k", timeout=2)
         server.restart()  # AOF: the lease is still there
         assert await budget.renew() == []
         assert lease.valid()
         with pytest.raises(BudgetTimeout):
-            await other.acquire("k", timeout=0.2)
+            await other.acquire("k", timeout=0)
         budget.release(lease)
     finally:
         await budget.aclose()
@@ -247,7 +253,7 @@ async def test_acquires_cancelled_anywhere_leave_nothing_in_redis(
 ) -> None:
     """Cancelled before, during or after the script ran: a lease Redis granted to a
     cancelled acquire is taken back, so none is left counted."""
-    budget = RedisBudget(redis_server.url, limit=50, ttl=30, prefix=fleet_prefix)
+    budget = RedisBudget(redis_server.url, limit=50, ttl=30, prefix=fleet_prefix, op_timeout=5)
     try:
         for turns in range(30):
             task = asyncio.create_task(budget.acquire("k", timeout=2))
