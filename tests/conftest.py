@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import DovecotServer, FaultProxy, Mode, ProxyFactory
+from harness import DovecotServer, FaultProxy, Mode, PostgresServer, ProxyFactory, RedisServer
 from harness.sockets import describe_sockets, socket_fds
 
 # How long sockets may take to close after a module's last test before they count as leaked
@@ -80,6 +80,52 @@ def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session (AOF on). Tests keep apart by ``prefix``
+    (see ``fleet_prefix``); a test that restarts or stops Redis uses ``redis_factory``."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[Callable[..., RedisServer]]:
+    """Start extra redis-servers for one test (to restart, kill or stop); all stopped at
+    test end."""
+    servers: list[RedisServer] = []
+
+    def make(**kwargs: Any) -> RedisServer:
+        server = RedisServer(**kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (started on first use, ~1.5 s): ``.dsn``."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fleet_prefix() -> str:
+    """A Redis key prefix of this test's own."""
+    return f"gpt-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

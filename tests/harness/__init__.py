@@ -1,7 +1,9 @@
-"""Real-server test harness: a throwaway Dovecot, a fault-injecting proxy, socket counting."""
+"""Real-server test harness: throwaway Dovecot, Redis, PostgreSQL; fault proxy; socket counts."""
 
 from .dovecot import DEFAULT_USERS, DovecotError, DovecotServer, make_message
+from .postgres import PostgresError, PostgresServer
 from .proxy import Fault, FaultProxy, Mode, ProxyConnection, ProxyFactory, ProxyStats
+from .redis import RedisError, RedisServer
 from .sockets import describe_sockets, socket_fds
 
 __all__ = [
@@ -11,9 +13,13 @@ __all__ = [
     "Fault",
     "FaultProxy",
     "Mode",
+    "PostgresError",
+    "PostgresServer",
     "ProxyConnection",
     "ProxyFactory",
     "ProxyStats",
+    "RedisError",
+    "RedisServer",
     "describe_sockets",
     "make_message",
     "socket_fds",
