@@ -20,12 +20,13 @@ from .errors import (
     ProtocolError,
     UnknownKey,
 )
+from .leaks import Borrow
 from .pool import GuardedPool
 from .records import (
-    Borrow,
     CloseReason,
     ConnectionRecord,
     ConnState,
+    Event,
     LifecycleEvent,
     SocketIdentity,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "ConnectionPoisoned",
     "ConnectionRecord",
     "Connector",
+    "Event",
     "GuardedPool",
     "IMAPCommandError",
     "LifecycleEvent",

@@ -38,9 +38,9 @@ VERIFY_WAIT = 0.5
 class Remedies(Protocol):
     """What enforcement needs from the pool (a subset of ``AuditTarget``)."""
 
-    def audit_poison(self, record: ConnectionRecord) -> None: ...
-    def audit_retire(self, record: ConnectionRecord) -> None: ...
-    def audit_abort(self, record: ConnectionRecord) -> bool: ...
+    def poison(self, record: ConnectionRecord) -> None: ...
+    def retire(self, record: ConnectionRecord) -> None: ...
+    def abort(self, record: ConnectionRecord) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +144,11 @@ def _act(
             if not _confirm_half_open(d):
                 outcomes.append(None)
                 continue
-            target.audit_poison(record)
+            target.poison(record)
             outcomes.append(Outcome(d, Action.POISONED, d.reason, _fds(d), _inode(d)))
         elif d.kind is Kind.OVERDUE:
             assert record is not None
-            target.audit_retire(record)
+            target.retire(record)
             outcomes.append(Outcome(d, Action.RETIRED, d.reason, _fds(d), _inode(d)))
         elif d.kind in (Kind.STRAGGLER, Kind.ORPHAN):
             inode, candidates = _socket_of(d)
@@ -162,7 +162,7 @@ def _act(
                 continue
             shut = sum(shutdown_socket(fd, inode) for fd in held)
             detail = f"{d.reason}; shut down via dup of fd {held[0]}" if shut else d.reason
-            if record is not None and target.audit_abort(record):
+            if record is not None and target.abort(record):
                 detail += "; pool aborted its transport"
             aborted = [fd for fd in held if _abort_loop_transport(fd, inode)]
             if aborted:
