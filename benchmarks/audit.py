@@ -59,32 +59,32 @@ class BenchTarget:
     """The AuditTarget a pool would be: idle records for real loopback sockets."""
 
     config: PoolConfig
-    records: list[ConnectionRecord]
-    endpoints: Set[tuple[str, int]]
-    graveyard: list[ConnectionRecord] = field(default_factory=list)
+    live: list[ConnectionRecord]
+    addresses: Set[tuple[str, int]]
+    retired: list[ConnectionRecord] = field(default_factory=list)
 
-    def audit_now(self) -> float:
+    def now(self) -> float:
         return time.monotonic()
 
-    def audit_records(self) -> Sequence[ConnectionRecord]:
-        return self.records
+    def records(self) -> Sequence[ConnectionRecord]:
+        return self.live
 
-    def audit_graveyard(self) -> Sequence[ConnectionRecord]:
-        return self.graveyard
+    def graveyard(self) -> Sequence[ConnectionRecord]:
+        return self.retired
 
-    def audit_endpoints(self) -> Set[tuple[str, int]]:
-        return self.endpoints
+    def endpoints(self) -> Set[tuple[str, int]]:
+        return self.addresses
 
-    def audit_poison(self, record: ConnectionRecord) -> None:
+    def poison(self, record: ConnectionRecord) -> None:
         raise AssertionError(f"healthy benchmark connection poisoned: {record.id}")
 
-    def audit_retire(self, record: ConnectionRecord) -> None:
+    def retire(self, record: ConnectionRecord) -> None:
         raise AssertionError(f"healthy benchmark connection retired: {record.id}")
 
-    def audit_foreign(self) -> tuple[frozenset[int], int]:
+    def foreign(self) -> tuple[frozenset[int], int]:
         return frozenset(), 0
 
-    def audit_abort(self, record: ConnectionRecord) -> bool:
+    def abort(self, record: ConnectionRecord) -> bool:
         return False
 
 
@@ -182,7 +182,7 @@ async def bench(n: int, rounds: int, port: int) -> dict[str, object]:
             stalls.append(await longest_stall(lambda: run_audit(target, backend="procfs")))
             thread_stalls.append(
                 await longest_stall(
-                    lambda: asyncio.to_thread(_drain, scan_procfs(inodes, target.endpoints))
+                    lambda: asyncio.to_thread(_drain, scan_procfs(inodes, target.addresses))
                 )
             )
     finally:

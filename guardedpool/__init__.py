@@ -25,12 +25,13 @@ from .errors import (
     ServerLimit,
     UnknownKey,
 )
+from .leaks import Borrow
 from .pool import GuardedPool
 from .records import (
-    Borrow,
     CloseReason,
     ConnectionRecord,
     ConnState,
+    Event,
     LifecycleEvent,
     SocketIdentity,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "ConnectionPoisoned",
     "ConnectionRecord",
     "Connector",
+    "Event",
     "GuardedPool",
     "IMAPCommandError",
     "LifecycleEvent",

@@ -42,7 +42,7 @@ class Acquisition(Generic[C]):
         pool = self._pool
         conn = pool._take_ready(self._key)
         if conn is None:
-            conn = yield from pool._checkout_slow(self._key).__await__()
+            conn = yield from pool._acquire_slow(self._key).__await__()
         self._conn = conn
         return conn
 

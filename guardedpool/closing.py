@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .connector import Connector
-from .records import ConnectionRecord, SocketIdentity
+from .records import ConnectionRecord, Event, SocketIdentity
 from .sockets import is_open, shutdown_socket
 
 __all__ = ["VERIFY_WAIT", "close_and_verify", "wait_gone"]
@@ -63,13 +63,13 @@ async def close_and_verify(
                 async with asyncio.timeout(close_timeout):
                     await connector.close(conn, close_timeout)
             except Exception as exc:
-                record.note(clock(), "close_failed", type(exc).__name__)
+                record.note(clock(), Event.CLOSE_FAILED, type(exc).__name__)
         connector.abort(conn)
     ident = record.socket
     if ident is None or await wait_gone(ident, VERIFY_WAIT):
         return True
     forced = shutdown_socket(ident.fd, ident.inode)
-    record.note(clock(), "force_close", "shutdown on dup" if forced else "not needed")
+    record.note(clock(), Event.FORCE_CLOSE, "shutdown on dup" if forced else "not needed")
     where = {"key": record.key, "conn_id": record.id, "fd": ident.fd, "inode": ident.inode}
     log.warning("guardedpool: socket still open after abort; shut it down", extra=where)
     if await wait_gone(ident, VERIFY_WAIT):

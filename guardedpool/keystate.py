@@ -1,8 +1,10 @@
 """Per-key bookkeeping: the idle stack, the waiter queue, the counts, the counters.
 
-One :class:`KeyState` per key (inbox). Plain data plus the arithmetic the stats need; the
-pool mutates it without awaiting between a decision and its recording, which is what keeps
-the counts consistent under cancellation.
+One :class:`KeyState` per key (inbox). Plain data plus the arithmetic the stats need. The
+counts of connections by state (``slots``, ``opening``, ``in_use``, ``closing``, the idle
+stack, ``opened``, ``closed``) change only in :meth:`guardedpool.books.Books.move`; the pool
+changes the rest without awaiting between a decision and its recording, which is what
+keeps them consistent under cancellation.
 """
 
 from __future__ import annotations
@@ -12,26 +14,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .books import Slot
 from .reconnect import KeyBackoff
-from .records import CloseReason, ConnectionRecord
+from .records import CloseReason
 
-__all__ = ["KeyState", "Pooled", "Waiter", "aggregate"]
+__all__ = ["KeyState", "Waiter", "aggregate"]
 
 C = TypeVar("C")
 
-
-@dataclass(slots=True, eq=False)
-class Pooled(Generic[C]):
-    """A record and the live connection object it describes (``None`` while opening)."""
-
-    record: ConnectionRecord
-    keystate: KeyState[C]
-    conn: C | None = None
-    leak_logged: bool = False
-    fresh: bool = True  # straight from the connector: login just proved it works
-
-
-Waiter = asyncio.Future[Pooled[C]]
+Waiter = asyncio.Future[Slot[C]]
+"""A task waiting for a connection of a key; its result is the slot handed to it."""
 
 
 # Every close reason at zero: the stable shape of the "closed" and "reconnects" stats.
@@ -50,9 +42,9 @@ class KeyState(Generic[C]):
     """
 
     key: str
-    idle: list[Pooled[C]] = field(default_factory=list)  # a stack: LIFO hand-out
+    idle: list[Slot[C]] = field(default_factory=list)  # a stack: LIFO hand-out
     waiters: list[Waiter[C]] | None = None  # FIFO, short
-    count: int = 0  # slots held: opening + idle + in use + closing
+    slots: int = 0  # slots taken: opening + idle + in use + closing
     opening: int = 0
     in_use: int = 0
     closing: int = 0

@@ -3,6 +3,7 @@
 Nothing here awaits, sleeps, or touches a socket: the pool (the I/O edge) asks these
 functions what to do and then does it. That keeps every rule testable in microseconds and
 keeps the rules in one place where a reader can check them against the documentation.
+The rules about borrows held too long live in :mod:`guardedpool.leaks`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ __all__ = [
     "expiry_time",
     "heartbeat_due",
     "is_transient",
-    "leak_suspect",
     "open_blocker",
     "pick_eviction",
     "ready_to_hand_out",
-    "reclaim_due",
     "retire_on_release",
     "retire_when_idle",
     "needs_check",
@@ -52,14 +51,15 @@ def retire_when_idle(
 
 
 def retire_on_release(
-    record: ConnectionRecord, now: float, *, alive: bool, faulted: bool, closing: bool
+    record: ConnectionRecord, now: float, *, alive: bool, faulted: bool, shutting_down: bool
 ) -> CloseReason | None:
     """Why a connection coming back from a borrower should not go back to the idle list.
 
     ``faulted``: the borrower's block raised an error that came from the connection;
-    ``alive``: the connector's cheap liveness check; ``closing``: the pool is shutting down.
+    ``alive``: the connector's cheap liveness check; ``shutting_down``: the pool is closed
+    or closing (``pool.close()`` was called).
     """
-    if closing:
+    if shutting_down:
         return CloseReason.SHUTDOWN
     if faulted or not alive:
         return CloseReason.POISONED
@@ -91,26 +91,6 @@ def heartbeat_due(record: ConnectionRecord, now: float, config: PoolConfig) -> b
     """Whether housekeeping should NOOP this idle connection to detect a half-open peer."""
     interval = config.heartbeat_interval
     return interval is not None and now - record.last_checked_at >= interval
-
-
-def leak_suspect(record: ConnectionRecord, now: float, config: PoolConfig) -> bool:
-    """Checked out for longer than ``leak_threshold``: someone may have forgotten it."""
-    return (
-        record.state is ConnState.IN_USE
-        and record.borrowed_by is not None
-        and now - record.borrowed_at >= config.leak_threshold
-    )
-
-
-def reclaim_due(record: ConnectionRecord, now: float, config: PoolConfig) -> bool:
-    """Checked out past ``reclaim_after`` (when set): abort it and take the slot back."""
-    limit = config.reclaim_after
-    return (
-        limit is not None
-        and record.state is ConnState.IN_USE
-        and record.borrowed_by is not None
-        and now - record.borrowed_at >= limit
-    )
 
 
 def open_blocker(key_count: int, total_count: int, config: PoolConfig) -> str | None:

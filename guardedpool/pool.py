@@ -20,22 +20,24 @@ import logging
 import random
 import sys
 import time
-import weakref
-from collections import deque
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import policy
 from .acquisition import Acquisition, is_connection_fault
 from .audit.auditor import run_audit  # at import: an audit at the fd limit cannot import
+from .audit.target import PoolTarget
+from .books import Books, IllegalTransition, Slot
 from .closing import close_and_verify
 from .config import PoolConfig
-from .connector import Address, Connector
+from .connector import Connector
 from .errors import PoolClosed, PoolError, PoolTimeout
-from .keystate import KeyState, Pooled, Waiter, aggregate
+from .fastpath import IDLE, IN_USE
+from .keystate import KeyState, Waiter, aggregate
+from .leaks import LeakWatch
 from .reconnect import Reconnector
-from .records import CloseReason, ConnectionRecord, ConnState
+from .records import CloseReason, ConnectionRecord, ConnState, Event
 from .sockets import identify
 
 if TYPE_CHECKING:
@@ -48,25 +50,9 @@ log = logging.getLogger("guardedpool.pool")
 _HOUSEKEEPING_CHUNK = 512  # connections looked at between two turns of the event loop
 _MAX_HEARTBEATS = 256  # NOOPs in flight from housekeeping; the rest wait a round
 
-# Every pool of the process, so an audit can tell a sibling pool's socket from an orphan.
-_POOLS: weakref.WeakSet[GuardedPool[Any]] = weakref.WeakSet()
-
 C = TypeVar("C")
 
-# The task running on a loop: asyncio.current_task(loop) is a Python function on 3.11
-# whose work is this one dict lookup (~120 ns against ~35 ns); from 3.12 it is C.
-_current_tasks: dict[asyncio.AbstractEventLoop | None, asyncio.Task[Any]] | None = getattr(
-    asyncio.tasks, "_current_tasks", None
-)
-if sys.version_info < (3, 12) and isinstance(_current_tasks, dict):
-    _task_on: Callable[[asyncio.AbstractEventLoop | None], object] = _current_tasks.get
-else:
-    _task_on = asyncio.current_task
 _NO_TASK = "<no task>"  # a borrower all the same: leak detection must not skip it
-
-# The states the pool tests most, as module constants: on Python 3.11 ``ConnState.IDLE``
-# costs ~75 ns (EnumType.__getattr__ takes class attribute lookups off the fast path).
-_IDLE, _IN_USE = ConnState.IDLE, ConnState.IN_USE
 
 # Reasons for which a goodbye (LOGOUT) is worth sending; after a fault we abort at once.
 _GRACEFUL = frozenset(
@@ -108,23 +94,39 @@ class GuardedPool(Generic[C]):
         self._clock = clock
         self._rng = rng
         self._keys: dict[str, KeyState[C]] = {}
-        self._live: dict[int, Pooled[C]] = {}  # record id -> pooled, until closed
-        self._in_use: dict[int, Pooled[C]] = {}  # id(conn) -> pooled
-        self._graveyard: deque[ConnectionRecord] = deque(maxlen=config.audit.graveyard_size)
+        self._books: Books[C] = Books(config.audit.graveyard_size)
+        self._borrowed: dict[int, Slot[C]] = {}  # id(conn) -> slot, while a caller holds it
         self._starving: dict[str, KeyState[C]] = {}  # keys blocked by max_total, FIFO
-        self._total = 0
-        self._evicting = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._leaks = LeakWatch(config)
+        self._leak_warned = self._leaks.warned  # release reads it: one attribute, not two
+        # Pool-owned tasks, by kind: shutdown cancels the connects and waits for the rest.
+        self._opens: set[asyncio.Task[Any]] = set()
+        self._closes: set[asyncio.Task[Any]] = set()
+        self._heartbeats: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
-        # The loop the pool runs on, bound by start(): naming it saves asking for the
-        # running loop (~190 ns on Python 3.11) on every acquire.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # bound by start(); see fastpath
+        self._shut_down = False  # close() was called
         self._close_task: asyncio.Task[None] | None = None
         self._returned = asyncio.Event()
         self._last_audit: float | None = None
-        self._heartbeats = 0
-        _POOLS.add(self)
+        self.audit_target: PoolTarget[C] = PoolTarget(
+            config, self._books, connector, clock, self._retire
+        )
+        """What :meth:`audit` hands the auditor: the pool's records (``records()``,
+        ``graveyard()``), its clock and the remedies (see ``guardedpool.audit.AuditTarget``)."""
+
+    def __repr__(self) -> str:
+        idle = in_use = opening = closing = 0
+        for ks in self._keys.values():
+            idle += len(ks.idle)
+            in_use += ks.in_use
+            opening += ks.opening
+            closing += ks.closing
+        state = "closed" if self._shut_down else "open"
+        return (
+            f"<GuardedPool {state} keys={len(self._keys)} open={idle + in_use} idle={idle} "
+            f"in_use={in_use} opening={opening} closing={closing} slots={self._books.slots}>"
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -142,7 +144,7 @@ class GuardedPool(Generic[C]):
 
     def start(self) -> None:
         """Start housekeeping (idempotent; also done by the first acquire)."""
-        if self._closing:
+        if self._shut_down:
             raise PoolClosed("the pool is closed")
         if self._housekeeper is None:
             self._loop = asyncio.get_running_loop()
@@ -152,7 +154,14 @@ class GuardedPool(Generic[C]):
 
     @property
     def closed(self) -> bool:
-        return self._closing
+        """True once :meth:`close` was called (while it runs, too)."""
+        return self._shut_down
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The pool's monotonic clock, in seconds: the times of records (``expires_at``,
+        ``borrowed_at``...) are readings of it."""
+        return self._clock
 
     async def close(self) -> None:
         """Close every connection and wake every waiter with :class:`PoolClosed`.
@@ -165,33 +174,31 @@ class GuardedPool(Generic[C]):
         await asyncio.shield(self._close_task)
 
     async def _shutdown(self) -> None:
-        self._closing = True
+        self._shut_down = True
         for ks in self._keys.values():
             while (waiter := ks.next_waiter()) is not None:
                 waiter.set_exception(PoolClosed(f"the pool closed while waiting for {ks.key!r}"))
-            for pooled in list(ks.idle):
-                self._retire(pooled, CloseReason.SHUTDOWN)
+            for slot in list(ks.idle):
+                self._retire(slot, CloseReason.SHUTDOWN)
         if self._housekeeper is not None:
             self._housekeeper.cancel()
-        for task in list(self._tasks):
-            if task.get_name().startswith("guardedpool-open"):
-                task.cancel()
-        if self._in_use:
+        for task in list(self._opens):
+            task.cancel()
+        if self._borrowed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.close_timeout):
-                    while self._in_use:
+                    while self._borrowed:
                         self._returned.clear()
                         await self._returned.wait()
-            for pooled in list(self._in_use.values()):
-                self._in_use.pop(id(pooled.conn), None)
-                pooled.keystate.in_use -= 1
-                self._retire(pooled, CloseReason.SHUTDOWN)
+            for slot in list(self._borrowed.values()):
+                del self._borrowed[id(slot.conn)]
+                self._retire(slot, CloseReason.SHUTDOWN)
         # Closing tasks may spawn more (an open finishing as we cancel it is retired): wait
         # until none is left, within one overall bound.
         loop = asyncio.get_running_loop()
         end = loop.time() + self.config.close_timeout + self.config.connect_timeout + 2.0
         while True:
-            tasks = {t for t in self._tasks if not t.done()}
+            tasks = {t for t in (*self._opens, *self._closes, *self._heartbeats) if not t.done()}
             if self._housekeeper is not None and not self._housekeeper.done():
                 tasks.add(self._housekeeper)
             remaining = end - loop.time()
@@ -216,31 +223,28 @@ class GuardedPool(Generic[C]):
         """
         return Acquisition(self, key)
 
-    async def _checkout(self, key: str) -> C:
-        conn = self._take_ready(key)
-        return conn if conn is not None else await self._checkout_slow(key)
-
     def _take_ready(self, key: str) -> C | None:
         """The fast path, without an await: an idle connection nobody queues for, ready as
         it is (not due for retirement or a check, and alive). None: take the slow path."""
         ks = self._keys.get(key)
-        if ks is None or not ks.idle or ks.waiters or self._closing:
+        if ks is None or not ks.idle or ks.waiters or self._shut_down:
             return None
-        pooled = ks.idle[-1]
+        slot = ks.idle[-1]
         now = self._clock()
         if not (
-            policy.ready_to_hand_out(pooled.record, now, self.config)
-            and self._connector.is_alive(pooled.conn)  # type: ignore[arg-type]
+            policy.ready_to_hand_out(slot.record, now, self.config)
+            and self._connector.is_alive(slot.conn)  # type: ignore[arg-type]
         ):
             return None
+        # Books.move(slot, IN_USE), inlined: fastpath trick 3 (IDLE -> IN_USE is legal).
         ks.idle.pop()
-        pooled.fresh = False
-        pooled.record.state = _IN_USE  # _mark_in_use, inlined on the fast path
         ks.in_use += 1
-        return self._hand_out(pooled, now, now)
+        slot.record.state = IN_USE
+        slot.fresh = False
+        return self._hand_out(slot, now, now)
 
-    async def _checkout_slow(self, key: str) -> C:
-        if self._closing:
+    async def _acquire_slow(self, key: str) -> C:
+        if self._shut_down:
             raise PoolClosed("the pool is closed")
         if not isinstance(key, str):
             raise TypeError(f"key must be a str, got {type(key).__name__}")
@@ -251,37 +255,37 @@ class GuardedPool(Generic[C]):
         started = self._clock()
         deadline = started + self.config.acquire_timeout
         while True:
-            pooled = self._take_idle(ks) or await self._wait(ks, deadline, started)
+            slot = self._take_idle(ks) or await self._wait(ks, deadline, started)
             now = self._clock()
-            fresh, pooled.fresh = pooled.fresh, False
+            fresh, slot.fresh = slot.fresh, False
             if (
                 not fresh
-                and policy.needs_check(pooled.record, now, self.config)
-                and not await self._check_out_of_band(
-                    pooled, min(self.config.op_timeout, max(deadline - now, 0.001))
+                and policy.needs_check(slot.record, now, self.config)
+                and not await self._noop_check(
+                    slot, min(self.config.op_timeout, max(deadline - now, 0.001))
                 )
             ):
                 continue
-            return self._hand_out(pooled, now, started)
+            return self._hand_out(slot, now, started)
 
-    def _hand_out(self, pooled: Pooled[C], now: float, started: float) -> C:
+    def _hand_out(self, slot: Slot[C], now: float, started: float) -> C:
         """Record the borrower and the wait; the connection is the caller's from here."""
-        conn = pooled.conn
+        conn = slot.conn
         assert conn is not None
-        record = pooled.record
+        record = slot.record
         # The borrower as raw facts, formatted only when read (``record.borrower``).
-        record.borrowed_by = _task_on(self._loop) or _NO_TASK
+        record.borrowed_by = asyncio.current_task(self._loop) or _NO_TASK
         record.borrowed_at = record.last_used_at = now
         try:
-            # whoever called acquire: past here, _take_ready or _checkout_slow, and
-            # Acquisition.__await__ (or _checkout, which tests run as a task)
+            # whoever called acquire: past here, _take_ready or _acquire_slow, then
+            # Acquisition.__await__
             frame = sys._getframe(3)
         except ValueError:
             record.borrowed_site = None
         else:
             record.borrowed_site, record.borrowed_lasti = frame.f_code, frame.f_lasti
-        self._in_use[id(conn)] = pooled
-        ks = pooled.keystate
+        self._borrowed[id(conn)] = slot
+        ks = slot.keystate
         ks.acquires += 1
         if now != started:
             waited = now - started
@@ -290,26 +294,23 @@ class GuardedPool(Generic[C]):
                 ks.acquire_wait_max = waited
         return conn
 
-    def _take_idle(self, ks: KeyState[C]) -> Pooled[C] | None:
-        """Pop the most recently used healthy idle connection, retiring stale ones on the way."""
+    def _take_idle(self, ks: KeyState[C]) -> Slot[C] | None:
+        """Take the most recently used healthy idle connection (now IN_USE), retiring stale
+        ones on the way."""
         now = self._clock()
         while ks.idle:
-            pooled = ks.idle.pop()
-            reason = policy.retire_when_idle(pooled.record, now, self.config)
-            if reason is None and not self._connector.is_alive(pooled.conn):  # type: ignore[arg-type]
+            slot = ks.idle[-1]
+            reason = policy.retire_when_idle(slot.record, now, self.config)
+            if reason is None and not self._connector.is_alive(slot.conn):  # type: ignore[arg-type]
                 reason = CloseReason.ERROR
             if reason is not None:
-                self._retire(pooled, reason, from_idle=False)
+                self._retire(slot, reason)
                 continue
-            self._mark_in_use(pooled)
-            return pooled
+            self._books.move(slot, IN_USE)
+            return slot
         return None
 
-    def _mark_in_use(self, pooled: Pooled[C]) -> None:
-        pooled.record.state = _IN_USE
-        pooled.keystate.in_use += 1
-
-    async def _wait(self, ks: KeyState[C], deadline: float, started: float) -> Pooled[C]:
+    async def _wait(self, ks: KeyState[C], deadline: float, started: float) -> Slot[C]:
         waiter: Waiter[C] = asyncio.get_running_loop().create_future()
         ks.add_waiter(waiter)
         timer: asyncio.Timeout | None = None
@@ -328,28 +329,26 @@ class GuardedPool(Generic[C]):
     def _abandon(self, ks: KeyState[C], waiter: Waiter[C]) -> None:
         """A waiter gave up (timeout, cancellation, error): never lose what it was handed."""
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-            pooled = waiter.result()
-            pooled.keystate.in_use -= 1
-            self._to_idle(pooled)
+            self._to_idle(waiter.result())
             return
         waiter.cancel()
         ks.drop_waiter(waiter)
 
-    async def _check_out_of_band(self, pooled: Pooled[C], timeout: float) -> bool:
-        """NOOP a connection the caller holds but has not received yet; retire it on failure."""
-        conn = pooled.conn
+    async def _noop_check(self, slot: Slot[C], timeout: float) -> bool:
+        """NOOP a connection that no caller holds (before hand-out, or a heartbeat);
+        retire it on failure."""
+        conn = slot.conn
         assert conn is not None
         try:
             async with asyncio.timeout(timeout):
                 await self._connector.check(conn, timeout)
         except BaseException as exc:
-            pooled.keystate.in_use -= 1
             reason = CloseReason.ERROR if isinstance(exc, Exception) else CloseReason.POISONED
-            self._retire(pooled, reason, detail=f"check failed: {type(exc).__name__}")
+            self._retire(slot, reason, f"check failed: {type(exc).__name__}")
             if not isinstance(exc, Exception):
                 raise
             return False
-        pooled.record.last_checked_at = self._clock()
+        slot.record.last_checked_at = self._clock()
         return True
 
     def release(self, conn: C, *, error: BaseException | None = None) -> None:
@@ -358,53 +357,50 @@ class GuardedPool(Generic[C]):
         ``error``: the exception that ended the borrower's work, if any; one that came from
         the connection (timeout, protocol error, lost connection) retires it.
         """
-        pooled = self._in_use.pop(id(conn), None)
-        if pooled is None:
-            if self._closing:
+        slot = self._borrowed.pop(id(conn), None)
+        if slot is None:
+            if self._shut_down:
                 return  # the pool already took it back while shutting down
             raise PoolError("release() of a connection that is not checked out from this pool")
-        ks = pooled.keystate
-        ks.in_use -= 1
-        record = pooled.record
+        record = slot.record
         now = self._clock()
-        if pooled.leak_logged:
-            pooled.leak_logged = False  # the next borrow is a new suspect, or none
-            log.warning(
-                "guardedpool: leak suspect returned",
-                extra={"key": ks.key, "conn_id": record.id, "held": now - record.borrowed_at},
-            )
+        if self._leak_warned:
+            self._leaks.returned(record, now)
         record.borrowed_by = None
+        record.long_hold = False
         record.last_used_at = now
-        closing = self._closing
-        if closing:
+        shutting_down = self._shut_down
+        if shutting_down:
             self._returned.set()  # close() waits for borrowed connections to come back
-        if record.state is not _IN_USE:  # reclaimed or shut down meanwhile
-            return
         reason = policy.retire_on_release(
             record,
             now,
             alive=self._connector.is_alive(conn),
             faulted=error is not None and is_connection_fault(error),
-            closing=closing,
+            shutting_down=shutting_down,
         )
         if reason is not None:
-            self._retire(pooled, reason)
+            self._retire(slot, reason)
             return
-        # _to_idle, inlined on this hot path (closing was already answered by the policy;
-        # fresh was cleared at hand-out).
-        record.state = _IDLE
-        ks.idle.append(pooled)
+        # Books.move(slot, IDLE), inlined: fastpath trick 3 (IN_USE -> IDLE is legal; a
+        # borrowed connection is IN_USE until it is released). fresh was cleared at hand-out.
+        if record.state is not IN_USE:
+            raise IllegalTransition(f"record {record.id} released while {record.state.value}")
+        ks = slot.keystate
+        ks.in_use -= 1
+        record.state = IDLE
+        ks.idle.append(slot)
         if ks.waiters:
             self._dispatch(ks)
 
-    def _to_idle(self, pooled: Pooled[C]) -> None:
-        pooled.fresh = False
-        if self._closing:
-            self._retire(pooled, CloseReason.SHUTDOWN)
+    def _to_idle(self, slot: Slot[C]) -> None:
+        """Back to the idle stack (from IN_USE or OPENING), or retired if shutting down."""
+        slot.fresh = False
+        if self._shut_down:
+            self._retire(slot, CloseReason.SHUTDOWN)
             return
-        pooled.record.state = _IDLE
-        ks = pooled.keystate
-        ks.idle.append(pooled)
+        self._books.move(slot, IDLE)
+        ks = slot.keystate
         if ks.waiters:
             self._dispatch(ks)
 
@@ -413,16 +409,16 @@ class GuardedPool(Generic[C]):
     def _dispatch(self, ks: KeyState[C]) -> None:
         """Hand idle connections to waiters, then start connects for the demand left over."""
         while (waiter := ks.first_waiter()) is not None:
-            pooled = self._take_idle(ks)
-            if pooled is None:
+            slot = self._take_idle(ks)
+            if slot is None:
                 break
             ks.drop_waiter(waiter)
-            waiter.set_result(pooled)
-        if self._closing or ks.count >= self.config.max_per_key:
+            waiter.set_result(slot)
+        if self._shut_down or ks.slots >= self.config.max_per_key:
             return  # at the key's cap nothing can be opened: no need to count waiters
         unmet = ks.live_waiters() - ks.opening
         while unmet > 0:
-            blocker = policy.open_blocker(ks.count, self._total, self.config)
+            blocker = policy.open_blocker(ks.slots, self._books.slots, self.config)
             if blocker is None:
                 self._start_open(ks)
                 unmet -= 1
@@ -434,47 +430,41 @@ class GuardedPool(Generic[C]):
 
     def _evict_for(self, starving: KeyState[C]) -> None:
         """Close the least recently used idle connection of another key to make room."""
-        if self._evicting >= len(self._starving):
+        if self._books.evicting >= len(self._starving):
             return
-        idle = (p.record for k in self._keys.values() if k is not starving for p in k.idle)
+        idle = (s.record for k in self._keys.values() if k is not starving for s in k.idle)
         victim = policy.pick_eviction(idle)
         if victim is not None:
-            pooled = self._live[victim.id]
-            self._evicting += 1
-            self._retire(pooled, CloseReason.EVICTED)
+            self._retire(self._books.live[victim.id], CloseReason.EVICTED)
 
     def _start_open(self, ks: KeyState[C]) -> None:
         now = self._clock()
         record = ConnectionRecord(ks.key, created_at=now, expires_at=now + self.config.max_lifetime)
-        pooled: Pooled[C] = Pooled(record, ks)
-        ks.count += 1
-        ks.opening += 1
-        self._total += 1
-        self._live[record.id] = pooled
+        slot: Slot[C] = Slot(record, ks)
+        self._books.take(slot)
         replaces = ks.count_reconnect()
         if replaces is not None:
-            record.note(now, "reconnect", replaces.value)
-        self._spawn(self._open(pooled), f"guardedpool-open-{ks.key}")
+            record.note(now, Event.RECONNECT, replaces.value)
+        self._spawn(self._open(slot), f"guardedpool-open-{ks.key}", self._opens)
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str, tasks: set[asyncio.Task[Any]]) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
-    async def _open(self, pooled: Pooled[C]) -> None:
-        ks = pooled.keystate
-        record = pooled.record
+    async def _open(self, slot: Slot[C]) -> None:
+        ks = slot.keystate
+        record = slot.record
         try:
             conn = await self._reconnector.connect(
                 ks.key,
                 ks.connect_backoff(),
-                wanted=lambda: not self._closing and ks.live_waiters() > 0,
+                wanted=lambda: not self._shut_down and ks.live_waiters() > 0,
                 note=lambda exc: self._connect_failed(ks, record, exc),
             )
         except BaseException as exc:
-            ks.opening -= 1
+            self._free_slot(slot, Event.OPEN_FAILED, type(exc).__name__)
             ks.connect_finished()
-            self._free_slot(pooled, f"open failed: {type(exc).__name__}")
             if isinstance(exc, Exception) and not policy.is_transient(exc):
                 self._fail_first_waiter(ks, exc)
             self._after_slot_freed(ks)
@@ -482,41 +472,36 @@ class GuardedPool(Generic[C]):
                 raise
             return
         now = self._clock()
-        ks.opening -= 1
-        ks.connect_finished()
-        ks.opened += 1
-        pooled.conn = conn
+        slot.conn = conn
         sock = self._connector.socket_of(conn)
         if sock is not None:
             try:
                 record.socket = identify(sock)
             except OSError as exc:
-                record.note(now, "identify_failed", type(exc).__name__)
+                record.note(now, Event.IDENTIFY_FAILED, type(exc).__name__)
         record.created_at = record.last_used_at = record.last_checked_at = now
         record.expires_at = policy.expiry_time(now, self.config, self._rng())
-        record.note(now, "open")  # the socket identity is in record.socket
+        record.note(now, Event.OPEN)  # the socket identity is in record.socket
         log.debug("guardedpool: opened", extra={"key": ks.key, "conn_id": record.id})
-        self._mark_in_use(pooled)
-        self._to_idle_or_waiter(pooled)
+        self._opened(slot)
+        ks.connect_finished()
 
-    def _to_idle_or_waiter(self, pooled: Pooled[C]) -> None:
-        ks = pooled.keystate
-        if self._closing:
-            ks.in_use -= 1
-            self._retire(pooled, CloseReason.SHUTDOWN)
-            return
-        waiter = ks.next_waiter()
-        if waiter is not None:
-            waiter.set_result(pooled)
-            return
-        ks.in_use -= 1
-        self._to_idle(pooled)
+    def _opened(self, slot: Slot[C]) -> None:
+        """A connect succeeded: straight to the first waiter, else to the idle stack."""
+        ks = slot.keystate
+        if not self._shut_down:
+            waiter = ks.next_waiter()
+            if waiter is not None:
+                self._books.move(slot, IN_USE)
+                waiter.set_result(slot)
+                return
+        self._to_idle(slot)
 
     def _connect_failed(
         self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException
     ) -> None:
         ks.connect_failures += 1
-        record.note(self._clock(), "connect_failed", type(exc).__name__)
+        record.note(self._clock(), Event.CONNECT_FAILED, type(exc).__name__)
 
     def _fail_first_waiter(self, ks: KeyState[C], exc: Exception) -> None:
         waiter = ks.next_waiter()
@@ -525,67 +510,47 @@ class GuardedPool(Generic[C]):
 
     # ----------------------------------------------------------------- retiring and closing
 
-    def _retire(
-        self, pooled: Pooled[C], reason: CloseReason, *, from_idle: bool = True, detail: str = ""
-    ) -> None:
+    def _retire(self, slot: Slot[C], reason: CloseReason, detail: str = "") -> None:
         """Take a connection out of service now; close it in a pool-owned task."""
-        record = pooled.record
-        ks = pooled.keystate
-        if from_idle and record.state is _IDLE:
-            with contextlib.suppress(ValueError):
-                ks.idle.remove(pooled)
+        record = slot.record
         now = self._clock()
-        record.state = ConnState.CLOSING
-        record.close_reason = reason
+        self._books.move(slot, ConnState.CLOSING, reason)
         record.retired_at = now
-        record.note(now, "retire", f"{reason.value} {detail}".strip())
-        ks.closing += 1
-        ks.count_close(
-            reason, replace=reason is not CloseReason.SHUTDOWN and reason is not CloseReason.EVICTED
-        )
-        self._spawn(self._close(pooled, reason in _GRACEFUL), f"guardedpool-close-{ks.key}")
+        record.note(now, Event.RETIRE, f"{reason.value} {detail}".strip())
+        name = f"guardedpool-close-{record.key}"
+        self._spawn(self._close(slot, reason in _GRACEFUL), name, self._closes)
 
-    async def _close(self, pooled: Pooled[C], graceful: bool) -> None:
-        record = pooled.record
+    async def _close(self, slot: Slot[C], graceful: bool) -> None:
+        record = slot.record
         try:
             record.os_closed = await close_and_verify(
                 self._connector,
-                pooled.conn,
+                slot.conn,
                 record,
                 graceful=graceful,
                 close_timeout=self.config.close_timeout,
                 clock=self._clock,
             )
         finally:
-            pooled.keystate.closing -= 1
-            if record.close_reason is CloseReason.EVICTED:
-                self._evicting -= 1
-            pooled.conn = None
-            self._free_slot(pooled, "closed")
-            self._after_slot_freed(pooled.keystate)
+            slot.conn = None
+            self._free_slot(slot, Event.CLOSED)
+            self._after_slot_freed(slot.keystate)
 
-    def _free_slot(self, pooled: Pooled[C], event: str) -> None:
-        record = pooled.record
-        ks = pooled.keystate
+    def _free_slot(self, slot: Slot[C], event: Event, detail: str = "") -> None:
+        record = slot.record
         now = self._clock()
-        was_open = record.state is ConnState.CLOSING
-        record.state = ConnState.CLOSED
         record.closed_at = now
-        record.note(now, event)
-        ks.count -= 1
-        self._total -= 1
-        self._live.pop(record.id, None)
-        if was_open:
-            self._graveyard.append(record)
+        record.note(now, event, detail)
+        self._books.move(slot, ConnState.CLOSED)
 
     def _after_slot_freed(self, ks: KeyState[C]) -> None:
-        if self._closing:
+        if self._shut_down:
             return
         self._dispatch(ks)
         if ks.live_waiters() <= ks.opening:
             self._starving.pop(ks.key, None)
         for other in list(self._starving.values()):
-            if self._total >= self.config.max_total:
+            if self._books.slots >= self.config.max_total:
                 break
             self._starving.pop(other.key, None)
             self._dispatch(other)
@@ -594,7 +559,7 @@ class GuardedPool(Generic[C]):
 
     async def _housekeeping(self) -> None:
         interval = self.config.housekeeping_interval
-        while not self._closing:
+        while not self._shut_down:
             await asyncio.sleep(interval)
             try:
                 for _ in self._housekeeping_round():
@@ -604,7 +569,7 @@ class GuardedPool(Generic[C]):
                 log.exception("guardedpool: housekeeping round failed")
 
     def _housekeep_once(self) -> None:
-        """One whole housekeeping round, without yielding (tests, benchmarks)."""
+        """One whole housekeeping round, without yielding (benchmarks)."""
         for _ in self._housekeeping_round():
             pass
 
@@ -619,59 +584,44 @@ class GuardedPool(Generic[C]):
         cfg = self.config
         seen = 0
         for ks in list(self._keys.values()):
-            for pooled in list(ks.idle):
+            for slot in list(ks.idle):
                 seen += 1
                 if seen % _HOUSEKEEPING_CHUNK == 0:
                     yield
                     now = self._clock()
-                record = pooled.record
-                if record.state is not _IDLE:
+                record = slot.record
+                if record.state is not IDLE:
                     continue  # handed out or retired while we yielded
                 reason = policy.retire_when_idle(record, now, cfg)
-                if reason is None and not self._connector.is_alive(pooled.conn):  # type: ignore[arg-type]
+                if reason is None and not self._connector.is_alive(slot.conn):  # type: ignore[arg-type]
                     reason = CloseReason.ERROR
                 if reason is not None:
-                    self._retire(pooled, reason)
-                elif policy.heartbeat_due(record, now, cfg) and self._heartbeats < _MAX_HEARTBEATS:
-                    ks.idle.remove(pooled)
-                    self._mark_in_use(pooled)
-                    self._heartbeats += 1
-                    self._spawn(self._heartbeat(pooled), f"guardedpool-heartbeat-{ks.key}")
-        for pooled in list(self._in_use.values()):
-            record = pooled.record
-            if policy.reclaim_due(record, now, cfg) and pooled.conn is not None:
+                    self._retire(slot, reason)
+                elif (
+                    policy.heartbeat_due(record, now, cfg)
+                    and len(self._heartbeats) < _MAX_HEARTBEATS
+                ):
+                    self._books.move(slot, IN_USE)
+                    name = f"guardedpool-heartbeat-{ks.key}"
+                    self._spawn(self._heartbeat(slot), name, self._heartbeats)
+        borrowed = list(self._borrowed.values())
+        for record in self._leaks.sweep((s.record for s in borrowed), now):
+            slot = self._books.live[record.id]
+            if slot.conn is not None:
                 log.error(
                     "guardedpool: reclaiming connection held too long",
                     extra={"key": record.key, "conn_id": record.id},
                 )
-                record.note(now, "reclaimed")
-                self._connector.abort(pooled.conn)
-            elif policy.leak_suspect(record, now, cfg) and not pooled.leak_logged:
-                pooled.leak_logged = True
-                borrower = record.borrower  # a view built from the record: build it once
-                assert borrower is not None
-                log.warning(
-                    "guardedpool: connection checked out too long (leak suspect)",
-                    extra={
-                        "key": record.key,
-                        "conn_id": record.id,
-                        "task": borrower.task,
-                        "stack": list(borrower.stack),
-                    },
-                )
+                record.note(now, Event.RECLAIMED)
+                self._connector.abort(slot.conn)
         ttl = cfg.audit.graveyard_ttl
-        grave = self._graveyard
+        grave = self._books.graveyard
         while grave and grave[0].closed_at is not None and now - grave[0].closed_at > ttl:
             grave.popleft()
 
-    async def _heartbeat(self, pooled: Pooled[C]) -> None:
-        try:
-            ok = await self._check_out_of_band(pooled, self.config.op_timeout)
-        finally:
-            self._heartbeats -= 1
-        if ok:
-            pooled.keystate.in_use -= 1
-            self._to_idle(pooled)
+    async def _heartbeat(self, slot: Slot[C]) -> None:
+        if await self._noop_check(slot, self.config.op_timeout):
+            self._to_idle(slot)
 
     async def _maybe_audit(self) -> None:
         interval = self.config.audit.interval
@@ -689,10 +639,10 @@ class GuardedPool(Generic[C]):
         Long holders (an IDLE loop, say) read ``expires_at`` to give the connection back
         on time. Raises :class:`PoolError` for a connection not checked out from this pool.
         """
-        pooled = self._in_use.get(id(conn))
-        if pooled is None:
+        slot = self._borrowed.get(id(conn))
+        if slot is None:
             raise PoolError("record_of() of a connection that is not checked out from this pool")
-        return pooled.record
+        return slot.record
 
     # ----------------------------------------------------------------- stats and audit
 
@@ -703,8 +653,8 @@ class GuardedPool(Generic[C]):
         totals.update(
             connecting=self._reconnector.connecting,
             peak_connecting=self._reconnector.peak_connecting,
-            slots=self._total,
-            closed_pool=self._closing,
+            slots=self._books.slots,
+            closed_pool=self._shut_down,
         )
         return {"total": totals, "keys": per_key}
 
@@ -720,54 +670,4 @@ class GuardedPool(Generic[C]):
 
         See :mod:`guardedpool.audit` and the README for the findings and actions.
         """
-        return await run_audit(self)
-
-    # The AuditTarget protocol (guardedpool.audit.auditor) ----------------------
-
-    def audit_now(self) -> float:
-        return self._clock()
-
-    def audit_records(self) -> list[ConnectionRecord]:
-        return [pooled.record for pooled in self._live.values()]
-
-    def audit_graveyard(self) -> list[ConnectionRecord]:
-        return list(self._graveyard)
-
-    def audit_endpoints(self) -> Set[Address]:
-        return self._connector.endpoints()
-
-    def audit_poison(self, record: ConnectionRecord) -> None:
-        pooled = self._live.get(record.id)
-        if pooled is None or pooled.conn is None:
-            return
-        if record.state is _IDLE:
-            self._retire(pooled, CloseReason.AUDIT, detail="half-open")
-        elif record.state is _IN_USE:
-            record.note(self._clock(), "poisoned", "audit: half-open")
-            self._connector.abort(pooled.conn)
-
-    def audit_retire(self, record: ConnectionRecord) -> None:
-        pooled = self._live.get(record.id)
-        if pooled is not None and record.state is _IDLE:
-            self._retire(pooled, CloseReason.AUDIT, detail="overdue")
-
-    def audit_foreign(self) -> tuple[frozenset[int], int]:
-        inodes: set[int] = set()
-        connecting = 0
-        for pool in list(_POOLS):
-            if pool is self:
-                continue
-            for record in pool.audit_records():
-                if record.socket is not None:
-                    inodes.add(record.socket.inode)
-                elif record.state is ConnState.OPENING:
-                    connecting += 1
-            inodes.update(r.socket.inode for r in pool._graveyard if r.socket is not None)
-        return frozenset(inodes), connecting
-
-    def audit_abort(self, record: ConnectionRecord) -> bool:
-        pooled = self._live.get(record.id)
-        if pooled is None or pooled.conn is None:
-            return False
-        self._connector.abort(pooled.conn)
-        return True
+        return await run_audit(self.audit_target)

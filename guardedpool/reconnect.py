@@ -157,7 +157,8 @@ class Reconnector(Generic[C]):
         self._config = config
         self._on_failed = on_failed
         self._clock = clock
-        self._slots = asyncio.Semaphore(config.max_connecting)
+        # Permits to connect (max_connecting), not pool slots: a slot is taken before this.
+        self._connect_permits = asyncio.Semaphore(config.max_connecting)
         self.connecting = 0
         self.peak_connecting = 0
 
@@ -205,7 +206,7 @@ class Reconnector(Generic[C]):
         )
 
     async def _once(self, key: str) -> C:
-        async with self._slots:
+        async with self._connect_permits:
             self.connecting += 1
             self.peak_connecting = max(self.peak_connecting, self.connecting)
             try:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import enum
 import itertools
-import os
 from dataclasses import dataclass, field
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .leaks import Borrow
 
 __all__ = [
-    "Borrow",
     "CloseReason",
     "ConnState",
     "ConnectionRecord",
+    "Event",
     "LifecycleEvent",
     "SocketIdentity",
     "HISTORY_LENGTH",
@@ -33,6 +35,12 @@ Address = tuple[str, int]
 
 
 class ConnState(enum.Enum):
+    """Where a connection is in its life; the legal moves are ``guardedpool.books.LEGAL``."""
+
+    # Members are singletons compared by identity, so identity hashing is consistent; it
+    # is C, where Enum.__hash__ is a Python function (~150 ns per dict or set lookup).
+    __hash__ = object.__hash__
+
     OPENING = "opening"
     IDLE = "idle"
     IN_USE = "in_use"
@@ -42,6 +50,8 @@ class ConnState(enum.Enum):
 
 class CloseReason(enum.Enum):
     """Why a connection was retired. The values are the stable keys of ``stats()``."""
+
+    __hash__ = object.__hash__  # see ConnState
 
     IDLE = "idle"  # idle longer than idle_timeout
     LIFETIME = "lifetime"  # past its (jittered) max_lifetime
@@ -75,82 +85,37 @@ class SocketIdentity:
         }
 
 
+class Event(enum.StrEnum):
+    """What can happen in a connection's life: the ``event`` of a :class:`LifecycleEvent`.
+
+    A ``StrEnum``: each member equals its value (``Event.OPEN == "open"``), which is what
+    ``to_dict()`` and reports show. What varies (an error type, a reason) goes in ``detail``.
+    """
+
+    OPENING = "opening"  # a slot was taken for a connect
+    RECONNECT = "reconnect"  # the connect replaces one closed for <detail>
+    CONNECT_FAILED = "connect_failed"  # one attempt failed (<detail>: the error type)
+    OPEN_FAILED = "open_failed"  # the connect gave up (<detail>: the error type)
+    OPEN = "open"  # connected and logged in; the socket identity is in record.socket
+    IDENTIFY_FAILED = "identify_failed"  # the socket could not be identified
+    LONG_HOLD = "long_hold"  # the borrower declared a long hold (not a leak suspect)
+    RECLAIMED = "reclaimed"  # held past reclaim_after: aborted under its borrower
+    POISONED = "poisoned"  # found faulty while in use (<detail>: by whom, why)
+    RETIRE = "retire"  # taken out of service (<detail>: the close reason, and why)
+    CLOSE_FAILED = "close_failed"  # the goodbye failed (<detail>: the error type)
+    FORCE_CLOSE = "force_close"  # still open after abort: shut down through a dup
+    VERIFIED = "verified"  # the audit's background check of a force-close (<detail>: verdict)
+    CLOSED = "closed"  # the slot was given back
+
+
 @dataclass(frozen=True, slots=True)
 class LifecycleEvent:
     at: float
-    event: str
+    event: Event | str  # an Event; a plain str only in hand-made records (tests)
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "event": self.event, "detail": self.detail}
-
-
-class Borrow:
-    """Who holds a connection: a view of a record's ``borrowed_*`` facts.
-
-    The acquire hot path only stores raw facts on the record (task, time, code object and
-    instruction offset of the acquire site); this view is built, and ``stack`` formatted,
-    only when someone reads it: a report of a leak suspect, a log line. ``frames`` holds
-    ``(code, line)`` pairs or preformatted ``"file:line in function"`` strings. Frames of
-    guardedpool itself and of asyncio are left out of the formatted stack.
-    """
-
-    __slots__ = ("_frames", "_task", "since")
-
-    def __init__(
-        self,
-        task: object,
-        since: float,
-        frames: tuple[tuple[CodeType, int | None] | str, ...] = (),
-    ) -> None:
-        self._task = task
-        self.since = since
-        self._frames = frames
-
-    @property
-    def task(self) -> str:
-        """The borrowing task's name (``asyncio.Task.get_name()``), or its str()."""
-        get_name = getattr(self._task, "get_name", None)
-        return str(get_name()) if callable(get_name) else str(self._task)
-
-    @property
-    def stack(self) -> tuple[str, ...]:
-        """``file:line in function``: where it was acquired, then where the borrowing task
-        is now (outermost first), outside guardedpool and asyncio."""
-        out = [f if isinstance(f, str) else _where(*f) for f in self._frames]
-        get_stack = getattr(self._task, "get_stack", None)
-        done = getattr(self._task, "done", None)
-        if callable(get_stack) and callable(done) and not done():
-            for frame in get_stack(limit=_LIVE_DEPTH):
-                out.append(_where(frame.f_code, frame.f_lineno))
-        return tuple(s for s in out if s)
-
-    def __repr__(self) -> str:
-        return f"Borrow(task={self.task!r}, since={self.since!r})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "since": self.since, "stack": list(self.stack)}
-
-
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_LIVE_DEPTH = 8
-
-
-def _where(code: CodeType, line: int | None) -> str:
-    name = code.co_filename
-    if name.startswith(_PKG_DIR) or f"{os.sep}asyncio{os.sep}" in name:
-        return ""
-    return f"{name}:{line} in {code.co_qualname}"
-
-
-def _line_at(code: CodeType, lasti: int) -> int | None:
-    """The source line of the instruction at byte offset ``lasti`` (what ``f_lineno`` says)."""
-    if lasti < 0:
-        return code.co_firstlineno
-    for start, end, line in code.co_lines():
-        if start <= lasti < end:
-            return line
-    return None
+        return {"at": self.at, "event": str(self.event), "detail": self.detail}
 
 
 _ids = itertools.count(1)
@@ -174,6 +139,7 @@ class ConnectionRecord:
     # only when read), or a preformatted ``"file:line in function"``.
     borrowed_site: CodeType | str | None = None
     borrowed_lasti: int = -1
+    long_hold: bool = False  # the borrower declared this hold long on purpose (see leaks)
     socket: SocketIdentity | None = None
     close_reason: CloseReason | None = None
     retired_at: float | None = None
@@ -188,22 +154,16 @@ class ConnectionRecord:
             self.last_used_at = self.created_at
         if not self.last_checked_at:
             self.last_checked_at = self.created_at
-        self.history.append(LifecycleEvent(self.created_at, "opening"))
+        self.history.append(LifecycleEvent(self.created_at, Event.OPENING))
 
     @property
     def borrower(self) -> Borrow | None:
         """Who holds the connection (None unless it is lent out), built when asked."""
-        task = self.borrowed_by
-        if task is None:
-            return None
-        site = self.borrowed_site
-        if site is None:
-            return Borrow(task, self.borrowed_at)
-        if isinstance(site, str):
-            return Borrow(task, self.borrowed_at, (site,))
-        return Borrow(task, self.borrowed_at, ((site, _line_at(site, self.borrowed_lasti)),))
+        from .leaks import borrower_of  # leaks reads records: imported when first asked
 
-    def note(self, at: float, event: str, detail: str = "") -> None:
+        return borrower_of(self)
+
+    def note(self, at: float, event: Event, detail: str = "") -> None:
         history = self.history
         history.append(LifecycleEvent(at, event, detail))
         if len(history) > HISTORY_LENGTH:

@@ -15,13 +15,34 @@ import ipaddress
 import socket
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .config import PoolConfig
 from .connector import Address
 from .errors import ConnectError, ConnectionLost, ConnectTimeout, OperationTimeout, UnknownKey
 from .sockets import SocketLike, set_keepalive, socket_tcp_state
 
-__all__ = ["LineConnection", "LineConnector", "LineServer", "MemoryConnection", "MemoryConnector"]
+if TYPE_CHECKING:
+    from .pool import GuardedPool
+
+__all__ = [
+    "LineConnection",
+    "LineConnector",
+    "LineServer",
+    "MemoryConnection",
+    "MemoryConnector",
+    "books_disagree",
+]
+
+
+def books_disagree(pool: GuardedPool[Any]) -> list[str]:
+    """Recount ``pool``'s books from its live records; every disagreement, in words.
+
+    Empty when the books hold: per key, slots = opening + idle + in use + closing and
+    opened - closed = open; pool-wide, slots = the sum over keys. O(connections): call it
+    between the steps of a test, never on a hot path.
+    """
+    return pool._books.verify(pool._keys.values())
 
 
 class LineServer:

@@ -4,7 +4,8 @@
 match the pool's records (:mod:`.classify`, pure), confirms and acts -- poison, retire,
 force-close through a dup (:mod:`.enforce`; the rest of a force-close's check runs in the
 background, :mod:`.verify`) -- and returns an :class:`AuditReport` (:mod:`.report`).
-:mod:`.auditor` ties these together behind the :class:`AuditTarget` protocol the pool
+:mod:`.auditor` ties these together behind the :class:`AuditTarget` protocol, which the
+pool's adapter :class:`.target.PoolTarget` (``pool.audit_target``)
 implements.
 """
 

@@ -1,8 +1,9 @@
 """The audit's I/O edge: gather the pool's books and the OS view, classify, act, report.
 
 ``run_audit`` is what ``pool.audit()`` calls. The pool is reached only through the small
-:class:`AuditTarget` protocol below, so the auditor can be tested with any object that
-keeps records for real sockets, and the pool never needs to know how the OS is read.
+:class:`AuditTarget` protocol below (the pool's own is the adapter
+:class:`~guardedpool.audit.target.PoolTarget`), so the auditor can be tested with any object
+that keeps records for real sockets, and the pool never needs to know how the OS is read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Sequence, Set
 from typing import Protocol
 
 from ..config import PoolConfig
-from ..records import Borrow, ConnectionRecord, LifecycleEvent
+from ..leaks import Borrow
+from ..records import ConnectionRecord, LifecycleEvent
 from .classify import Kind, classify
 from .enforce import Outcome, enforce
 from .report import AuditReport, Finding
@@ -34,31 +36,31 @@ _ORDER = {
 class AuditTarget(Protocol):
     """What the auditor needs from a pool. Every method is synchronous and cheap.
 
-    * ``audit_now``: the pool's monotonic clock (records' times are in it).
-    * ``audit_records``: live records: OPENING, IDLE, IN_USE and CLOSING.
-    * ``audit_graveyard``: retired records whose close finished (CLOSED), kept for a while
+    * ``now``: the pool's monotonic clock (records' times are in it).
+    * ``records``: live records: OPENING, IDLE, IN_USE and CLOSING.
+    * ``graveyard``: retired records whose close finished (CLOSED), kept for a while
       so an audit can check their sockets really left the process.
-    * ``audit_endpoints``: the (ip, port) pairs the pool connects to, resolved.
-    * ``audit_poison``: the record is half-open: take it out of service (an idle one now,
+    * ``endpoints``: the (ip, port) pairs the pool connects to, resolved.
+    * ``poison``: the record is half-open: take it out of service (an idle one now,
       one in use when it comes back) so it is replaced.
-    * ``audit_retire``: the record is overdue: retire it now (if still idle).
-    * ``audit_abort``: abort the record's transport if the pool still holds its connection;
+    * ``retire``: the record is overdue: retire it now (if still idle).
+    * ``abort``: abort the record's transport if the pool still holds its connection;
       False if it does not.
-    * ``audit_foreign``: the socket inodes other pools of this process own, and how many
+    * ``foreign``: the socket inodes other pools of this process own, and how many
       connects they have in flight: two pools to one server are not each other's orphans.
     """
 
     @property
     def config(self) -> PoolConfig: ...
 
-    def audit_now(self) -> float: ...
-    def audit_records(self) -> Sequence[ConnectionRecord]: ...
-    def audit_graveyard(self) -> Sequence[ConnectionRecord]: ...
-    def audit_endpoints(self) -> Set[Address]: ...
-    def audit_poison(self, record: ConnectionRecord) -> None: ...
-    def audit_retire(self, record: ConnectionRecord) -> None: ...
-    def audit_abort(self, record: ConnectionRecord) -> bool: ...
-    def audit_foreign(self) -> tuple[frozenset[int], int]: ...
+    def now(self) -> float: ...
+    def records(self) -> Sequence[ConnectionRecord]: ...
+    def graveyard(self) -> Sequence[ConnectionRecord]: ...
+    def endpoints(self) -> Set[Address]: ...
+    def poison(self, record: ConnectionRecord) -> None: ...
+    def retire(self, record: ConnectionRecord) -> None: ...
+    def abort(self, record: ConnectionRecord) -> bool: ...
+    def foreign(self) -> tuple[frozenset[int], int]: ...
 
 
 async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> AuditReport:
@@ -79,23 +81,23 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
     chosen = backend or resolve_backend(config.audit.backend)
     verifier = _verifier_of(target)  # issue 12 §5
     try:
-        endpoints = frozenset(target.audit_endpoints())
+        endpoints = frozenset(target.endpoints())
         missed: tuple[str, ...] = ()
     except OSError as exc:  # resolving needs fds too: at the fd limit, audit the rest
         endpoints, missed = frozenset(), (f"orphans not looked for: endpoints failed: {exc}",)
     known = [
         r.socket
-        for group in (target.audit_records(), target.audit_graveyard())
+        for group in (target.records(), target.graveyard())
         for r in group
         if r.socket is not None
     ]
     view = await scan(chosen, known, endpoints)
     # From here to the actions nothing awaits: the records cannot change under the verdict.
-    live = list(target.audit_records())
-    grave = list(target.audit_graveyard())
-    now = target.audit_now()
+    live = list(target.records())
+    grave = list(target.graveyard())
+    now = target.now()
     wall = time.time() - now  # add to a monotonic record time to get wall-clock
-    foreign, foreign_connecting = target.audit_foreign()
+    foreign, foreign_connecting = target.foreign()
     verdict = classify(
         live,
         grave,
@@ -135,9 +137,9 @@ def _verifier_of(target: AuditTarget) -> Verifier:
     try:
         verifier = _VERIFIERS.get(target)
         if verifier is None:
-            verifier = _VERIFIERS[target] = Verifier(target.audit_now)
+            verifier = _VERIFIERS[target] = Verifier(target.now)
     except TypeError:  # not hashable or not weakly referable: verdicts reach records only
-        verifier = Verifier(target.audit_now)
+        verifier = Verifier(target.now)
     return verifier
 
 

@@ -18,7 +18,8 @@ The rules, per record (at most one of straggler / half_open / overdue, plus leak
     ESTABLISHED -> poison. An unknown state (None) is no evidence either way.
   * overdue: IDLE past ``last_used_at + idle_timeout`` or ``expires_at`` by more than two
     housekeeping intervals (normal housekeeping lag) -> retire.
-  * leak_suspect: IN_USE by a borrower for ``leak_threshold`` s or more -> report.
+  * leak_suspect: IN_USE by a borrower for ``leak_threshold`` s or more, and not declared
+    a long hold (the rule is :func:`guardedpool.leaks.leak_suspect`) -> report.
   * orphan: a TCP row no record owns whose peer is a pooled endpoint -> close (if
     ``close_orphans``) else report. While a connect is in flight (an OPENING record with no
     socket identity yet) its socket is indistinguishable from an orphan, so orphans are
@@ -34,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from ..config import PoolConfig
-from ..policy import leak_suspect
+from ..leaks import leak_suspect, suspect_reason
 from ..records import ConnectionRecord, ConnState, SocketIdentity
 from .rows import Address, OsSocket, normalize_address, quiet_row
 
@@ -173,10 +174,7 @@ def _open_findings(
             reason = f"past its {why} by {now - due:.1f} s"
             out.append(Decision(Kind.OVERDUE, Plan.RETIRE, record, tuple(rows), reason, due))
     if leak_suspect(record, now, config):
-        borrower = record.borrower  # a view of the record, built only for one reported
-        assert borrower is not None
-        reason = f"checked out for {now - borrower.since:.1f} s by task {borrower.task!r}"
-        due = borrower.since + config.leak_threshold
+        reason, due = suspect_reason(record, now, config)
         out.append(Decision(Kind.LEAK_SUSPECT, Plan.REPORT, record, tuple(rows), reason, due))
     return out
 
@@ -231,7 +229,6 @@ def classify(
     settled: list[tuple[ConnectionRecord, list[OsSocket], float | None]] = []
     idle_ok = config.idle_timeout + 2 * config.housekeeping_interval
     lag = 2 * config.housekeeping_interval
-    leak = config.leak_threshold
     idle, in_use = ConnState.IDLE, ConnState.IN_USE
     for record in live_records:
         ident = record.socket
@@ -244,9 +241,7 @@ def classify(
                 if now < record.last_used_at + idle_ok and now < record.expires_at + lag:
                     del q[ident.inode]
                     continue
-            elif state is in_use and (
-                record.borrowed_by is None or now - record.borrowed_at < leak
-            ):
+            elif state is in_use and not leak_suspect(record, now, config):
                 del q[ident.inode]
                 continue
         rows = index.claim(ident)  # every record owns its rows, in flux or not

@@ -46,10 +46,10 @@ log = logging.getLogger("guardedpool.audit")
 class Remedies(Protocol):
     """What enforcement needs from the pool (a subset of ``AuditTarget``)."""
 
-    def audit_now(self) -> float: ...
-    def audit_poison(self, record: ConnectionRecord) -> None: ...
-    def audit_retire(self, record: ConnectionRecord) -> None: ...
-    def audit_abort(self, record: ConnectionRecord) -> bool: ...
+    def now(self) -> float: ...
+    def poison(self, record: ConnectionRecord) -> None: ...
+    def retire(self, record: ConnectionRecord) -> None: ...
+    def abort(self, record: ConnectionRecord) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +112,11 @@ def _act(
             if not _confirm_half_open(d):
                 outcomes.append(None)
                 continue
-            target.audit_poison(record)
+            target.poison(record)
             outcomes.append(Outcome(d, Action.POISONED, d.reason, _fds(d), _inode(d)))
         elif d.kind is Kind.OVERDUE:
             assert record is not None
-            target.audit_retire(record)
+            target.retire(record)
             outcomes.append(Outcome(d, Action.RETIRED, d.reason, _fds(d), _inode(d)))
         elif d.kind in (Kind.STRAGGLER, Kind.ORPHAN):
             inode, candidates = _socket_of(d)
@@ -134,7 +134,7 @@ def _act(
                 continue
             shut = sum(shutdown_socket(fd, inode) for fd in held)
             detail = f"{d.reason}; shut down via dup of fd {held[0]}" if shut else d.reason
-            if record is not None and target.audit_abort(record):
+            if record is not None and target.abort(record):
                 detail += "; pool aborted its transport"
             outcomes.append(None)  # filled in after the quick verification
             closing.append(Closing(d, inode, held, detail, now))
@@ -185,11 +185,11 @@ async def enforce(
                 )
                 action = Action.CLOSE_FAILED
                 if background is None:
-                    background = Verifier(target.audit_now)
+                    background = Verifier(target.now)
                 background.start(c)
             else:
                 why, action = c.detail, Action.FORCE_CLOSED
-                record_verdict(d.record, target.audit_now(), True, "audit force-close: gone")
+                record_verdict(d.record, target.now(), True, "audit force-close: gone")
             outcomes[index[id(d)]] = Outcome(d, action, why, tuple(c.fds), c.inode)
     done = [o for o in outcomes if o is not None]
     for o in done:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import ConnectionRecord
+from ..records import ConnectionRecord, Event
 from .classify import Decision
 from .report import Action, Verification
 
@@ -96,7 +96,7 @@ def record_verdict(record: ConnectionRecord | None, at: float, gone: bool, detai
     """Put a force-close's verdict on the connection's record (orphans have none)."""
     if record is not None:
         record.os_closed = gone
-        record.note(at, "verified", detail)
+        record.note(at, Event.VERIFIED, detail)
 
 
 def _fields(c: Closing) -> dict[str, Any]:

@@ -230,7 +230,7 @@ class IdleSession:
             await conn.select(self.mailbox)
             record = pool.record_of(conn)
             announced = False
-            clock = pool.audit_now  # the pool's monotonic clock, in which expires_at lives
+            clock = pool.clock  # the pool's monotonic clock, in which expires_at lives
             while not pool.closed:
                 start = clock()
                 if start >= record.expires_at:

@@ -557,7 +557,7 @@ class _Chaos:
         total = pool.stats()["total"]
         if total["slots"] or total["open"] or total["waiting"]:
             self.report.violate(f"after close: {total}")
-        for record in pool.audit_graveyard():
+        for record in pool.audit_target.graveyard():
             if record.socket is not None and is_open(record.socket):
                 self.report.violate(f"record {record.id} socket still open after close")
 

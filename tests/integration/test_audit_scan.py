@@ -124,7 +124,7 @@ class FakeTarget:
     """The pool's side of the audit, for real sockets the test opened."""
 
     config: PoolConfig
-    endpoints: Set[tuple[str, int]]
+    addresses: Set[tuple[str, int]]
     live: list[ConnectionRecord] = field(default_factory=list)
     grave: list[ConnectionRecord] = field(default_factory=list)
     held: dict[int, asyncio.BaseTransport] = field(default_factory=dict)
@@ -132,28 +132,28 @@ class FakeTarget:
     retired: list[ConnectionRecord] = field(default_factory=list)
     aborted: list[ConnectionRecord] = field(default_factory=list)
 
-    def audit_now(self) -> float:
+    def now(self) -> float:
         return time.monotonic()
 
-    def audit_records(self) -> Sequence[ConnectionRecord]:
+    def records(self) -> Sequence[ConnectionRecord]:
         return self.live
 
-    def audit_graveyard(self) -> Sequence[ConnectionRecord]:
+    def graveyard(self) -> Sequence[ConnectionRecord]:
         return self.grave
 
-    def audit_endpoints(self) -> Set[tuple[str, int]]:
-        return self.endpoints
+    def endpoints(self) -> Set[tuple[str, int]]:
+        return self.addresses
 
-    def audit_poison(self, record: ConnectionRecord) -> None:
+    def poison(self, record: ConnectionRecord) -> None:
         self.poisoned.append(record)
 
-    def audit_retire(self, record: ConnectionRecord) -> None:
+    def retire(self, record: ConnectionRecord) -> None:
         self.retired.append(record)
 
-    def audit_foreign(self) -> tuple[frozenset[int], int]:
+    def foreign(self) -> tuple[frozenset[int], int]:
         return frozenset(), 0
 
-    def audit_abort(self, record: ConnectionRecord) -> bool:
+    def abort(self, record: ConnectionRecord) -> bool:
         transport = self.held.pop(record.id, None)
         if transport is None:
             return False

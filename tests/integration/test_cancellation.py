@@ -112,6 +112,11 @@ class Shot:
         return self.task.result()
 
 
+async def checkout(pool: GuardedPool[Any], key: str) -> Any:
+    """``await pool.acquire(key)`` as a coroutine, for :func:`cancel_at` to step through."""
+    return await pool.acquire(key)
+
+
 async def cancel_at(coro: Coroutine[Any, Any, Any], k: int, by: By) -> Shot:
     """Run ``coro`` in a task and cancel it at point ``k`` (see the module docstring)."""
     counted = Counted(coro)
@@ -247,7 +252,7 @@ async def test_cold_acquire_cancelled_at_every_iteration(account: IMAPAccount) -
     async def case(k: int) -> bool:
         pool = imap_pool(account)
         async with pool:
-            shot = await cancel_at(pool._checkout("k"), k, "iteration")
+            shot = await cancel_at(checkout(pool, "k"), k, "iteration")
             if shot.completed:
                 pool.release(shot.result())
             await books_and_os_agree(pool, "k")
@@ -271,7 +276,7 @@ async def test_warm_acquire_with_noop_check_cancelled(account: IMAPAccount, by: 
         async with pool:
             async with pool.acquire("k") as conn:
                 await conn.noop()
-            shot = await cancel_at(pool._checkout("k"), k, by)
+            shot = await cancel_at(checkout(pool, "k"), k, by)
             if shot.completed:
                 assert shot.result() is conn
                 pool.release(conn)
@@ -448,7 +453,7 @@ async def test_memory_acquire_cancelled_at_every_iteration(warm: bool) -> None:
             if warm:
                 async with pool.acquire("a"):
                     pass
-            shot = await cancel_at(pool._checkout("a"), k, "iteration")
+            shot = await cancel_at(checkout(pool, "a"), k, "iteration")
             if shot.completed:
                 pool.release(shot.result())
             total = pool.stats()["total"]
@@ -472,7 +477,7 @@ async def test_memory_acquire_cancelled_during_reconnect_backoff() -> None:
         connector.fail_keys["a"] = ConnectError("refused (transient)")
         pool = GuardedPool(connector, MEM_CFG)
         async with pool:
-            shot = await cancel_at(pool._checkout("a"), k, "iteration")
+            shot = await cancel_at(checkout(pool, "a"), k, "iteration")
             assert not shot.completed or shot.task.exception() is not None
             await turns_until(lambda: not pool.stats()["total"]["opening"], 1.0, pause=0.001)
             total = pool.stats()["total"]
@@ -528,7 +533,7 @@ async def test_loopback_acquire_and_check_cancelled(line_server: LineServer, by:
         async with pool:
             async with pool.acquire("a") as conn:
                 await conn.ping()
-            shot = await cancel_at(pool._checkout("a"), k, by)
+            shot = await cancel_at(checkout(pool, "a"), k, by)
             if shot.completed:
                 pool.release(shot.result())
             await books_and_os_agree(pool, "a")
@@ -617,7 +622,7 @@ async def test_audit_cancelled_holds_no_fd(
             async with pool:
                 conn = await pool.acquire("a")
                 pool.release(conn, error=ConnectionLost("retire it"))
-                await turns_until(lambda: bool(pool.audit_graveyard()), 2.0, pause=0.005)
+                await turns_until(lambda: bool(pool.audit_target.graveyard()), 2.0, pause=0.005)
                 before = fd_targets()
                 shot = await cancel_at(pool.audit(), k, "suspension")
                 held = {t: n for t, n in (fd_targets() - before).items() if "socket:" not in t}

@@ -348,7 +348,7 @@ async def test_credentials_appear_nowhere(
                 store.close()
             for each in (pool, bad):
                 evidence.json(each.stats())
-                for record in [*each.audit_records(), *each.audit_graveyard()]:
+                for record in [*each.audit_target.records(), *each.audit_target.graveyard()]:
                     evidence.json(record.to_dict())
                 final = await each.audit()
                 evidence.add(final, final.to_dict())

@@ -80,7 +80,7 @@ async def test_close_path_force_closes_a_socket_the_driver_left_open() -> None:
         async with pool:
             async with pool.acquire("a") as conn:
                 await conn.ping()
-            record = pool.audit_records()[0]
+            record = pool.audit_target.records()[0]
             ident = record.socket
             assert ident is not None and is_open(ident)
             await pool.close()
@@ -99,15 +99,15 @@ async def test_replacement_waits_until_the_old_socket_is_gone() -> None:
         )
         async with pool:
             conn1 = await pool.acquire("a")
-            ident1 = pool.audit_records()[0].socket
+            ident1 = pool.audit_target.records()[0].socket
             assert ident1 is not None
             conn1.poisoned = True  # the driver noticed a fault...
             pool.release(conn1)  # ...and the pool retires it
             conn2 = await pool.acquire("a")  # the slot reopens only after force-close
             assert not is_open(ident1)
-            history = next(r for r in pool.audit_graveyard() if r.socket == ident1).history
+            history = next(r for r in pool.audit_target.graveyard() if r.socket == ident1).history
             closed_at = next(e.at for e in history if e.event == "closed")
-            new_record = pool.audit_records()[0]
+            new_record = pool.audit_target.records()[0]
             assert new_record.created_at >= closed_at
             pool.release(conn2)
 

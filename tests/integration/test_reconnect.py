@@ -158,9 +158,9 @@ async def test_old_socket_is_closed_before_the_slot_reconnects(
     assert stats["opened"] >= keys * rounds
     assert sum(stats["reconnects"].values()) >= keys * rounds - keys
     # Every socket the pool ever opened is gone (the proxies' own are the fixture's).
-    for record in pool.audit_graveyard():
+    for record in pool.audit_target.graveyard():
         assert record.socket is not None and not is_open(record.socket)
-    assert len(pool.audit_graveyard()) >= keys * rounds
+    assert len(pool.audit_target.graveyard()) >= keys * rounds
 
 
 async def test_half_open_peer_is_found_by_the_heartbeat_and_replaced(

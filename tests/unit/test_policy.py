@@ -15,6 +15,7 @@ from guardedpool import (
     ConnectTimeout,
     PoolConfig,
     UnknownKey,
+    leaks,
     policy,
 )
 from guardedpool.records import CloseReason, ConnectionRecord, ConnState
@@ -75,7 +76,8 @@ def test_retire_on_release(
     alive: bool, faulted: bool, closing: bool, now: float, want: CloseReason | None
 ) -> None:
     assert (
-        policy.retire_on_release(rec(), now, alive=alive, faulted=faulted, closing=closing) is want
+        policy.retire_on_release(rec(), now, alive=alive, faulted=faulted, shutting_down=closing)
+        is want
     )
 
 
@@ -91,15 +93,15 @@ def test_checks_and_heartbeats() -> None:
 
 def test_leak_and_reclaim() -> None:
     r = rec(state=ConnState.IN_USE)
-    assert not policy.leak_suspect(r, 10**6, CFG)  # no borrower recorded: not a suspect
+    assert not leaks.leak_suspect(r, 10**6, CFG)  # no borrower recorded: not a suspect
     r.borrowed_by, r.borrowed_at = "t", 100.0
-    assert not policy.leak_suspect(r, 129.0, CFG)
-    assert policy.leak_suspect(r, 130.0, CFG)
-    assert not policy.reclaim_due(r, 159.0, CFG)
-    assert policy.reclaim_due(r, 160.0, CFG)
-    assert not policy.reclaim_due(r, 10**6, PoolConfig())
+    assert not leaks.leak_suspect(r, 129.0, CFG)
+    assert leaks.leak_suspect(r, 130.0, CFG)
+    assert not leaks.reclaim_due(r, 159.0, CFG)
+    assert leaks.reclaim_due(r, 160.0, CFG)
+    assert not leaks.reclaim_due(r, 10**6, PoolConfig())
     r.state = ConnState.IDLE
-    assert not policy.leak_suspect(r, 10**6, CFG)
+    assert not leaks.leak_suspect(r, 10**6, CFG)
 
 
 @given(key=st.integers(0, 10), total=st.integers(0, 10))

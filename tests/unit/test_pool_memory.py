@@ -28,7 +28,7 @@ from guardedpool import (
     UnknownKey,
 )
 from guardedpool.records import ConnState
-from guardedpool.testing import MemoryConnection, MemoryConnector
+from guardedpool.testing import MemoryConnection, MemoryConnector, books_disagree
 
 FAST = PoolConfig(
     max_per_key=2,
@@ -96,7 +96,7 @@ async def test_cancelled_waiter_is_never_handed_a_connection() -> None:
     pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0))
     async with pool:
         held = await pool.acquire("a")
-        task = asyncio.create_task(pool._checkout("a"))
+        task = asyncio.ensure_future(pool.acquire("a"))
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -112,7 +112,7 @@ async def test_connection_handed_to_a_cancelled_waiter_is_not_lost() -> None:
     pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0))
     async with pool:
         held = await pool.acquire("a")
-        task = asyncio.create_task(pool._checkout("a"))
+        task = asyncio.ensure_future(pool.acquire("a"))
         await asyncio.sleep(0.01)
         pool.release(held)  # hands it to the waiter's future...
         task.cancel()  # ...which is cancelled before it runs
@@ -157,7 +157,7 @@ async def test_transient_failures_retry_then_recover() -> None:
     )
     connector.fail_keys["a"] = ConnectError("refused")
     async with pool:
-        task = asyncio.create_task(pool._checkout("a"))
+        task = asyncio.ensure_future(pool.acquire("a"))
         await asyncio.sleep(0.2)
         assert not task.done()
         assert fired == [("a", "ConnectError")]  # once per failure streak
@@ -302,7 +302,7 @@ async def test_close_wakes_waiters_and_is_idempotent() -> None:
     )
     await pool.__aenter__()
     held = await pool.acquire("a")
-    waiter = asyncio.create_task(pool._checkout("a"))
+    waiter = asyncio.ensure_future(pool.acquire("a"))
     await asyncio.sleep(0.01)
     await asyncio.wait_for(asyncio.gather(pool.close(), pool.close()), 3)
     with pytest.raises(PoolClosed):
@@ -324,7 +324,7 @@ async def test_release_of_foreign_connection_is_an_error() -> None:
 async def test_cancelled_open_leaves_nothing_behind() -> None:
     pool, connector = make(open_delay=0.2)
     async with pool:
-        task = asyncio.create_task(pool._checkout("a"))
+        task = asyncio.ensure_future(pool.acquire("a"))
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -371,6 +371,7 @@ async def _random_work(ops: list[tuple[str, int, str]], seed: int) -> None:
     violations: list[str] = []
 
     def check_books() -> None:
+        violations.extend(books_disagree(pool))  # every count, recounted from the records
         s = pool.stats()
         per_key: dict[str, int] = {}
         for c in connector.live:
@@ -392,6 +393,7 @@ async def _random_work(ops: list[tuple[str, int, str]], seed: int) -> None:
                 check_books()
                 for _ in range(hold):
                     await asyncio.sleep(0.002)
+                    check_books()
                 if outcome == "fault":
                     raise ConnectionLost("injected")
                 if outcome == "dead":
@@ -400,6 +402,7 @@ async def _random_work(ops: list[tuple[str, int, str]], seed: int) -> None:
                     raise asyncio.CancelledError
         except (ConnectionLost, PoolTimeout, asyncio.CancelledError):
             pass
+        check_books()  # after the release (or the failed acquire)
 
     async with pool:
         tasks = [asyncio.create_task(job(*op)) for op in ops]
@@ -408,9 +411,10 @@ async def _random_work(ops: list[tuple[str, int, str]], seed: int) -> None:
             check_books()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
         check_books()
+    violations.extend(books_disagree(pool))  # after close(): nothing left, nothing owed
     assert not violations, violations
     assert not connector.live, "every opened connection is closed after close()"
-    for record in pool.audit_graveyard():
+    for record in pool.audit_target.graveyard():
         assert record.state is ConnState.CLOSED and record.close_reason is not None
     assert pool.stats()["total"]["slots"] == 0
 
@@ -454,7 +458,7 @@ async def test_reset_peaks_starts_a_new_window() -> None:
     pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=1.0))
     async with pool:
         held = await pool.acquire("a")
-        waiter = asyncio.create_task(pool._checkout("a"))
+        waiter = asyncio.ensure_future(pool.acquire("a"))
         await asyncio.sleep(0.05)
         pool.release(held)
         pool.release(await waiter)
@@ -465,3 +469,12 @@ async def test_reset_peaks_starts_a_new_window() -> None:
         stats = pool.stats()
         assert stats["total"]["acquire_wait_max"] == 0.0
         assert stats["total"]["peak_connecting"] == 0
+
+
+async def test_repr_says_keys_counts_and_whether_closed() -> None:
+    pool, _ = make()
+    async with pool, pool.acquire("a"):
+        assert repr(pool) == (
+            "<GuardedPool open keys=1 open=1 idle=0 in_use=1 opening=0 closing=0 slots=1>"
+        )
+    assert repr(pool).startswith("<GuardedPool closed keys=1 open=0 idle=0 in_use=0")
