@@ -17,9 +17,12 @@ on. Some servers never push inside an IDLE round (GNU Mailutils) or only poll th
 store every minute (Courier); on those, and on any server, a message is stored at most
 ``poll_interval`` plus one pass after it arrived -- the same bound as poll mode.
 
-The other mailboxes are polled every ``poll_interval`` seconds, as in poll mode. A watched
-mailbox whose IDLE session ends for good (the server has no IDLE, SELECT answers NO, the
-login is refused) is logged, counted as an error, and polled from then on.
+The other mailboxes are polled every ``poll_interval`` seconds, as in poll mode, and the
+account's patterns are resolved again (LIST) before each polling round, so a folder created
+on the server while the worker runs is synced within a round, and one deleted or renamed is
+retired. A watched mailbox whose IDLE session ends for good (the server has no IDLE,
+SELECT answers NO, the login is refused) is logged, counted as an error, and polled from
+then on.
 
 When ``stop`` is set no new pass starts, each IDLE ends with DONE (bounded by the pool's
 ``op_timeout``) and its connection goes back to the pool, and passes in flight finish.
@@ -67,7 +70,7 @@ class PushSync:
 
     Attributes:
         watched: account key -> the mailbox held in IDLE.
-        polled: the (key, mailbox) pairs synced by polling; grows when IDLE fails.
+        idle_ended: the watched (key, mailbox) pairs whose IDLE ended for good (polled).
         triggers: account key -> events that marked its watched mailbox dirty.
         timed: account key -> passes of its watched mailbox run because no push had
             come for ``poll_interval`` seconds (the staleness bound at work).
@@ -88,10 +91,19 @@ class PushSync:
             a.key: watched_mailbox(a, [name for key, name in worker.jobs() if key == a.key])
             for a in worker.accounts
         }
-        self.polled = [(key, box) for key, box in worker.jobs() if self.watched[key] != box]
+        self.idle_ended: set[tuple[str, str]] = set()
         self.triggers = dict.fromkeys(self.watched, 0)
         self.timed = dict.fromkeys(self.watched, 0)
         self.sessions: dict[str, IdleSession] = {}
+
+    def polled(self) -> list[tuple[str, str]]:
+        """The (key, mailbox) pairs synced by polling, as last resolved: every mailbox but
+        the watched ones whose IDLE is live."""
+        return [
+            (key, box)
+            for key, box in self.worker.jobs()
+            if self.watched.get(key) != box or (key, box) in self.idle_ended
+        ]
 
     async def run(
         self, stop: asyncio.Event, *, on_pass: Callable[[PassSummary], None] | None = None
@@ -108,7 +120,7 @@ class PushSync:
         tasks = watchers + syncers
         try:
             await self.worker.poll(
-                self.poll_interval, stop, on_pass=on_pass, jobs=lambda: self.polled
+                self.poll_interval, stop, on_pass=on_pass, jobs=self.polled, resolve_each_round=True
             )
         except BaseException:
             for task in tasks:
@@ -142,7 +154,7 @@ class PushSync:
                 error,
                 extra={"key": key, "mailbox": mailbox},
             )
-            self.polled.append((key, mailbox))
+            self.idle_ended.add((key, mailbox))
             dirty.set()  # one sync now rather than a poll_interval later
         finally:
             self.sessions.pop(key, None)
@@ -160,7 +172,7 @@ class PushSync:
                 async with asyncio.timeout(self.poll_interval):
                     await dirty.wait()
             except TimeoutError:
-                if job in self.polled:  # IDLE failed for good: the poller has it
+                if job in self.idle_ended:  # IDLE failed for good: the poller has it
                     continue
                 self.timed[key] += 1  # no push for poll_interval: never staler than a poll
             if stop.is_set():

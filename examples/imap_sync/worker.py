@@ -313,13 +313,18 @@ class SyncWorker:
         *,
         on_pass: Callable[[PassSummary], None] | None = None,
         jobs: Callable[[], Iterable[tuple[str, str]]] | None = None,
+        resolve_each_round: bool = False,
     ) -> None:
-        """A pass of ``jobs()`` (default: every mailbox), then wait ``poll_interval``
-        seconds (or until ``stop`` is set), repeat. No jobs: no pass, just the wait."""
+        """A pass of ``jobs()`` (default: every mailbox, patterns resolved first), then wait
+        ``poll_interval`` seconds (or until ``stop`` is set), repeat. No jobs: no pass, just
+        the wait. ``resolve_each_round``: resolve the patterns before each round of
+        ``jobs()`` too."""
         while not stop.is_set():
+            listing = await self.resolve() if resolve_each_round and jobs is not None else []
             todo = None if jobs is None else list(jobs())
-            if todo is None or todo:
+            if todo is None or todo or listing:
                 summary = await self.run_pass(todo)
+                summary.failures[:0] = listing
                 if on_pass is not None:
                     on_pass(summary)
             try:

@@ -20,7 +20,14 @@ from examples.imap_sync.mailbox import MailboxResult
 from examples.imap_sync.store import Store, flags_text
 from examples.imap_sync.worker import PassSummary, SyncWorker
 from guardedpool import GuardedPool, PoolConfig
-from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector, parse_fetch, parse_search
+from guardedpool.imap import (
+    IMAPAccount,
+    IMAPClient,
+    IMAPConnector,
+    WireName,
+    parse_fetch,
+    parse_search,
+)
 
 CFG = PoolConfig(
     max_per_key=2,
@@ -278,6 +285,33 @@ async def test_idle_mode_needs_two_connections_per_key(
             await worker.run_forever(1.0, asyncio.Event(), mode="idle")
         with pytest.raises(ValueError, match="mode must be"):
             await worker.run_forever(1.0, asyncio.Event(), mode="push")
+
+
+async def test_idle_mode_picks_up_a_folder_created_while_it_runs(
+    dovecot: DovecotServer, store: Store
+) -> None:
+    """Idle mode resolves the account's patterns again before each polling round: a folder
+    created on the server after the worker started is synced (its INBOX stays in IDLE)."""
+    acc = new_user(dovecot, 1)
+    acc = AccountConfig(acc.key, acc.account, ("*",))
+    passes: asyncio.Queue[PassSummary] = asyncio.Queue()
+    stop = asyncio.Event()
+    async with make_pool([acc]) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        run = worker.run_forever(0.2, stop, on_pass=passes.put_nowait, mode="idle")
+        task = asyncio.create_task(run)
+        try:
+            assert (await next_pass_of(passes, "INBOX", 5.0)).new == 1
+            async with pool.acquire(acc.key) as imap:
+                await imap.create("Später")
+                await imap.append(make_message(7), "Später")
+            assert (await next_pass_of(passes, "Sp&AOQ-ter", 5.0)).new == 1
+            assert await assert_mirrored(pool, store, acc.key, WireName("Sp&AOQ-ter")) == 1
+        finally:
+            stop.set()
+            async with asyncio.timeout(5.0):
+                await task
+        assert worker.counters[acc.key].errors == 0
 
 
 async def test_idle_mode_falls_back_to_polling(dovecot: DovecotServer, store: Store) -> None:
