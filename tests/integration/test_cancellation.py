@@ -565,18 +565,25 @@ async def test_loopback_close_cancelled(line_server: LineServer) -> None:
 class _HalfOpenConnector:
     """Connections on asyncio streams whose close and abort do nothing.
 
-    A stream transport stays half-open after the peer's EOF, so the pool's own
-    force-close (a shutdown) cannot end it: every retired connection becomes a straggler
-    that only the audit (which also aborts the loop's transport) can close. That gives
-    the audit's force-close path awaits worth cancelling.
+    A stream transport stays half-open after the peer's EOF, so neither the pool's own
+    force-close nor the audit's (a shutdown through a dup) can end it: every retired
+    connection becomes a straggler the audit shuts down and reports ``close_failed``,
+    which gives its force-close path awaits worth cancelling. :meth:`let_go` is the
+    leaky owner finally closing its writers.
     """
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.address = address
+        self.writers: list[asyncio.StreamWriter] = []
 
     async def open(self, key: str, config: PoolConfig) -> asyncio.StreamWriter:
         _, writer = await asyncio.open_connection(*self.address)
+        self.writers.append(writer)
         return writer
+
+    def let_go(self) -> None:
+        for writer in self.writers:
+            writer.close()
 
     async def check(self, conn: asyncio.StreamWriter, timeout: float) -> None:
         pass
@@ -603,7 +610,7 @@ async def test_audit_cancelled_holds_no_fd(
     """An audit cancelled at any await leaves no fd of any kind open -- not even its
     ``/proc/self/fd`` listing -- while the cancelled task is still referenced (as
     ``gather(return_exceptions=True)`` or a task registry would keep it); the next audit
-    force-closes the straggler and the one after is clean.
+    shuts the straggler down and reports it, and once its owner lets go the next is clean.
 
     1,200 padding fds make the procfs scan yield between chunks several times; a
     straggler makes the force-close path await. The pool's and the classifier's grace
@@ -616,9 +623,8 @@ async def test_audit_cancelled_holds_no_fd(
         baseline = set(socket_fds().values())
 
         async def case(k: int) -> bool:
-            pool: GuardedPool[asyncio.StreamWriter] = GuardedPool(
-                _HalfOpenConnector(line_server.address), MEM_CFG
-            )
+            leaky = _HalfOpenConnector(line_server.address)
+            pool: GuardedPool[asyncio.StreamWriter] = GuardedPool(leaky, MEM_CFG)
             async with pool:
                 conn = await pool.acquire("a")
                 pool.release(conn, error=ConnectionLost("retire it"))
@@ -629,8 +635,13 @@ async def test_audit_cancelled_holds_no_fd(
                 assert not held, f"audit cancelled at point {k} still holds {held}"
                 assert shot.task.done()  # and is still referenced, on purpose
                 report = await pool.audit()
-                assert report.healthy, str(report)
-                assert {f.action.value for f in report.findings} <= {"force_closed"}
+                assert {(f.kind.value, f.action.value) for f in report.findings} <= {
+                    ("straggler", "close_failed")
+                }, str(report)
+                leaky.let_go()
+                await turns_until(
+                    lambda: set(socket_fds().values()) == baseline, 2.0, pause=0.005
+                )
                 again = await pool.audit()
                 assert again.healthy and not again.findings, str(again)
             await same_sockets(baseline)

@@ -10,6 +10,7 @@ found and replaced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from guardedpool import (
     AuthenticationError,
     ConnectionPoisoned,
     GuardedPool,
+    OperationTimeout,
     PoolConfig,
     PoolTimeout,
     RetryPolicy,
@@ -132,8 +134,11 @@ async def test_old_socket_is_closed_before_the_slot_reconnects(
 
     async def churn(key: str, proxy: FaultProxy) -> None:
         for _ in range(rounds):
-            async with pool.acquire(key) as imap:
-                await imap.noop()
+            # Healthy, but on a loaded machine a NOOP can outlast op_timeout (0.2 s): that
+            # is one more forced reconnect, which is what this test counts.
+            with contextlib.suppress(OperationTimeout):
+                async with pool.acquire(key) as imap:
+                    await imap.noop()
             fault = rnd.choices(["reset", "close", "stall"], weights=[45, 45, 10])[0]
             faults[fault] += 1
             if fault == "reset":
