@@ -98,6 +98,8 @@ class IMAPClient(GuardedSession):
         self._done_sent = False
         self.selected: str | None = None
         """The mailbox selected (or examined) last, None when none is."""
+        self.logged_out = False
+        """True once :meth:`logout` was called: the session was ended on purpose."""
 
     # -- commands ----------------------------------------------------------------------
 
@@ -323,6 +325,7 @@ class IMAPClient(GuardedSession):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._bound(timeout)
+        self.logged_out = True
         try:
             if self._idle is not None:
                 # aioimaplib's logout would queue behind the pending IDLE (bug 5).
