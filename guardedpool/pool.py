@@ -769,6 +769,34 @@ class GuardedPool(Generic[C]):
             raise PoolError("record_of() of a connection that is not checked out from this pool")
         return slot.record
 
+    def declare_long_hold(self, conn: C) -> None:
+        """Say that you hold ``conn`` long on purpose, until you release it.
+
+        A connection held past ``leak_threshold`` is a leak suspect (logged, reported by
+        the audit, which turns a health check unhealthy), unless its borrower declared the
+        hold: an IDLE session (:func:`guardedpool.imap.idle.idle` does), a long sync, a
+        subscription. The declaration ends with the release; the next borrow of the same
+        connection is a plain one again. ``reclaim_after``, a hard cap, still applies.
+        Idempotent. Raises :class:`PoolError` for a connection not checked out from this
+        pool.
+        """
+        slot = self._borrowed.get(id(conn))
+        if slot is None:
+            raise PoolError(
+                "declare_long_hold() of a connection that is not checked out from this pool"
+            )
+        record = slot.record
+        if not record.long_hold:
+            record.long_hold = True
+            record.note(self._clock(), Event.LONG_HOLD)
+            log.debug(
+                "guardedpool: connection %d of key %r is held long on purpose (declared); "
+                "not a leak suspect until it is released",
+                record.id,
+                record.key,
+                extra={"key": record.key, "conn_id": record.id},
+            )
+
     # ----------------------------------------------------------------- stats and audit
 
     def stats(self) -> dict[str, Any]:
