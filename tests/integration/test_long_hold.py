@@ -8,8 +8,9 @@ import asyncio
 
 import pytest
 from harness import DovecotServer
+from harness.configs import IMAP, config
 
-from guardedpool import GuardedPool, PoolConfig, RetryPolicy
+from guardedpool import GuardedPool
 from guardedpool.audit import Kind
 from guardedpool.imap import IMAPAccount, IMAPConnector
 from guardedpool.imap.idle import idle
@@ -23,15 +24,7 @@ async def test_an_idle_hold_is_no_leak_suspect_but_a_plain_hold_as_long_is(
     account = IMAPAccount(
         host=dovecot.host, port=dovecot.port, username=user, password=password, tls=False
     )
-    cfg = PoolConfig(
-        leak_threshold=1.5,
-        acquire_timeout=5.0,
-        connect_timeout=2.0,
-        op_timeout=1.0,
-        close_timeout=0.3,
-        housekeeping_interval=0.05,
-        retry=RetryPolicy(initial=0.02, max_delay=0.1, jitter=0.02),
-    )
+    cfg = config(IMAP, leak_threshold=1.5)
     pool = GuardedPool(IMAPConnector({"idle": account, "plain": account}), cfg)
     async with pool, idle(pool, "idle", "INBOX", renew_after=1.0) as pushes:
         async with asyncio.timeout(3.0):

@@ -13,18 +13,16 @@ from typing import Any
 
 import pytest
 from harness import DovecotServer, Mode, ProxyFactory
+from harness.configs import FAST_RETRY
 
 from guardedpool import (
     ConnectionLost,
     GuardedPool,
     PoolConfig,
     PoolTimeout,
-    RetryPolicy,
 )
 from guardedpool.audit.classify import STRAGGLER_GRACE
 from guardedpool.imap import IMAPAccount, IMAPConnector
-
-FAST_RETRY = RetryPolicy(initial=0.05, multiplier=2.0, max_delay=0.1, jitter=0.0)
 
 
 def account(host: str, port: int, user: str, password: str) -> IMAPAccount:

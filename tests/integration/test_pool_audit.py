@@ -9,6 +9,7 @@ from collections.abc import Callable
 import aioimaplib
 import pytest
 from harness import DovecotServer, ProxyFactory
+from harness.configs import QUIET
 
 from guardedpool import AuditPolicy, GuardedPool, PoolConfig, PoolError
 from guardedpool.audit import Action, Kind
@@ -53,7 +54,6 @@ async def test_clean_pool_reports_healthy_with_process_figures() -> None:
 
 # -- each finding produced for real by a real pool -------------------------------------
 
-QUIET = PoolConfig(housekeeping_interval=3600.0, check_after=3600.0, heartbeat_interval=None)
 
 
 def imap_pool(

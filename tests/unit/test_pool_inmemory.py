@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 import pytest
+from harness.configs import IN_MEMORY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,16 +32,7 @@ from guardedpool import (
 from guardedpool.records import ConnState
 from guardedpool.testing import MemoryConnection, MemoryConnector, books_disagree
 
-FAST = PoolConfig(
-    max_per_key=2,
-    max_total=4,
-    acquire_timeout=1.0,
-    connect_timeout=1.0,
-    close_timeout=0.2,
-    housekeeping_interval=0.01,
-    check_after=60.0,
-    retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01),
-)
+FAST = IN_MEMORY
 
 
 def make(
