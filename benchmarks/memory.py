@@ -36,7 +36,7 @@ thousand keys (target: flat, under 1 KiB per 1,000 keys, i.e. about a byte a key
 
     python benchmarks/memory.py            # N = 10,000, 3 rounds (a few minutes)
     python benchmarks/memory.py --quick    # N = 1,000, 1 round
-    python benchmarks/memory.py --keys-churn           # a million keys (~6 min here)
+    python benchmarks/memory.py --keys-churn           # a million keys (~10 min, loaded 2 vCPU)
     python benchmarks/memory.py --keys-churn --quick   # 100,000 keys
 """
 
