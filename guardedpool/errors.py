@@ -48,13 +48,26 @@ class PoolTimeout(PoolError, TimeoutError):
 
     ``last_error`` is the most recent connect failure for that key, if any: a timeout
     while the server refuses connections reads very differently from one under load.
+    ``failed_check`` says, when it happened, that a pooled connection failed its NOOP check
+    before hand-out (and how long that took): the time then went to the check and the
+    replacement connect, not to a queue.
     """
 
-    def __init__(self, key: str, waited: float, last_error: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        waited: float,
+        last_error: BaseException | None = None,
+        *,
+        failed_check: str | None = None,
+    ) -> None:
         self.key = key
         self.waited = waited
         self.last_error = last_error
+        self.failed_check = failed_check
         msg = f"no connection for key {key!r} within {waited:.3f} s"
+        if failed_check is not None:
+            msg += f"; a pooled connection failed its hand-out check ({failed_check})"
         if last_error is not None:
             msg += f" (last connect error: {type(last_error).__name__}: {last_error})"
         super().__init__(msg)

@@ -23,6 +23,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_base, wait_exponential, wait_random
 
 from .config import PoolConfig, RetryPolicy
+from .errors import UnknownKey
+from .logs import error_text
 from .policy import is_transient
 
 if TYPE_CHECKING:
@@ -100,9 +102,10 @@ async def connect_with_retry(
 ) -> T:
     """Run ``attempt`` until it succeeds, a permanent error occurs, or nobody wants it.
 
-    Waits out the key's current backoff first. Each failure is recorded in ``backoff``
-    and passed to ``on_failure(exc, delay)`` before the delay is slept. Raises the last
-    error when it is permanent or when ``wanted()`` turned False.
+    Waits out the key's current backoff first. Each failure but :class:`UnknownKey` (not a
+    failure of the key: there is no such key) is recorded in ``backoff``, with a delay
+    only when it is transient, and passed to ``on_failure(exc, delay)`` before the delay
+    is slept. Raises the last error when it is permanent or when ``wanted()`` turned False.
     """
     wait = backoff_wait(policy, backoff)
     pending = backoff.next_attempt_at - clock()
@@ -116,6 +119,9 @@ async def connect_with_retry(
             delay = 0.0
             if is_transient(exc):
                 delay = wait.delay()
+            if not isinstance(exc, UnknownKey):
+                # A permanent failure (wrong password, untrusted certificate) is a failure
+                # of the key all the same: counted, kept as last_error, but not delayed.
                 backoff.record_failure(exc, clock(), delay)
             on_failure(exc, delay)
             raise
@@ -176,13 +182,36 @@ class Reconnector(Generic[C]):
         the record's history). Raises the last error when it is permanent or unwanted.
         """
 
+        failed_here = 0
+
         def failed(exc: BaseException, delay: float) -> None:
+            nonlocal failed_here
             note(exc)
+            failed_here = backoff.failures
+            if isinstance(exc, UnknownKey):
+                log.debug(
+                    "guardedpool: key %r is unknown to the connector; nothing kept for it",
+                    key,
+                    extra={"key": key, "error": error_text(exc)},
+                )
+                return
+            error = error_text(exc)
+            then = (
+                f"retrying in {delay:.2f} s while someone waits"
+                if is_transient(exc)
+                else "not retried (a permanent error)"
+            )
             log.warning(
-                "guardedpool: connect failed",
+                "guardedpool: connect for key %r failed (%d in a row): %s; %s",
+                key,
+                backoff.failures,
+                error,
+                then,
                 extra={
                     "key": key,
-                    "error": f"{type(exc).__name__}: {exc}",
+                    "error": error,
+                    "error_type": type(exc).__name__,
+                    "transient": is_transient(exc),
                     "retry_in": delay,
                     "consecutive_failures": backoff.failures,
                 },
@@ -192,10 +221,16 @@ class Reconnector(Generic[C]):
             ):
                 try:
                     self._on_failed(key, exc)
-                except Exception:
-                    log.exception("guardedpool: on_reconnect_failed callback raised")
+                except Exception as cb_exc:
+                    log.exception(
+                        "guardedpool: on_reconnect_failed callback raised %s for key %r",
+                        error_text(cb_exc),
+                        key,
+                        extra={"key": key, "error": error_text(cb_exc)},
+                    )
 
-        return await connect_with_retry(
+        streak = backoff.failures  # failed attempts of the key before this connect
+        conn = await connect_with_retry(
             lambda: self._once(key),
             policy=self._config.retry,
             backoff=backoff,
@@ -204,6 +239,16 @@ class Reconnector(Generic[C]):
             sleep=asyncio.sleep,
             on_failure=failed,
         )
+        streak = max(streak, failed_here)
+        if streak:
+            log.info(
+                "guardedpool: key %r connected again after %d failed attempts",
+                key,
+                streak,
+                extra={"key": key, "consecutive_failures": streak},
+            )
+        return conn
+
 
     async def _once(self, key: str) -> C:
         async with self._connect_permits:

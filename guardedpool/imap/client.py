@@ -148,6 +148,8 @@ class IMAPClient(GuardedSession):
         self.utf8_enabled = False
         """True once ENABLE UTF8=ACCEPT succeeded (RFC 6855): mailbox names then go on
         the wire as UTF-8, and LIST sends them so."""
+        self.logged_out = False
+        """True once :meth:`logout` was called: the session was ended on purpose."""
 
     def _mailbox(self, name: str) -> str:
         return mailbox_arg(name, utf8=self.utf8_enabled)
@@ -437,6 +439,7 @@ class IMAPClient(GuardedSession):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._bound(timeout)
+        self.logged_out = True
         try:
             if self._idle is not None:
                 # aioimaplib's logout would queue behind the pending IDLE (bug 5).
