@@ -59,7 +59,9 @@ __all__ = [
     "refresh",
     "select_folders",
     "unmatched",
+    "unselectable",
     "vanished",
+    "wanted",
 ]
 
 log = logging.getLogger("imap_sync")
@@ -190,12 +192,36 @@ def select_folders(entries: Iterable[ListEntry], patterns: Sequence[Pattern]) ->
 
 def unmatched(patterns: Sequence[Pattern], entries: Sequence[ListEntry]) -> list[str]:
     """Literal names (no wildcard, no role) that name no selectable mailbox: a typo, or a
-    wire name where a human one belongs (``Entw&APw-rfe`` for ``Entwürfe``)."""
+    wire name where a human one belongs (``Entw&APw-rfe`` for ``Entwürfe``). A name LIST
+    shows as ``\\Noselect`` (a parent that only holds others) is there, and is not one of
+    them: it is never synced (see :func:`unselectable`)."""
     folders = [Folder.from_entry(e) for e in entries if e.selectable]
     return [
         p.text
         for p in patterns
-        if p.literal and not p.exclude and not any(_matches(p, f) for f in folders)
+        if p.literal
+        and not p.exclude
+        and not any(_matches(p, f) for f in folders)
+        and p.text not in unselectable(patterns, entries)
+    ]
+
+
+def unselectable(patterns: Sequence[Pattern], entries: Sequence[ListEntry]) -> list[str]:
+    """Literal names that LIST shows only as ``\\Noselect`` (RFC 3501 §7.2.2): on the
+    server, but SELECT would refuse them, so they are skipped, not tried every pass."""
+    held = [Folder.from_entry(e) for e in entries if e.selectable]
+    parents = [
+        Folder.from_entry(e)
+        for e in entries
+        if any(f.upper() == "\\NOSELECT" for f in e.flags)
+    ]
+    return [
+        p.text
+        for p in patterns
+        if p.literal
+        and not p.exclude
+        and not any(_matches(p, f) for f in held)
+        and any(_matches(p, f) for f in parents)
     ]
 
 
@@ -312,8 +338,10 @@ async def find_moves(
 
 def needs_list(patterns: Sequence[Pattern]) -> bool:
     """Whether resolving ``patterns`` takes a LIST: plain names need none (each is synced
-    as named, and a missing one fails its SELECT every pass, as a typo should)."""
-    return not all(p.literal for p in patterns)
+    as named, and a missing one fails its SELECT every pass, as a typo should) -- unless
+    one has a ``/``, which stands for the server's delimiter (``Archive/2024`` is
+    ``Archive.2024`` on Dovecot's Maildir++), so only LIST can tell its wire name."""
+    return not all(p.literal and "/" not in p.name for p in patterns)
 
 
 def literal_folders(
@@ -371,6 +399,14 @@ async def refresh(
             f" to {target.path!r}" if target else "",
             kept,
             extra={"key": key, "mailbox": label, "state": move.state},
+        )
+    for text in unselectable(patterns, listing.entries):
+        log.warning(
+            "%s: mailbox %r cannot be selected on the server (\\Noselect: it only holds "
+            "other mailboxes); not synced",
+            key,
+            text,
+            extra={"key": key, "mailbox": text},
         )
     for text in missing:
         hint = display(text)

@@ -6,6 +6,7 @@ a pattern or a label is ``Archive.2024`` on the wire; ``Entwürfe`` is ``Entw&AP
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -173,3 +174,34 @@ async def test_patterns_select_by_path_and_role(account: AccountConfig, store: S
             assert not await worker.resolve(), patterns
             assert {name for _, name in worker.jobs()} == expected, patterns
             assert all(isinstance(name, WireName) for _, name in worker.jobs())
+
+
+async def test_plain_names_with_slash_are_found_under_the_servers_delimiter(
+    account: AccountConfig, store: Store
+) -> None:
+    """``"Archive/2024"`` names that mailbox whatever the delimiter, also in a config of
+    plain names only: on Dovecot it is ``Archive.2024`` (SELECT "Archive/2024" is NO)."""
+    acc = AccountConfig(account.key, account.account, ("Archive/2024", "Entwürfe"))
+    async with make_pool(acc) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        summary = await worker.run_pass()
+        assert summary.ok, summary.failures
+    assert stored(store, acc.key, "Archive.2024") == FOLDERS["Archive.2024"]
+    assert stored(store, acc.key, "Entw&APw-rfe") == FOLDERS["Entwürfe"]
+
+
+async def test_a_noselect_parent_named_in_the_config_is_skipped(
+    account: AccountConfig, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Archive`` is a ``\\Noselect`` parent on the server: named explicitly, it is never
+    synced (no SELECT that fails every pass) and not reported as missing."""
+    acc = AccountConfig(account.key, account.account, ("INBOX", "Archive", "Archive/*"))
+    async with make_pool(acc) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        with caplog.at_level(logging.WARNING, logger="imap_sync"):
+            summary = await worker.run_pass()
+        assert summary.ok, summary.failures
+        assert {name for _, name in worker.jobs()} == {"INBOX", "Archive.2024"}
+    assert "not on the server" not in caplog.text
+    assert "'Archive' cannot be selected" in caplog.text
+    assert stored(store, acc.key, "Archive.2024") == FOLDERS["Archive.2024"]
