@@ -340,8 +340,10 @@ def needs_list(patterns: Sequence[Pattern]) -> bool:
     """Whether resolving ``patterns`` takes a LIST: plain names need none (each is synced
     as named, and a missing one fails its SELECT every pass, as a typo should) -- unless
     one has a ``/``, which stands for the server's delimiter (``Archive/2024`` is
-    ``Archive.2024`` on Dovecot's Maildir++), so only LIST can tell its wire name."""
-    return not all(p.literal and "/" not in p.name for p in patterns)
+    ``Archive.2024`` on Dovecot's Maildir++), so only LIST can tell its wire name; or an
+    ``&``, which may be a wire name written where a human one belongs (``Entw&APw-rfe``,
+    the spelling of configs older than patterns): LIST lets the log say which is meant."""
+    return not all(p.literal and "/" not in p.name and "&" not in p.name for p in patterns)
 
 
 def literal_folders(

@@ -205,3 +205,18 @@ async def test_a_noselect_parent_named_in_the_config_is_skipped(
     assert "not on the server" not in caplog.text
     assert "'Archive' cannot be selected" in caplog.text
     assert stored(store, acc.key, "Archive.2024") == FOLDERS["Archive.2024"]
+
+
+async def test_a_wire_name_in_a_plain_config_gets_the_hint(
+    account: AccountConfig, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config from before patterns spelt ``Entw&APw-rfe``: its SELECT fails, as a typo
+    should, and the log names the human name to write instead."""
+    acc = AccountConfig(account.key, account.account, ("INBOX", "Entw&APw-rfe"))
+    async with make_pool(acc) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        with caplog.at_level(logging.WARNING, logger="imap_sync"):
+            summary = await worker.run_pass()
+    assert [f.mailbox for f in summary.failures] == ["Entw&APw-rfe"]
+    assert "did you mean 'Entwürfe'?" in caplog.text
+    assert stored(store, acc.key, "INBOX") == FOLDERS["INBOX"]
