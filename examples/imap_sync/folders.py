@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from guardedpool import IMAPCommandError
 from guardedpool.imap import SPECIAL_USE, IMAPClient, ListEntry, WireName, parse_list
 from guardedpool.imap.mutf7 import display, encode
-from guardedpool.imap.parse import parse_status
+from guardedpool.imap.parse import parse_select, parse_status
 
 from .store import Store
 
@@ -296,8 +296,15 @@ async def list_folders(imap: IMAPClient, patterns: Sequence[Pattern]) -> Listing
 
 
 async def _uidvalidity(imap: IMAPClient, name: str) -> int | None:
-    """STATUS (UIDVALIDITY); None when the server answers NO (no such mailbox)."""
+    """STATUS (UIDVALIDITY); None when the server answers NO (no such mailbox).
+
+    On the mailbox this connection has selected (a pooled connection keeps the one its
+    last pass synced), EXAMINE instead: STATUS SHOULD NOT be used there (RFC 3501
+    §6.3.10), and Dovecot answers it from the open view even after another session
+    renamed or deleted the mailbox. A failed EXAMINE leaves nothing selected (§6.3.2)."""
     try:
+        if imap.selected == name:
+            return parse_select((await imap.examine(WireName(name))).lines).uidvalidity
         resp = await imap.status(WireName(name), "(UIDVALIDITY)")
     except IMAPCommandError as exc:
         if exc.result == "NO":

@@ -220,3 +220,26 @@ async def test_a_wire_name_in_a_plain_config_gets_the_hint(
     assert [f.mailbox for f in summary.failures] == ["Entw&APw-rfe"]
     assert "did you mean 'Entwürfe'?" in caplog.text
     assert stored(store, acc.key, "INBOX") == FOLDERS["INBOX"]
+
+
+async def test_a_continuous_worker_sees_the_rename_of_the_folder_it_has_selected(
+    account: AccountConfig, store: Store
+) -> None:
+    """One pooled connection that still has ``Old Name`` selected from the last pass: the
+    rename (by another session) is retired as renamed in the next pass, not missed then
+    called gone a pass later (Dovecot answers STATUS of the selected mailbox from its view
+    even after the rename)."""
+    key = account.key
+    acc = AccountConfig(key, account.account, ("Old*", "New*"))
+    one = PoolConfig(max_per_key=1, connect_timeout=5.0, op_timeout=10.0, close_timeout=2.0)
+    async with GuardedPool(IMAPConnector({key: acc.account}), one) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        summary = await worker.run_pass()  # its one connection now has Old Name selected
+        assert summary.ok, summary.failures
+        async with make_pool(acc) as other, other.acquire(key) as imap:
+            await imap.rename("Old Name", "New Name")
+        summary = await worker.run_pass()
+        assert summary.ok, summary.failures
+    retired = {orig: (state, to) for _, orig, state, to in store.retired(key)}
+    assert retired == {"Old Name": ("renamed", "New Name")}
+    assert stored(store, key, "New Name") == FOLDERS["Old Name"]
