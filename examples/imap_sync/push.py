@@ -22,7 +22,8 @@ account's patterns are resolved again (LIST) before each polling round, so a fol
 on the server while the worker runs is synced within a round, and one deleted or renamed is
 retired. A watched mailbox whose IDLE session ends for good (the server has no IDLE,
 SELECT answers NO, the login is refused) is logged, counted as an error, and polled from
-then on.
+then on; one a polling round retired (renamed or deleted on the server) gets no more passes
+of its own, even while its IDLE session lives on.
 
 When ``stop`` is set no new pass starts, each IDLE ends with DONE (bounded by the pool's
 ``op_timeout``) and its connection goes back to the pool, and passes in flight finish.
@@ -83,8 +84,9 @@ class PushSync:
         watched: account key -> the mailbox held in IDLE (an account without one is polled).
         idle_ended: the watched (key, mailbox) pairs whose IDLE ended for good (polled).
         triggers: account key -> events that marked its watched mailbox dirty.
-        timed: account key -> passes of its watched mailbox run because no push had
-            come for ``poll_interval`` seconds (the staleness bound at work).
+        timed: account key -> rounds of its watched mailbox run because no push had come
+            for ``poll_interval`` seconds (the staleness bound at work): a pass each,
+            none once the mailbox was retired (renamed or deleted on the server).
         sessions: account key -> its running :class:`IdleSession`.
     """
 
@@ -178,6 +180,14 @@ class PushSync:
         finally:
             self.sessions.pop(key, None)
 
+    def _retired(self, job: tuple[str, str]) -> bool:
+        """The watched mailbox was retired by a polling round (gone from LIST) and has not
+        come back: its IDLE session may live on for a while, but a pass would fail."""
+        key, mailbox = job
+        if job in self.worker.jobs():
+            return False
+        return any(original == mailbox for _, original, _, _ in self.worker.store.retired(key))
+
     async def _syncer(
         self,
         key: str,
@@ -196,6 +206,9 @@ class PushSync:
                 self.timed[key] += 1  # no push for poll_interval: never staler than a poll
             if stop.is_set():
                 return
+            if self._retired(job):  # renamed or deleted on the server: the poller knows
+                dirty.clear()
+                continue
             dirty.clear()  # before the pass: a push during it means one more pass
             summary = await self.worker.run_pass([job])
             if on_pass is not None:

@@ -6,6 +6,7 @@ a pattern or a label is ``Archive.2024`` on the wire; ``Entwürfe`` is ``Entw&AP
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -16,8 +17,9 @@ from harness import DovecotServer, make_message
 
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.metrics import SyncCollector, make_registry, render
+from examples.imap_sync.push import PushSync
 from examples.imap_sync.store import Store
-from examples.imap_sync.worker import SyncWorker
+from examples.imap_sync.worker import PassSummary, SyncWorker
 from guardedpool import GuardedPool, PoolConfig
 from guardedpool.imap import (
     IMAPAccount,
@@ -243,3 +245,44 @@ async def test_a_continuous_worker_sees_the_rename_of_the_folder_it_has_selected
     retired = {orig: (state, to) for _, orig, state, to in store.retired(key)}
     assert retired == {"Old Name": ("renamed", "New Name")}
     assert stored(store, key, "New Name") == FOLDERS["Old Name"]
+
+
+@pytest.mark.timeout(40)
+async def test_idle_mode_stops_syncing_a_watched_folder_once_it_is_retired(
+    account: AccountConfig, store: Store
+) -> None:
+    """Idle mode watching ``Old Name`` (INBOX not synced): renamed on the server, it is
+    retired by the next polling round, and no pass tries the old name after that (the
+    IDLE session may live on; its timed passes used to fail every ``poll_interval``)."""
+    key = account.key
+    acc = AccountConfig(key, account.account, ("Old*", "New*"))
+    passes: asyncio.Queue[PassSummary] = asyncio.Queue()
+    stop = asyncio.Event()
+    async with make_pool(acc) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        assert not await worker.resolve()
+        push = PushSync(worker, poll_interval=0.3, renew_after=5.0)
+        assert push.watched == {key: "Old Name"}
+        task = asyncio.create_task(push.run(stop, on_pass=passes.put_nowait))
+        try:
+            async with asyncio.timeout(10.0):
+                while "Old Name" not in store.known_mailboxes(key):
+                    await passes.get()
+            async with make_pool(acc) as other, other.acquire(key) as imap:
+                await imap.rename("Old Name", "New Name")
+            async with asyncio.timeout(10.0):
+                while not store.retired(key):
+                    await passes.get()
+            timed = push.timed[key]
+            late: list[str] = []
+            async with asyncio.timeout(15.0):
+                while push.timed[key] < timed + 4:  # passes that began after the retirement
+                    summary = await passes.get()
+                    if push.timed[key] > timed + 1:
+                        late += [f.mailbox for f in summary.failures]
+        finally:
+            stop.set()
+            async with asyncio.timeout(5.0):
+                await task
+    assert late == []
+    assert {orig for _, orig, _, _ in store.retired(key)} == {"Old Name"}
