@@ -48,14 +48,28 @@ class PoolTimeout(PoolError, TimeoutError):
 
     ``last_error`` is the most recent connect failure for that key, if any: a timeout
     while the server refuses connections reads very differently from one under load.
+    ``limited_by`` names what the wait was for when it was not the pool's own caps
+    (``"the fleet budget"``: no lease was free fleet-wide); ``None`` otherwise.
     """
 
-    def __init__(self, key: str, waited: float, last_error: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        waited: float,
+        last_error: BaseException | None = None,
+        *,
+        limited_by: str | None = None,
+    ) -> None:
         self.key = key
         self.waited = waited
         self.last_error = last_error
+        self.limited_by = limited_by
         msg = f"no connection for key {key!r} within {waited:.3f} s"
-        if last_error is not None:
+        if limited_by is not None:
+            msg += f": {limited_by} was the limit"
+            if last_error is not None:
+                msg += f" ({last_error})"
+        elif last_error is not None:
             msg += f" (last connect error: {type(last_error).__name__}: {last_error})"
         super().__init__(msg)
 

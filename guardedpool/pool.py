@@ -36,12 +36,14 @@ from .errors import PoolClosed, PoolError, PoolTimeout
 from .fastpath import IDLE, IN_USE
 from .keystate import KeyState, Waiter, aggregate
 from .leaks import LeakWatch
+from .leasing import LeaseHook, budget_timeout
 from .reconnect import Reconnector
 from .records import CloseReason, ConnectionRecord, ConnState, Event
 from .sockets import identify
 
 if TYPE_CHECKING:
     from .audit.report import AuditReport
+    from .fleet.budget import Budget
 
 __all__ = ["GuardedPool"]
 
@@ -71,6 +73,10 @@ class GuardedPool(Generic[C]):
             Retrying goes on at the maximum delay while anyone waits for the key.
         clock: monotonic seconds (injectable for tests; default ``time.monotonic``).
         rng: uniform [0, 1) draws for lifetime jitter (default ``random.random``).
+        budget: a fleet budget (:class:`guardedpool.fleet.Budget`, e.g. ``RedisBudget``):
+            a lease per connection, taken before the connect and released once the socket
+            is verified closed; see :mod:`guardedpool.leasing`. Default ``None``: none.
+            The pool does not own it: close it after the pool.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class GuardedPool(Generic[C]):
         on_reconnect_failed: Callable[[str, BaseException], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        budget: Budget | None = None,
     ) -> None:
         if config is None:
             config = PoolConfig()
@@ -109,6 +116,11 @@ class GuardedPool(Generic[C]):
         self._close_task: asyncio.Task[None] | None = None
         self._returned = asyncio.Event()
         self._last_audit: float | None = None
+        self._leases: LeaseHook[C] | None = (
+            None
+            if budget is None
+            else LeaseHook(budget, config.acquire_timeout, self._lease_lost, clock)
+        )
         self.audit_target: PoolTarget[C] = PoolTarget(
             config, self._books, connector, clock, self._retire
         )
@@ -147,6 +159,8 @@ class GuardedPool(Generic[C]):
         if self._shut_down:
             raise PoolClosed("the pool is closed")
         if self._housekeeper is None:
+            if self._leases is not None:
+                self._leases.subscribe()
             self._loop = asyncio.get_running_loop()
             self._housekeeper = self._loop.create_task(
                 self._housekeeping(), name="guardedpool-housekeeping"
@@ -210,6 +224,8 @@ class GuardedPool(Generic[C]):
                     task.cancel()
                 break
             await asyncio.wait(tasks, timeout=remaining)
+        if self._leases is not None:
+            self._leases.unsubscribe()
 
     # ----------------------------------------------------------------- acquire / release
 
@@ -234,6 +250,7 @@ class GuardedPool(Generic[C]):
         if not (
             policy.ready_to_hand_out(slot.record, now, self.config)
             and self._connector.is_alive(slot.conn)  # type: ignore[arg-type]
+            and (slot.lease is None or slot.lease.valid())
         ):
             return None
         # Books.move(slot, IN_USE), inlined: fastpath trick 3 (IDLE -> IN_USE is legal).
@@ -265,6 +282,9 @@ class GuardedPool(Generic[C]):
                     slot, min(self.config.op_timeout, max(deadline - now, 0.001))
                 )
             ):
+                continue
+            if self._leases is not None and not self._leases.usable(slot):
+                self._retire(slot, CloseReason.ERROR, "fleet lease not valid")
                 continue
             return self._hand_out(slot, now, started)
 
@@ -303,6 +323,8 @@ class GuardedPool(Generic[C]):
             reason = policy.retire_when_idle(slot.record, now, self.config)
             if reason is None and not self._connector.is_alive(slot.conn):  # type: ignore[arg-type]
                 reason = CloseReason.ERROR
+            if reason is None and self._leases is not None and not self._leases.usable(slot):
+                reason = CloseReason.ERROR
             if reason is not None:
                 self._retire(slot, reason)
                 continue
@@ -313,6 +335,8 @@ class GuardedPool(Generic[C]):
     async def _wait(self, ks: KeyState[C], deadline: float, started: float) -> Slot[C]:
         waiter: Waiter[C] = asyncio.get_running_loop().create_future()
         ks.add_waiter(waiter)
+        if self._leases is not None:
+            self._leases.waiting_until(waiter, deadline)
         timer: asyncio.Timeout | None = None
         try:
             self._dispatch(ks)  # inside the try: whatever it raises, the waiter leaves
@@ -323,8 +347,13 @@ class GuardedPool(Generic[C]):
             if isinstance(exc, TimeoutError) and timer is not None and timer.expired():
                 ks.timeouts += 1
                 last = ks.last_error()
+                if self._leases is not None and self._leases.waiting.get(ks.key):
+                    raise budget_timeout(ks.key, self._clock() - started, last) from last
                 raise PoolTimeout(ks.key, self._clock() - started, last) from last
             raise
+        finally:
+            if self._leases is not None:
+                self._leases.done_waiting(waiter)
 
     def _abandon(self, ks: KeyState[C], waiter: Waiter[C]) -> None:
         """A waiter gave up (timeout, cancellation, error): never lose what it was handed."""
@@ -455,6 +484,19 @@ class GuardedPool(Generic[C]):
     async def _open(self, slot: Slot[C]) -> None:
         ks = slot.keystate
         record = slot.record
+        if self._leases is not None:
+            begun = self._clock()
+            try:
+                await self._leases.take(slot)
+            except BaseException as exc:
+                self._free_slot(slot, Event.OPEN_FAILED, type(exc).__name__)
+                ks.connect_finished()
+                if isinstance(exc, Exception):
+                    self._fail_first_waiter(ks, self._leases.fail(ks, exc, self._clock() - begun))
+                self._after_slot_freed(ks)
+                if not isinstance(exc, Exception):
+                    raise
+                return
         try:
             conn = await self._reconnector.connect(
                 ks.key,
@@ -489,6 +531,9 @@ class GuardedPool(Generic[C]):
     def _opened(self, slot: Slot[C]) -> None:
         """A connect succeeded: straight to the first waiter, else to the idle stack."""
         ks = slot.keystate
+        if self._leases is not None and not self._leases.usable(slot):
+            self._retire(slot, CloseReason.ERROR, "fleet lease lost while connecting")
+            return
         if not self._shut_down:
             waiter = ks.next_waiter()
             if waiter is not None:
@@ -542,6 +587,17 @@ class GuardedPool(Generic[C]):
         record.closed_at = now
         record.note(now, event, detail)
         self._books.move(slot, ConnState.CLOSED)
+        if self._leases is not None:
+            self._leases.give_back(slot)  # the socket is verified gone (or never existed)
+
+    def _lease_lost(self, slot: Slot[C]) -> None:
+        """The fleet budget lost ``slot``'s lease: the connection must not be used again.
+        Idle: retired now. Checked out (a borrower, a NOOP check): aborted, so the next
+        command fails without reaching the server; the release then retires it."""
+        if slot.record.state is IDLE:
+            self._retire(slot, CloseReason.ERROR, "fleet lease lost")
+        elif slot.conn is not None:
+            self._connector.abort(slot.conn)
 
     def _after_slot_freed(self, ks: KeyState[C]) -> None:
         if self._shut_down:
@@ -656,6 +712,8 @@ class GuardedPool(Generic[C]):
             slots=self._books.slots,
             closed_pool=self._shut_down,
         )
+        if self._leases is not None:
+            return {"total": totals, "keys": per_key, "budget": self._leases.stats()}
         return {"total": totals, "keys": per_key}
 
     def reset_peaks(self) -> None:
