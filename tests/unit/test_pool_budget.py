@@ -42,6 +42,7 @@ async def until(cond: Any, bound: float = 2.0) -> None:
             if cond():
                 return
             await asyncio.sleep(0.005)
+        raise AssertionError("condition not met in time")
 
 
 async def test_two_pools_share_the_cap_and_the_timeout_names_the_budget() -> None:
