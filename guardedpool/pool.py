@@ -368,6 +368,9 @@ class GuardedPool(Generic[C]):
         retire it on failure."""
         conn = slot.conn
         assert conn is not None
+        if self._leases is not None and not self._leases.usable(slot):
+            self._retire(slot, CloseReason.ERROR, "fleet lease not valid")
+            return False  # not even a NOOP on a connection the fleet no longer counts
         try:
             async with asyncio.timeout(timeout):
                 await self._connector.check(conn, timeout)
@@ -421,6 +424,23 @@ class GuardedPool(Generic[C]):
         ks.idle.append(slot)
         if ks.waiters:
             self._dispatch(ks)
+
+    def close_idle(self, key: str) -> int:
+        """Retire every idle connection of ``key`` now; returns how many.
+
+        Each is logged out and closed in the background; its slot (and its fleet budget
+        lease, if any) is given back once the socket is verified closed. For a caller
+        that stopped working on a key, such as a fleet worker that lost the key's
+        ownership: its idle connections would otherwise hold the key's fleet-wide budget
+        until ``idle_timeout``. Connections checked out stay with their borrowers.
+        """
+        ks = self._keys.get(key)
+        if ks is None:
+            return 0
+        idle = list(ks.idle)
+        for slot in idle:
+            self._retire(slot, CloseReason.IDLE, "closed by close_idle()")
+        return len(idle)
 
     def _to_idle(self, slot: Slot[C]) -> None:
         """Back to the idle stack (from IN_USE or OPENING), or retired if shutting down."""

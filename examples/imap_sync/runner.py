@@ -14,6 +14,7 @@ import contextlib
 import signal
 import socket
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from rich.console import Console
 
@@ -58,6 +59,7 @@ async def run_sync(config: SyncConfig, *, once: bool, console: Console) -> int:
                 sock=sock,
                 budget=fleet.budget,
                 owned=fleet.owns,
+                attach=fleet.attached,
             )
     finally:
         if sock is not None:
@@ -74,12 +76,13 @@ async def _run(
     sock: socket.socket | None,
     budget: Budget | None = None,
     owned: Callable[[str], bool] | None = None,
+    attach: Callable[[GuardedPool[IMAPClient]], AbstractAsyncContextManager[None]] | None = None,
 ) -> int:
     """The pool and the worker over an open store (closed by the caller)."""
     pool: GuardedPool[IMAPClient] = GuardedPool(
         IMAPConnector(config.accounts_by_key()), config.pool, budget=budget
     )
-    async with pool:
+    async with pool, (attach(pool) if attach is not None else contextlib.nullcontext()):
         with RichObserver(console) as observer:
             worker = SyncWorker(
                 pool,
