@@ -41,6 +41,13 @@ log = logging.getLogger("guardedpool.pool")
 
 C = TypeVar("C")
 
+_COUNTS = (
+    "lease_waits",
+    "lease_timeouts",
+    "lease_unavailable",
+    "lost_aborts",
+    "invalid_at_hand_out",
+)
 _LEAD = 0.05  # s: the budget's verdict comes this long before the first waiter's deadline
 
 
@@ -75,10 +82,7 @@ class LeaseHook(Generic[C]):
         self._deadlines: dict[Waiter[C], float] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self.waiting: dict[str, int] = {}  # key -> opens waiting for a lease now
-        self.counts = dict.fromkeys(
-            ("lease_waits", "lease_timeouts", "lease_unavailable", "lost_aborts"), 0
-        )
-        self.counts["invalid_at_hand_out"] = 0
+        self.counts = dict.fromkeys(_COUNTS, 0)
 
     # -- pool start / close ----------------------------------------------------------
 
