@@ -50,7 +50,9 @@ class PoolTimeout(PoolError, TimeoutError):
     while the server refuses connections reads very differently from one under load.
     ``failed_check`` says, when it happened, that a pooled connection failed its NOOP check
     before hand-out (and how long that took): the time then went to the check and the
-    replacement connect, not to a queue.
+    replacement connect, not to a queue. ``limited_by`` names what the wait was for when it
+    was not the pool's own caps (``"the fleet budget"``: no lease was free fleet-wide);
+    ``None`` otherwise.
     """
 
     def __init__(
@@ -60,15 +62,21 @@ class PoolTimeout(PoolError, TimeoutError):
         last_error: BaseException | None = None,
         *,
         failed_check: str | None = None,
+        limited_by: str | None = None,
     ) -> None:
         self.key = key
         self.waited = waited
         self.last_error = last_error
         self.failed_check = failed_check
+        self.limited_by = limited_by
         msg = f"no connection for key {key!r} within {waited:.3f} s"
         if failed_check is not None:
             msg += f"; a pooled connection failed its hand-out check ({failed_check})"
-        if last_error is not None:
+        if limited_by is not None:
+            msg += f": {limited_by} was the limit"
+            if last_error is not None:
+                msg += f" ({last_error})"
+        elif last_error is not None:
             msg += f" (last connect error: {type(last_error).__name__}: {last_error})"
         super().__init__(msg)
 
