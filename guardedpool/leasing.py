@@ -156,6 +156,12 @@ class LeaseHook(Generic[C]):
             self._slots.pop(lease, None)
             self.budget.release(lease)
 
+    def may_speak(self, slot: Slot[C]) -> bool:
+        """Whether anything may still be sent on ``slot``'s connection (a LOGOUT, say): its
+        lease, if any, is valid. Unlike :meth:`usable`, counts nothing."""
+        lease = slot.lease
+        return lease is None or lease.valid()
+
     def usable(self, slot: Slot[C]) -> bool:
         """Whether ``slot``'s connection may be handed out (its lease is valid)."""
         lease = slot.lease

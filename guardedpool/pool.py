@@ -683,6 +683,10 @@ class GuardedPool(Generic[C]):
 
     async def _close(self, slot: Slot[C], graceful: bool) -> None:
         record = slot.record
+        if graceful and self._leases is not None and not self._leases.may_speak(slot):
+            # Its fleet lease ran out (a pause past the TTL, Redis lost it): the fleet no
+            # longer counts this connection, so not even a LOGOUT goes out on it.
+            graceful = False
         try:
             record.os_closed = await close_and_verify(
                 self._connector,

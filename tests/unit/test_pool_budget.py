@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from typing import Any
 
 import pytest
@@ -186,3 +187,36 @@ async def test_stats_fold_in_the_budget() -> None:
         assert stats["held"] == 1 and stats["pool_waiting"] == 0
     assert "budget" not in GuardedPool(MemoryConnector(), CFG).stats()
     await budget.aclose()
+
+
+class _CountingCloses(MemoryConnector):
+    """Counts the graceful closes (a LOGOUT, for IMAP) apart from the aborts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.graceful = 0
+
+    async def close(self, conn: MemoryConnection, timeout: float) -> None:
+        self.graceful += 1
+        await super().close(conn, timeout)
+
+
+async def test_a_connection_whose_lease_ran_out_unnoticed_is_aborted_never_logged_out() -> None:
+    """The loop frozen past the TTL (as by SIGSTOP), then the first thing that runs closes
+    the key's idle connections (a fleet worker that lost the key): before the watchdog has
+    said so, the lease is already invalid, so the close sends nothing (abort, no LOGOUT)."""
+    budget = LocalBudget(2, ttl=0.2)
+    connector = _CountingCloses()
+    pool = GuardedPool(connector, CFG, budget=budget)
+    async with pool:
+        async with pool.acquire("k"):
+            pass
+        time.sleep(0.3)  # noqa: ASYNC251 -- the whole loop stands still past the lease TTL
+        assert pool.close_idle("k") == 1  # before any callback of the loop has run
+        await until(lambda: not connector.live)
+        assert connector.graceful == 0 and connector.closes == 1
+        async with pool.acquire("k"):  # a new lease, a new connection
+            pass
+        assert pool.close_idle("k") == 1
+        await until(lambda: not connector.live)
+        assert connector.graceful == 1  # a valid lease: logged out as usual
