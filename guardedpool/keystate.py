@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .books import Slot
+from .limits import KeyLimits
 from .reconnect import KeyBackoff
 from .records import CloseReason
 
@@ -49,6 +50,7 @@ class KeyState(Generic[C]):
     in_use: int = 0
     closing: int = 0
     backoff: KeyBackoff | None = None  # while connecting, and once the key has failed
+    limits: KeyLimits | None = None  # since a login or a server limit, until settled
     replaced: list[CloseReason] | None = None  # why recent connections went, oldest first
     # counters
     acquires: int = 0
@@ -103,7 +105,12 @@ class KeyState(Generic[C]):
     def connect_finished(self) -> None:
         """Forget the backoff of a key that never failed: it has nothing to remember."""
         backoff = self.backoff
-        if self.opening == 0 and backoff is not None and backoff.last_error is None:
+        if (
+            self.opening == 0
+            and backoff is not None
+            and backoff.last_error is None
+            and backoff.level == 0
+        ):
             self.backoff = None
 
     def last_error(self) -> BaseException | None:
@@ -164,7 +171,18 @@ class KeyState(Generic[C]):
 
 
 # Per-key figures that make no sense summed over keys.
-_NOT_SUMMED = frozenset({"consecutive_failures", "last_error"})
+_NOT_SUMMED = frozenset(
+    {
+        "consecutive_failures",
+        "last_error",
+        # guardedpool.limits.limit_stats, added per key by the pool
+        "throttled",
+        "throttled_until",
+        "throttled_for",
+        "effective_max_per_key",
+        "logins_last_minute",
+    }
+)
 
 
 def aggregate(per_key: Iterable[dict[str, Any]]) -> dict[str, Any]:

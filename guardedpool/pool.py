@@ -32,11 +32,12 @@ from .books import Books, IllegalTransition, Slot
 from .closing import close_and_verify
 from .config import PoolConfig
 from .connector import Connector
-from .errors import PoolClosed, PoolError, PoolTimeout
+from .errors import PoolClosed, PoolError, PoolTimeout, ServerLimit
 from .fastpath import IDLE, IN_USE
 from .keystate import KeyState, Waiter, aggregate
 from .leaks import LeakWatch
-from .reconnect import Reconnector
+from .limits import KeyLimits, limit_stats, reached_login
+from .reconnect import Reconnector, record_short_life
 from .records import CloseReason, ConnectionRecord, ConnState, Event
 from .sockets import identify
 
@@ -58,6 +59,9 @@ _NO_TASK = "<no task>"  # a borrower all the same: leak detection must not skip 
 _GRACEFUL = frozenset(
     {CloseReason.IDLE, CloseReason.LIFETIME, CloseReason.SHUTDOWN, CloseReason.EVICTED}
 )
+# Reasons that mean the connection died of a fault: one that dies younger than
+# retry.reset_after counts toward the key's backoff (see guardedpool.reconnect).
+_FAULTS = frozenset({CloseReason.ERROR, CloseReason.POISONED, CloseReason.AUDIT})
 
 
 class GuardedPool(Generic[C]):
@@ -109,6 +113,8 @@ class GuardedPool(Generic[C]):
         self._close_task: asyncio.Task[None] | None = None
         self._returned = asyncio.Event()
         self._last_audit: float | None = None
+        # One wake-up per key held back by the server's limits (guardedpool.limits).
+        self._wakes: dict[KeyState[C], asyncio.TimerHandle] = {}
         self.audit_target: PoolTarget[C] = PoolTarget(
             config, self._books, connector, clock, self._retire
         )
@@ -182,6 +188,8 @@ class GuardedPool(Generic[C]):
                 self._retire(slot, CloseReason.SHUTDOWN)
         if self._housekeeper is not None:
             self._housekeeper.cancel()
+        for handle in self._wakes.values():
+            handle.cancel()
         for task in list(self._opens):
             task.cancel()
         if self._borrowed:
@@ -231,6 +239,9 @@ class GuardedPool(Generic[C]):
             return None
         slot = ks.idle[-1]
         now = self._clock()
+        limits = ks.limits
+        if limits is not None and now < limits.throttled_until:
+            return None  # throttled by the server: the slow path waits it out
         if not (
             policy.ready_to_hand_out(slot.record, now, self.config)
             and self._connector.is_alive(slot.conn)  # type: ignore[arg-type]
@@ -298,6 +309,8 @@ class GuardedPool(Generic[C]):
         """Take the most recently used healthy idle connection (now IN_USE), retiring stale
         ones on the way."""
         now = self._clock()
+        if ks.limits is not None and self._throttled(ks, now):
+            return None
         while ks.idle:
             slot = ks.idle[-1]
             reason = policy.retire_when_idle(slot.record, now, self.config)
@@ -323,7 +336,8 @@ class GuardedPool(Generic[C]):
             if isinstance(exc, TimeoutError) and timer is not None and timer.expired():
                 ks.timeouts += 1
                 last = ks.last_error()
-                raise PoolTimeout(ks.key, self._clock() - started, last) from last
+                waited = self._clock() - started
+                raise PoolTimeout(ks.key, waited, last, **self._limit_words(ks)) from last
             raise
 
     def _abandon(self, ks: KeyState[C], waiter: Waiter[C]) -> None:
@@ -372,6 +386,10 @@ class GuardedPool(Generic[C]):
         shutting_down = self._shut_down
         if shutting_down:
             self._returned.set()  # close() waits for borrowed connections to come back
+        if error is not None and isinstance(error, ServerLimit):
+            ks = slot.keystate
+            gone = 1 if is_connection_fault(error) else 0  # this one is retired below
+            self._limited(ks, error, len(ks.idle) + ks.in_use - gone)
         reason = policy.retire_on_release(
             record,
             now,
@@ -417,6 +435,8 @@ class GuardedPool(Generic[C]):
         if self._shut_down or ks.slots >= self.config.max_per_key:
             return  # at the key's cap nothing can be opened: no need to count waiters
         unmet = ks.live_waiters() - ks.opening
+        if ks.limits is not None and unmet > 0:
+            unmet = self._opens_allowed(ks, unmet)
         while unmet > 0:
             blocker = policy.open_blocker(ks.slots, self._books.slots, self.config)
             if blocker is None:
@@ -455,12 +475,16 @@ class GuardedPool(Generic[C]):
     async def _open(self, slot: Slot[C]) -> None:
         ks = slot.keystate
         record = slot.record
+        started = [0.0]  # when the current attempt started (counted as a login)
         try:
             conn = await self._reconnector.connect(
                 ks.key,
                 ks.connect_backoff(),
-                wanted=lambda: not self._shut_down and ks.live_waiters() > 0,
-                note=lambda exc: self._connect_failed(ks, record, exc),
+                wanted=lambda: not self._shut_down
+                and ks.live_waiters() > 0
+                and self._may_connect(ks),
+                note=lambda exc: self._connect_failed(ks, record, exc, started[0]),
+                admit=lambda: self._admit(ks, started),
             )
         except BaseException as exc:
             self._free_slot(slot, Event.OPEN_FAILED, type(exc).__name__)
@@ -484,6 +508,8 @@ class GuardedPool(Generic[C]):
         record.note(now, Event.OPEN)  # the socket identity is in record.socket
         log.debug("guardedpool: opened", extra={"key": ks.key, "conn_id": record.id})
         self._opened(slot)
+        if ks.limits is not None:
+            ks.limits.accepted(len(ks.idle) + ks.in_use)
         ks.connect_finished()
 
     def _opened(self, slot: Slot[C]) -> None:
@@ -498,15 +524,160 @@ class GuardedPool(Generic[C]):
         self._to_idle(slot)
 
     def _connect_failed(
-        self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException
+        self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException, started: float
     ) -> None:
         ks.connect_failures += 1
         record.note(self._clock(), Event.CONNECT_FAILED, type(exc).__name__)
+        if isinstance(exc, ServerLimit):
+            self._limited(ks, exc, len(ks.idle) + ks.in_use)
+        if ks.limits is not None and not reached_login(exc):
+            ks.limits.unnote_login(started)
 
     def _fail_first_waiter(self, ks: KeyState[C], exc: Exception) -> None:
         waiter = ks.next_waiter()
         if waiter is not None:
             waiter.set_exception(exc)
+
+    # ----------------------------------------------------------------- the server's limits
+
+    def _limited(self, ks: KeyState[C], exc: ServerLimit, held: int) -> None:
+        """The server refused for its limits (at connect, or a borrower met it while the key
+        held ``held`` open connections): throttle the key or lower its cap
+        (:meth:`guardedpool.limits.KeyLimits.refused`)."""
+        now = self._clock()
+        limits = ks.limits
+        if limits is None:
+            limits = ks.limits = KeyLimits()
+        throttled = limits.refused(exc, now, held=held, config=self.config)
+        cap = limits.key_cap(now, self.config)
+        log.warning(
+            "guardedpool: key %r refused by the server's %s limit (%s: %s); throttled for "
+            "%.3f s, effective cap %d of max_per_key %d",
+            ks.key,
+            exc.kind,
+            type(exc).__name__,
+            exc.server_text,
+            throttled,
+            cap,
+            self.config.max_per_key,
+            extra={
+                "key": ks.key,
+                "error": type(exc).__name__,
+                "kind": exc.kind,
+                "code": exc.code,
+                "suggested_delay": exc.delay,
+                "throttled_for": throttled,
+                "effective_max_per_key": cap,
+                "held": held,
+            },
+        )
+
+    def _throttled(self, ks: KeyState[C], now: float) -> bool:
+        """Whether the key may hand nothing out now (then a wake-up is set for the end);
+        forgets limits that have nothing left to hold back."""
+        limits = ks.limits
+        assert limits is not None
+        if limits.throttled(now):
+            self._wake_at(ks, limits.throttled_until)
+            return True
+        if limits.settled(now, self.config):
+            ks.limits = None
+        return False
+
+    def _opens_allowed(self, ks: KeyState[C], unmet: int) -> int:
+        """At most ``unmet`` connects to start now, as the key's limits allow; a wake-up is
+        set for when they allow more."""
+        limits = ks.limits
+        assert limits is not None
+        now = self._clock()
+        allowed = limits.opens_allowed(now, ks.slots, self.config)
+        if allowed < unmet:
+            at = limits.next_change(now, self.config)
+            if at is not None:
+                self._wake_at(ks, at)
+        return min(unmet, allowed)
+
+    def _may_connect(self, ks: KeyState[C]) -> bool:
+        """Whether a connect attempt of an OPENING slot may start now (the slot counts)."""
+        limits = ks.limits
+        if limits is None:
+            return True
+        now = self._clock()
+        return (
+            not limits.throttled(now)
+            and limits.logins_left(now, self.config) > 0
+            and ks.slots <= limits.key_cap(now, self.config)
+        )
+
+    def _admit(self, ks: KeyState[C], started: list[float]) -> bool:
+        """Right before a connect attempt: may it start? If so it is counted as a login,
+        and its start goes in ``started[0]``."""
+        if not self._may_connect(ks):
+            return False
+        limits = ks.limits
+        if limits is None:
+            limits = ks.limits = KeyLimits()
+        now = self._clock()
+        limits.note_login(now, self.config)
+        started[0] = now
+        return True
+
+    def _wake_at(self, ks: KeyState[C], at: float) -> None:
+        """Dispatch ``ks`` again at pool-clock time ``at`` (one pending wake-up per key)."""
+        if self._shut_down:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.001, at - self._clock())
+        handle = self._wakes.get(ks)
+        if handle is not None:
+            if handle.when() <= loop.time() + delay:
+                return  # an earlier wake-up looks again and sets the next one
+            handle.cancel()
+        self._wakes[ks] = loop.call_later(delay, self._wake, ks)
+
+    def _wake(self, ks: KeyState[C]) -> None:
+        self._wakes.pop(ks, None)
+        if not self._shut_down and ks.waiters:
+            self._dispatch(ks)
+
+    def _limit_words(self, ks: KeyState[C]) -> dict[str, Any]:
+        """What held the key back, for a :class:`PoolTimeout`."""
+        limits = ks.limits
+        if limits is None:
+            return {}
+        now = self._clock()
+        throttled = limits.throttled(now)
+        return {
+            "limit": limits.why(now, ks.slots, self.config),
+            "throttled_for": limits.throttled_until - now if throttled else None,
+        }
+
+    def _died(self, slot: Slot[C], reason: CloseReason, now: float) -> None:
+        """A connection is retired for a fault: if it lived less than ``retry.reset_after``
+        it counts toward the key's backoff, as a failed connect would."""
+        record = slot.record
+        lived = now - record.created_at
+        if record.state is ConnState.OPENING or lived >= self.config.retry.reset_after:
+            return
+        ks = slot.keystate
+        delay = record_short_life(ks.connect_backoff(), self.config.retry, now)
+        log.info(
+            "guardedpool: connection %d of key %r died young (%s after %.3f s, under "
+            "retry.reset_after %.0f s); the key's next connect waits %.3f s",
+            record.id,
+            ks.key,
+            reason.value,
+            lived,
+            self.config.retry.reset_after,
+            delay,
+            extra={
+                "key": ks.key,
+                "conn_id": record.id,
+                "reason": reason.value,
+                "lived": lived,
+                "retry_in": delay,
+            },
+        )
 
     # ----------------------------------------------------------------- retiring and closing
 
@@ -514,6 +685,8 @@ class GuardedPool(Generic[C]):
         """Take a connection out of service now; close it in a pool-owned task."""
         record = slot.record
         now = self._clock()
+        if reason in _FAULTS:
+            self._died(slot, reason, now)
         self._books.move(slot, ConnState.CLOSING, reason)
         record.retired_at = now
         record.note(now, Event.RETIRE, f"{reason.value} {detail}".strip())
@@ -648,7 +821,11 @@ class GuardedPool(Generic[C]):
 
     def stats(self) -> dict[str, Any]:
         """Plain data with stable keys: totals and one entry per key (see the README)."""
-        per_key = {key: ks.stats() for key, ks in self._keys.items()}
+        now, cfg = self._clock(), self.config
+        per_key = {
+            key: {**ks.stats(), **limit_stats(ks.limits, now, cfg)}
+            for key, ks in self._keys.items()
+        }
         totals = aggregate(per_key.values())
         totals.update(
             connecting=self._reconnector.connecting,
