@@ -611,8 +611,9 @@ class GuardedPool(Generic[C]):
 
     def _admit(self, ks: KeyState[C], started: list[float]) -> bool:
         """Right before a connect attempt: may it start? If so it is counted as a login,
-        and its start goes in ``started[0]``."""
-        if not self._may_connect(ks):
+        and its start goes in ``started[0]``. Nobody waiting (they gave up during the
+        backoff): no login at all."""
+        if self._shut_down or ks.live_waiters() == 0 or not self._may_connect(ks):
             return False
         limits = ks.limits
         if limits is None:
