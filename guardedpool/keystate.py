@@ -50,7 +50,8 @@ class KeyState(Generic[C]):
     in_use: int = 0
     closing: int = 0
     backoff: KeyBackoff | None = None  # while connecting, and once the key has failed
-    limits: KeyLimits | None = None  # since a login or a server limit, until settled
+    limits: KeyLimits | None = None  # since a 2nd login or a server limit, until settled
+    first_login: float | None = None  # the only login of the last minute, while no limits
     replaced: list[CloseReason] | None = None  # why recent connections went, oldest first
     # counters
     acquires: int = 0

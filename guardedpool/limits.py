@@ -190,18 +190,22 @@ class KeyLimits:
         return "; ".join(out) or None
 
 
-def limit_stats(limits: KeyLimits | None, now: float, config: PoolConfig) -> dict[str, Any]:
+def limit_stats(
+    limits: KeyLimits | None, now: float, config: PoolConfig, first_login: float | None = None
+) -> dict[str, Any]:
     """The stable per-key stats of the limits (the same names whether or not any applies):
     ``throttled`` (bool), ``throttled_until`` (pool clock, or None), ``throttled_for``
     (seconds left, 0.0 when not throttled), ``effective_max_per_key``,
-    ``logins_last_minute``."""
+    ``logins_last_minute``. ``first_login``: a key without limits keeps the time of its
+    one login (a KeyLimits per key costs ~200 bytes; most keys log in once an hour)."""
     if limits is None:
+        recent = first_login is not None and first_login > now - LOGIN_WINDOW
         return {
             "throttled": False,
             "throttled_until": None,
             "throttled_for": 0.0,
             "effective_max_per_key": config.max_per_key,
-            "logins_last_minute": 0,
+            "logins_last_minute": 1 if recent else 0,
         }
     throttled = limits.throttled(now)
     return {

@@ -36,7 +36,7 @@ from .errors import PoolClosed, PoolError, PoolTimeout, ServerLimit
 from .fastpath import IDLE, IN_USE
 from .keystate import KeyState, Waiter, aggregate
 from .leaks import LeakWatch
-from .limits import KeyLimits, limit_stats, reached_login
+from .limits import LOGIN_WINDOW, KeyLimits, limit_stats, login_limit, reached_login
 from .reconnect import Reconnector, record_short_life
 from .records import CloseReason, ConnectionRecord, ConnState, Event
 from .sockets import identify
@@ -530,8 +530,11 @@ class GuardedPool(Generic[C]):
         record.note(self._clock(), Event.CONNECT_FAILED, type(exc).__name__)
         if isinstance(exc, ServerLimit):
             self._limited(ks, exc, len(ks.idle) + ks.in_use)
-        if ks.limits is not None and not reached_login(exc):
-            ks.limits.unnote_login(started)
+        if not reached_login(exc):
+            if ks.limits is not None:
+                ks.limits.unnote_login(started)
+            elif ks.first_login == started:
+                ks.first_login = None
 
     def _fail_first_waiter(self, ks: KeyState[C], exc: Exception) -> None:
         waiter = ks.next_waiter()
@@ -547,7 +550,7 @@ class GuardedPool(Generic[C]):
         now = self._clock()
         limits = ks.limits
         if limits is None:
-            limits = ks.limits = KeyLimits()
+            limits = self._new_limits(ks)
         throttled = limits.refused(exc, now, held=held, config=self.config)
         cap = limits.key_cap(now, self.config)
         log.warning(
@@ -597,12 +600,23 @@ class GuardedPool(Generic[C]):
                 self._wake_at(ks, at)
         return min(unmet, allowed)
 
+    def _new_limits(self, ks: KeyState[C]) -> KeyLimits:
+        """The key's limits from now on, its one login so far (if any) in the log."""
+        first, ks.first_login = ks.first_login, None
+        limits = ks.limits = KeyLimits()
+        if first is not None:
+            limits.logins.append(first)
+        return limits
+
     def _may_connect(self, ks: KeyState[C]) -> bool:
         """Whether a connect attempt of an OPENING slot may start now (the slot counts)."""
         limits = ks.limits
-        if limits is None:
-            return True
         now = self._clock()
+        if limits is None:
+            first = ks.first_login
+            if first is None or first <= now - LOGIN_WINDOW or login_limit(self.config) > 1:
+                return True
+            limits = self._new_limits(ks)  # a limit of 1: gated (and woken) like the rest
         return (
             not limits.throttled(now)
             and limits.logins_left(now, self.config) > 0
@@ -615,12 +629,16 @@ class GuardedPool(Generic[C]):
         backoff): no login at all."""
         if self._shut_down or ks.live_waiters() == 0 or not self._may_connect(ks):
             return False
+        now = self._clock()
+        started[0] = now
         limits = ks.limits
         if limits is None:
-            limits = ks.limits = KeyLimits()
-        now = self._clock()
+            first = ks.first_login
+            if first is None or first <= now - LOGIN_WINDOW:
+                ks.first_login = now  # one login: no KeyLimits yet
+                return True
+            limits = self._new_limits(ks)
         limits.note_login(now, self.config)
-        started[0] = now
         return True
 
     def _wake_at(self, ks: KeyState[C], at: float) -> None:
@@ -824,7 +842,7 @@ class GuardedPool(Generic[C]):
         """Plain data with stable keys: totals and one entry per key (see the README)."""
         now, cfg = self._clock(), self.config
         per_key = {
-            key: {**ks.stats(), **limit_stats(ks.limits, now, cfg)}
+            key: {**ks.stats(), **limit_stats(ks.limits, now, cfg, ks.first_login)}
             for key, ks in self._keys.items()
         }
         totals = aggregate(per_key.values())
