@@ -216,3 +216,34 @@ async def test_failed_connects_that_never_reached_login_are_paced_by_the_backoff
             await pool.acquire("a")
         assert connector.opens > 2  # refused ports are not logins
         assert pool.stats()["keys"]["a"]["logins_last_minute"] == 0
+
+
+async def test_one_login_costs_a_float_and_a_second_one_starts_the_log() -> None:
+    pool, connector, clock = make()
+    async with pool:
+        async with pool.acquire("a"):
+            pass
+        ks = pool._keys["a"]
+        assert ks.limits is None and ks.first_login is not None  # no KeyLimits for one
+        assert pool.stats()["keys"]["a"]["logins_last_minute"] == 1
+        held = [await pool.acquire("a") for _ in range(2)]  # the second connection
+        assert ks.limits is not None and len(ks.limits.logins) == 2
+        for conn in held:
+            pool.release(conn)
+        clock.advance(61.0)
+        assert pool.stats()["keys"]["a"]["logins_last_minute"] == 0
+
+
+async def test_a_limit_of_one_login_a_minute_waits_for_the_window_without_spinning() -> None:
+    pool, connector, clock = make(max_per_key=1, max_logins_per_minute=1)
+    async with pool:
+        conn = await pool.acquire("a")
+        pool.release(conn, error=ConnectionLost("dropped"))
+        with pytest.raises(PoolTimeout) as info:
+            await pool.acquire("a")
+        assert "at most 1 logins per minute" in str(info.value)
+        assert connector.opens == 1
+        clock.advance(60.0)
+        async with pool.acquire("a"):
+            pass
+        assert connector.opens == 2
