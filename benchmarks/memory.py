@@ -25,8 +25,19 @@ alternating, round after round; figures are medians. The pool children also time
 connections included), by file and by line.
 Target: <= 2 KiB per connection.
 
+``--keys-churn N`` asks another question: does per-key state stay bounded when keys come
+and go? N distinct keys (a million by default), each acquired once and released, in
+batches of ``--batch``, over the in-memory connector (no sockets: only the pool's own
+state is measured), with ``idle_timeout`` and ``forget_keys_after`` short so connections
+retire and keys are forgotten as they would over days. RSS is sampled every tenth of the
+run after a collection; the figure is the growth from the sample at 30% of the run (the
+first ones include warm-up: the graveyard filling up, allocator arenas) to the last, per
+thousand keys (target: flat, under 1 KiB per 1,000 keys, i.e. about a byte a key).
+
     python benchmarks/memory.py            # N = 10,000, 3 rounds (a few minutes)
     python benchmarks/memory.py --quick    # N = 1,000, 1 round
+    python benchmarks/memory.py --keys-churn           # a million keys (~10 min, loaded 2 vCPU)
+    python benchmarks/memory.py --keys-churn --quick   # 100,000 keys
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from typing import Any
 import _bench
 
 from guardedpool import GuardedPool, PoolConfig
-from guardedpool.testing import LineConnector
+from guardedpool.testing import LineConnector, MemoryConnector
 
 TARGET_BYTES = 2048
 HOST = "127.0.0.1"
@@ -192,6 +203,76 @@ async def child(mode: str, metric: str, n: int, port: int, batch: int) -> dict[s
     return out
 
 
+# ---------------------------------------------------------------- keys churn
+
+CHURN_TARGET_BYTES_PER_1000_KEYS = 1024
+
+
+async def keys_churn(n: int, batch: int) -> dict[str, Any]:
+    """N distinct keys over time: RSS and the pool's key count, sampled ten times."""
+    cfg = PoolConfig(
+        max_per_key=1,
+        max_total=4 * batch,
+        acquire_timeout=60.0,
+        idle_timeout=0.05,
+        forget_keys_after=0.05,
+        housekeeping_interval=0.02,
+        check_after=3600.0,
+        heartbeat_interval=None,
+    )
+    pool = GuardedPool(MemoryConnector(), cfg)
+    samples: list[dict[str, Any]] = []
+    every = max(batch, (n // 10) // batch * batch)
+    t0 = time.perf_counter()
+    async with pool:
+        for start in range(0, n, batch):
+            keys = [f"user-{i}" for i in range(start, min(n, start + batch))]
+            for conn in await asyncio.gather(*(pool.acquire(k) for k in keys)):
+                pool.release(conn)
+            done = start + len(keys)
+            if done % every == 0 or done == n:
+                await asyncio.sleep(0.2)  # housekeeping retires and forgets what is due
+                gc.collect()
+                stats = pool.stats()
+                samples.append(
+                    {
+                        "keys_acquired": done,
+                        "rss_bytes": _bench.rss_bytes(),
+                        "keys_in_pool": len(stats["keys"]),
+                        "open": stats["total"]["open"],
+                    }
+                )
+                _bench.log(f"keys churn: {done:,} keys, {samples[-1]['rss_bytes']:,} B RSS")
+        totals = pool.stats()["total"]
+    # The first samples include warm-up: the graveyard filling to graveyard_size records,
+    # allocator arenas, code caches. Growth is measured from the sample at 30% on.
+    first, last = samples[len(samples) * 3 // 10 - 1 if len(samples) >= 4 else 0], samples[-1]
+    keys_between = last["keys_acquired"] - first["keys_acquired"]
+    growth = last["rss_bytes"] - first["rss_bytes"]
+    per_1000 = growth / keys_between * 1000 if keys_between else 0.0
+    return {
+        "benchmark": "memory_keys_churn",
+        "machine": _bench.machine(),
+        "keys": n,
+        "batch": batch,
+        "seconds": time.perf_counter() - t0,
+        "samples": samples,
+        "rss_growth_from_keys": first["keys_acquired"],
+        "rss_growth_bytes": growth,
+        "rss_growth_bytes_per_1000_keys": per_1000,
+        "max_keys_in_pool": max(x["keys_in_pool"] for x in samples),
+        "books": {
+            "acquires": totals["acquires"],
+            "opened": totals["opened"],
+            "closed_total": totals["closed_total"],
+            "open": totals["open"],
+            "holds": totals["opened"] - totals["closed_total"] == totals["open"],
+        },
+        "target_bytes_per_1000_keys_max": CHURN_TARGET_BYTES_PER_1000_KEYS,
+        "target_met": per_1000 <= CHURN_TARGET_BYTES_PER_1000_KEYS,
+    }
+
+
 # ---------------------------------------------------------------- parent
 
 
@@ -290,8 +371,20 @@ if __name__ == "__main__":
     parser.add_argument(
         "--batch", type=int, default=100, help="connections opened at once (default 100)"
     )
+    parser.add_argument(
+        "--keys-churn",
+        type=int,
+        nargs="?",
+        const=1_000_000,
+        default=0,
+        metavar="N",
+        help="N distinct keys over time, RSS sampled (default N: 1,000,000; --quick: 100,000)",
+    )
     ns = parser.parse_args()
-    if ns.child:
+    if ns.keys_churn:
+        n_keys = 100_000 if ns.quick and ns.keys_churn == 1_000_000 else ns.keys_churn
+        _bench.emit(asyncio.run(keys_churn(n_keys, max(ns.batch, 1000))))
+    elif ns.child:
         print(json.dumps(asyncio.run(child(ns.child, ns.metric, ns.n, ns.port, ns.batch))))
     else:
         _bench.emit(main(ns))

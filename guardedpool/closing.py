@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .connector import Connector
+from .logs import error_text
 from .records import ConnectionRecord, Event, SocketIdentity
 from .sockets import is_open, shutdown_socket
 
@@ -64,6 +65,13 @@ async def close_and_verify(
                     await connector.close(conn, close_timeout)
             except Exception as exc:
                 record.note(clock(), Event.CLOSE_FAILED, type(exc).__name__)
+                log.debug(
+                    "guardedpool: goodbye on connection %d of key %r failed (%s); aborting",
+                    record.id,
+                    record.key,
+                    error_text(exc),
+                    extra={"key": record.key, "conn_id": record.id, "error": error_text(exc)},
+                )
         connector.abort(conn)
     ident = record.socket
     if ident is None or await wait_gone(ident, VERIFY_WAIT):
@@ -71,8 +79,26 @@ async def close_and_verify(
     forced = shutdown_socket(ident.fd, ident.inode)
     record.note(clock(), Event.FORCE_CLOSE, "shutdown on dup" if forced else "not needed")
     where = {"key": record.key, "conn_id": record.id, "fd": ident.fd, "inode": ident.inode}
-    log.warning("guardedpool: socket still open after abort; shut it down", extra=where)
+    log.warning(
+        "guardedpool: socket of connection %d of key %r (fd %d, inode %d) still open %.1f s "
+        "after abort; shutting it down through a dup",
+        record.id,
+        record.key,
+        ident.fd,
+        ident.inode,
+        VERIFY_WAIT,
+        extra=where,
+    )
     if await wait_gone(ident, VERIFY_WAIT):
         return True
-    log.error("guardedpool: socket still open after force-close (straggler)", extra=where)
+    log.error(
+        "guardedpool: socket of connection %d of key %r (fd %d, inode %d) still open after "
+        "a forced shutdown: a straggler the pool cannot close (someone holds another fd "
+        "of it); the audit reports it",
+        record.id,
+        record.key,
+        ident.fd,
+        ident.inode,
+        extra=where,
+    )
     return False

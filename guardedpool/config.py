@@ -212,10 +212,12 @@ _POOL_NUMBERS: tuple[tuple[str, type, float, bool, bool], ...] = (
     ("max_lifetime", float, 0.0, False, False),
     ("lifetime_jitter", float, 0.0, True, False),
     ("check_after", float, 0.0, True, False),
+    ("check_timeout", float, 0.0, False, False),
     ("heartbeat_interval", float, 0.0, False, True),
     ("leak_threshold", float, 0.0, False, False),
     ("reclaim_after", float, 0.0, False, True),
     ("housekeeping_interval", float, 0.0, False, False),
+    ("forget_keys_after", float, 0.0, False, False),
     ("keepalive_idle", int, 1, True, False),
     ("keepalive_interval", int, 1, True, False),
     ("keepalive_count", int, 1, True, False),
@@ -255,6 +257,9 @@ class PoolConfig:
         lifetime_jitter: share of ``max_lifetime`` used as jitter, 0..0.5 (default 0.05).
         check_after: a connection idle longer than this many seconds is checked with a
             bounded NOOP before it is handed out; 0 checks every time (default 30.0).
+        check_timeout: seconds that NOOP check (and a heartbeat's) may take, at most
+            ``op_timeout``; one that does not answer in time is retired and ``acquire()``
+            opens a replacement within what is left of ``acquire_timeout`` (default 5.0).
         heartbeat_interval: housekeeping NOOPs idle connections that have been idle this
             long, to find half-open peers; ``None`` disables it (default 60.0).
         leak_threshold: seconds a connection may stay checked out before the audit calls
@@ -262,6 +267,10 @@ class PoolConfig:
         reclaim_after: abort a checked-out connection after this many seconds (it is
             marked and never reused); ``None`` (default) never reclaims.
         housekeeping_interval: seconds between housekeeping rounds (default 1.0).
+        forget_keys_after: a key with no connection, no waiter and no backoff in progress
+            is forgotten after this many seconds; its counters are folded into the pool's
+            totals (default 300.0). A key the connector does not know leaves nothing
+            behind at all.
         keepalive_idle, keepalive_interval, keepalive_count: TCP keepalive on every socket:
             first probe after ``keepalive_idle`` s of silence, then every
             ``keepalive_interval`` s, dead after ``keepalive_count`` unanswered probes
@@ -281,10 +290,12 @@ class PoolConfig:
     max_lifetime: float = 3600.0
     lifetime_jitter: float = 0.05
     check_after: float = 30.0
+    check_timeout: float = 5.0
     heartbeat_interval: float | None = 60.0
     leak_threshold: float = 300.0
     reclaim_after: float | None = None
     housekeeping_interval: float = 1.0
+    forget_keys_after: float = 300.0
     keepalive_idle: int = 60
     keepalive_interval: int = 10
     keepalive_count: int = 3

@@ -40,6 +40,10 @@ class Connector(Protocol[C]):
       * ``endpoints`` lists the (host, port) pairs, resolved to IP addresses, that this
         connector connects to; the auditor calls a socket to one of them that no record
         owns an orphan.
+
+    Optional: ``logged_out(conn) -> bool``, cheap and synchronous: True when the borrower
+    ended the session itself (IMAP LOGOUT). The pool then counts the connection as
+    closed ``logged_out`` instead of ``poisoned``. A connector without it never says so.
     """
 
     async def open(self, key: str, config: PoolConfig) -> C: ...

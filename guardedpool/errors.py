@@ -48,6 +48,9 @@ class PoolTimeout(PoolError, TimeoutError):
 
     ``last_error`` is the most recent connect failure for that key, if any: a timeout
     while the server refuses connections reads very differently from one under load.
+    ``failed_check`` says, when it happened, that a pooled connection failed its NOOP check
+    before hand-out (and how long that took): the time then went to the check and the
+    replacement connect, not to a queue.
     ``limit`` says, in words, which of the server's limits held the key back (throttled,
     a lowered cap, the login rate; see ``guardedpool.limits``), or None;
     ``throttled_for`` is how many more seconds the key stays throttled (None: it is not).
@@ -59,17 +62,21 @@ class PoolTimeout(PoolError, TimeoutError):
         waited: float,
         last_error: BaseException | None = None,
         *,
+        failed_check: str | None = None,
         limit: str | None = None,
         throttled_for: float | None = None,
     ) -> None:
         self.key = key
         self.waited = waited
         self.last_error = last_error
+        self.failed_check = failed_check
         self.limit = limit
         self.throttled_for = throttled_for
         msg = f"no connection for key {key!r} within {waited:.3f} s"
         if limit is not None:
             msg += f": {limit}"
+        if failed_check is not None:
+            msg += f"; a pooled connection failed its hand-out check ({failed_check})"
         if last_error is not None:
             msg += f" (last connect error: {type(last_error).__name__}: {last_error})"
         super().__init__(msg)

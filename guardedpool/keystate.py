@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .books import Slot
-from .limits import KeyLimits
+from .limits import LOGIN_WINDOW, KeyLimits
 from .reconnect import KeyBackoff
 from .records import CloseReason
 
@@ -62,6 +62,7 @@ class KeyState(Generic[C]):
     connect_failures: int = 0
     closed: dict[str, int] | None = None  # by close reason
     reconnects: dict[str, int] | None = None  # by the reason the predecessor closed
+    quiet_since: float | None = None  # since when the key has held nothing (see quiet())
 
     def add_waiter(self, waiter: Waiter[C]) -> None:
         if self.waiters is None:
@@ -117,6 +118,48 @@ class KeyState(Generic[C]):
     def last_error(self) -> BaseException | None:
         """The key's last transient connect error (kept after it recovers, for the stats)."""
         return None if self.backoff is None else self.backoff.last_error
+
+    def quiet(self, now: float) -> bool:
+        """Nothing to remember but counters: no slot, no waiter, no backoff in progress
+        (a retry scheduled after ``now``). Such a key may be forgotten."""
+        backoff = self.backoff
+        limits = self.limits
+        first = self.first_login
+        return (
+            self.slots == 0
+            and not self.waiters
+            and (backoff is None or backoff.next_attempt_at <= now)
+            # the server's limits, until they are over (guardedpool.limits)
+            and (limits is None or limits.quiet_at <= now)
+            and (first is None or first <= now - LOGIN_WINDOW)
+        )
+
+    def pristine(self) -> bool:
+        """Quiet and never counted anything: forgetting it loses nothing at all."""
+        return (
+            self.acquires == 0
+            and self.opened == 0
+            and self.timeouts == 0
+            and self.connect_failures == 0
+            and self.closed is None
+            and self.reconnects is None
+            and (self.backoff is None or self.backoff.failures == 0)
+        )
+
+    def fold_into(self, totals: KeyState[C]) -> None:
+        """Add this (quiet) key's counters to ``totals``, the pool's forgotten keys."""
+        totals.acquires += self.acquires
+        totals.acquire_wait_total += self.acquire_wait_total
+        totals.acquire_wait_max = max(totals.acquire_wait_max, self.acquire_wait_max)
+        totals.timeouts += self.timeouts
+        totals.opened += self.opened
+        totals.connect_failures += self.connect_failures
+        for mine, name in ((self.closed, "closed"), (self.reconnects, "reconnects")):
+            if mine:
+                theirs = getattr(totals, name) or {}
+                for reason, n in mine.items():
+                    theirs[reason] = theirs.get(reason, 0) + n
+                setattr(totals, name, theirs)
 
     def live_waiters(self) -> int:
         return sum(1 for w in self.waiters if not w.done()) if self.waiters else 0

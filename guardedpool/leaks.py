@@ -24,7 +24,16 @@ from typing import Any
 from .config import PoolConfig
 from .records import ConnectionRecord, ConnState
 
-__all__ = ["Borrow", "LeakWatch", "borrower_of", "leak_suspect", "reclaim_due", "suspect_reason"]
+__all__ = [
+    "Borrow",
+    "LeakWatch",
+    "borrower_fields",
+    "borrower_of",
+    "borrower_text",
+    "leak_suspect",
+    "reclaim_due",
+    "suspect_reason",
+]
 
 log = logging.getLogger("guardedpool.pool")
 
@@ -143,13 +152,21 @@ def suspect_reason(record: ConnectionRecord, now: float, config: PoolConfig) -> 
     return reason, borrower.since + config.leak_threshold
 
 
-def describe(record: ConnectionRecord, borrower: Borrow | None) -> str:
-    """``key 'k' conn 7 (task 'sync-alice', acquired at file:line in f)``: for log lines."""
+def borrower_text(borrower: Borrow | None) -> str:
+    """``task 'sync-alice', acquired at file:line in f``: the borrower, for log lines."""
     if borrower is None:
-        return f"key {record.key!r} conn {record.id}"
+        return "no borrower recorded"
     stack = borrower.stack
-    site = f", acquired at {stack[0]}" if stack else ""
-    return f"key {record.key!r} conn {record.id} (task {borrower.task!r}{site})"
+    site = f", acquired at {stack[0]}" if stack else ", acquire site unknown"
+    return f"task {borrower.task!r}{site}"
+
+
+def borrower_fields(borrower: Borrow | None) -> dict[str, Any]:
+    """The borrower as ``extra=`` fields: ``task``, ``acquired_at`` (site), ``stack``."""
+    if borrower is None:
+        return {"task": None, "acquired_at": None, "stack": []}
+    stack = list(borrower.stack)
+    return {"task": borrower.task, "acquired_at": stack[0] if stack else None, "stack": stack}
 
 
 class LeakWatch:
@@ -176,14 +193,20 @@ class LeakWatch:
             elif leak_suspect(record, now, cfg) and record.id not in self.warned:
                 self.warned.add(record.id)
                 borrower = borrower_of(record)  # a view of the record: build it once
-                assert borrower is not None
+                held = now - record.borrowed_at
                 log.warning(
-                    "guardedpool: connection checked out too long (leak suspect)",
+                    "guardedpool: connection %d of key %r lent out for %.1f s (leak_threshold "
+                    "%g s) to %s (leak suspect)",
+                    record.id,
+                    record.key,
+                    held,
+                    cfg.leak_threshold,
+                    borrower_text(borrower),
                     extra={
                         "key": record.key,
                         "conn_id": record.id,
-                        "task": borrower.task,
-                        "stack": list(borrower.stack),
+                        "held": held,
+                        **borrower_fields(borrower),
                     },
                 )
         return due
@@ -193,7 +216,13 @@ class LeakWatch:
         new suspect, or none)."""
         if record.id in self.warned:
             self.warned.discard(record.id)
-            log.warning(
-                "guardedpool: leak suspect returned",
-                extra={"key": record.key, "conn_id": record.id, "held": now - record.borrowed_at},
+            held = now - record.borrowed_at
+            borrower = borrower_of(record)
+            log.info(
+                "guardedpool: leak suspect returned: connection %d of key %r after %.1f s (%s)",
+                record.id,
+                record.key,
+                held,
+                borrower_text(borrower),
+                extra={"key": record.key, "conn_id": record.id, "held": held},
             )

@@ -61,6 +61,8 @@ class KeyLimits:
         throttle: the refusal that set ``throttled_until`` (for messages).
         cap: the effective cap set by the last capacity refusal, or None (``max_per_key``).
         cap_since: when ``cap`` was set; it rises by one per ``capacity_cooldown`` since.
+        quiet_at: by then nothing here holds the key back any more (so the pool may forget
+            the key, see ``KeyState.quiet``).
     """
 
     logins: list[float] = field(default_factory=list)
@@ -68,6 +70,7 @@ class KeyLimits:
     throttle: ServerLimit | None = None
     cap: int | None = None
     cap_since: float = 0.0
+    quiet_at: float = 0.0
 
     # -- recording ------------------------------------------------------------------------
 
@@ -75,6 +78,7 @@ class KeyLimits:
         """A connect attempt starts now: counted as a login until :meth:`unnote_login`."""
         logins = self.logins
         logins.append(now)
+        self.quiet_at = max(self.quiet_at, now + LOGIN_WINDOW)
         keep = login_limit(config)
         if len(logins) > keep:
             del logins[: len(logins) - keep]
@@ -107,6 +111,9 @@ class KeyLimits:
         if exc.kind == "capacity" and 1 <= held < config.max_per_key:
             self.cap = held
             self.cap_since = now
+            restored = now + config.retry.capacity_cooldown * (config.max_per_key - held)
+            self.quiet_at = max(self.quiet_at, restored)
+        self.quiet_at = max(self.quiet_at, self.throttled_until)
         return throttled
 
     def accepted(self, held: int) -> None:

@@ -51,18 +51,26 @@ def retire_when_idle(
 
 
 def retire_on_release(
-    record: ConnectionRecord, now: float, *, alive: bool, faulted: bool, shutting_down: bool
+    record: ConnectionRecord,
+    now: float,
+    alive: bool,
+    faulted: bool,
+    shutting_down: bool,
+    logged_out: bool = False,
 ) -> CloseReason | None:
     """Why a connection coming back from a borrower should not go back to the idle list.
 
     ``faulted``: the borrower's block raised an error that came from the connection;
     ``alive``: the connector's cheap liveness check; ``shutting_down``: the pool is closed
-    or closing (``pool.close()`` was called).
+    or closing (``pool.close()`` was called); ``logged_out``: the borrower ended the
+    session itself (the connector says so), which is no fault of the connection.
     """
     if shutting_down:
         return CloseReason.SHUTDOWN
-    if faulted or not alive:
+    if faulted:
         return CloseReason.POISONED
+    if not alive:
+        return CloseReason.LOGGED_OUT if logged_out else CloseReason.POISONED
     if now >= record.expires_at:
         return CloseReason.LIFETIME
     return None

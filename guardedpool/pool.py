@@ -32,11 +32,12 @@ from .books import Books, IllegalTransition, Slot
 from .closing import close_and_verify
 from .config import PoolConfig
 from .connector import Connector
-from .errors import PoolClosed, PoolError, PoolTimeout, ServerLimit
+from .errors import PoolClosed, PoolError, PoolTimeout, ServerLimit, UnknownKey
 from .fastpath import IDLE, IN_USE
 from .keystate import KeyState, Waiter, aggregate
-from .leaks import LeakWatch
+from .leaks import LeakWatch, borrower_fields, borrower_of, borrower_text
 from .limits import LOGIN_WINDOW, KeyLimits, limit_stats, login_limit, reached_login
+from .logs import error_text
 from .reconnect import Reconnector, record_short_life
 from .records import CloseReason, ConnectionRecord, ConnState, Event
 from .sockets import identify
@@ -62,6 +63,18 @@ _GRACEFUL = frozenset(
 # Reasons that mean the connection died of a fault: one that dies younger than
 # retry.reset_after counts toward the key's backoff (see guardedpool.reconnect).
 _FAULTS = frozenset({CloseReason.ERROR, CloseReason.POISONED, CloseReason.AUDIT})
+
+# Why a connection is retired, in words, for the log line that says so.
+_WHY = {
+    CloseReason.IDLE: "idle longer than idle_timeout",
+    CloseReason.LIFETIME: "past its max_lifetime",
+    CloseReason.ERROR: "failed a liveness check or died while idle",
+    CloseReason.POISONED: "a fault while lent out",
+    CloseReason.SHUTDOWN: "the pool is closing",
+    CloseReason.AUDIT: "the audit found it unusable",
+    CloseReason.EVICTED: "room for another key under max_total",
+    CloseReason.LOGGED_OUT: "the borrower logged out",
+}
 
 
 class GuardedPool(Generic[C]):
@@ -101,6 +114,10 @@ class GuardedPool(Generic[C]):
         self._books: Books[C] = Books(config.audit.graveyard_size)
         self._borrowed: dict[int, Slot[C]] = {}  # id(conn) -> slot, while a caller holds it
         self._starving: dict[str, KeyState[C]] = {}  # keys blocked by max_total, FIFO
+        self._logged_out: Callable[[C], bool] | None = getattr(connector, "logged_out", None)
+        self._forgotten: KeyState[C] = KeyState("")  # the counters of forgotten keys
+        # A NOOP check is a command (op_timeout) with its own, shorter bound (check_timeout).
+        self._check_bound = min(config.check_timeout, config.op_timeout)
         self._leaks = LeakWatch(config)
         self._leak_warned = self._leaks.warned  # release reads it: one attribute, not two
         # Pool-owned tasks, by kind: shutdown cancels the connects and waits for the rest.
@@ -157,6 +174,13 @@ class GuardedPool(Generic[C]):
             self._housekeeper = self._loop.create_task(
                 self._housekeeping(), name="guardedpool-housekeeping"
             )
+            cfg = self.config
+            log.info(
+                "guardedpool: pool started (max_per_key %d, max_total %d, acquire_timeout %g s)",
+                cfg.max_per_key,
+                cfg.max_total,
+                cfg.acquire_timeout,
+            )
 
     @property
     def closed(self) -> bool:
@@ -181,6 +205,7 @@ class GuardedPool(Generic[C]):
 
     async def _shutdown(self) -> None:
         self._shut_down = True
+        log.info("guardedpool: closing the pool: %r", self, extra={"pool": repr(self)})
         for ks in self._keys.values():
             while (waiter := ks.next_waiter()) is not None:
                 waiter.set_exception(PoolClosed(f"the pool closed while waiting for {ks.key!r}"))
@@ -200,6 +225,17 @@ class GuardedPool(Generic[C]):
                         await self._returned.wait()
             for slot in list(self._borrowed.values()):
                 del self._borrowed[id(slot.conn)]
+                record = slot.record
+                borrower = borrower_of(record)
+                log.warning(
+                    "guardedpool: connection %d of key %r still lent out %g s (close_timeout) "
+                    "after close() to %s; aborting it",
+                    record.id,
+                    record.key,
+                    self.config.close_timeout,
+                    borrower_text(borrower),
+                    extra={"key": record.key, "conn_id": record.id, **borrower_fields(borrower)},
+                )
                 self._retire(slot, CloseReason.SHUTDOWN)
         # Closing tasks may spawn more (an open finishing as we cancel it is retired): wait
         # until none is left, within one overall bound.
@@ -214,10 +250,16 @@ class GuardedPool(Generic[C]):
                 break
             if remaining <= 0:
                 for task in tasks:
-                    log.error("guardedpool: task %s did not finish during close", task.get_name())
+                    log.error(
+                        "guardedpool: pool task %r did not finish within close's bound; "
+                        "cancelling it",
+                        task.get_name(),
+                        extra={"task": task.get_name()},
+                    )
                     task.cancel()
                 break
             await asyncio.wait(tasks, timeout=remaining)
+        log.info("guardedpool: pool closed", extra={"pool": repr(self)})
 
     # ----------------------------------------------------------------- acquire / release
 
@@ -265,18 +307,19 @@ class GuardedPool(Generic[C]):
             ks = self._keys[key] = KeyState(key)
         started = self._clock()
         deadline = started + self.config.acquire_timeout
+        failed_check: str | None = None  # what a failed hand-out check cost, for PoolTimeout
         while True:
-            slot = self._take_idle(ks) or await self._wait(ks, deadline, started)
+            slot = self._take_idle(ks) or await self._wait(ks, deadline, started, failed_check)
             now = self._clock()
             fresh, slot.fresh = slot.fresh, False
-            if (
-                not fresh
-                and policy.needs_check(slot.record, now, self.config)
-                and not await self._noop_check(
-                    slot, min(self.config.op_timeout, max(deadline - now, 0.001))
-                )
-            ):
-                continue
+            if not fresh and policy.needs_check(slot.record, now, self.config):
+                # Bounded by check_timeout, not by the whole budget: a silent peer must not
+                # eat the acquire; on failure a replacement is opened with what is left.
+                bound = min(self._check_bound, max(deadline - now, 0.001))
+                failure = await self._noop_check(slot, bound, "hand-out")
+                if failure is not None:
+                    failed_check = failure
+                    continue
             return self._hand_out(slot, now, started)
 
     def _hand_out(self, slot: Slot[C], now: float, started: float) -> C:
@@ -323,7 +366,9 @@ class GuardedPool(Generic[C]):
             return slot
         return None
 
-    async def _wait(self, ks: KeyState[C], deadline: float, started: float) -> Slot[C]:
+    async def _wait(
+        self, ks: KeyState[C], deadline: float, started: float, failed_check: str | None = None
+    ) -> Slot[C]:
         waiter: Waiter[C] = asyncio.get_running_loop().create_future()
         ks.add_waiter(waiter)
         timer: asyncio.Timeout | None = None
@@ -336,8 +381,13 @@ class GuardedPool(Generic[C]):
             if isinstance(exc, TimeoutError) and timer is not None and timer.expired():
                 ks.timeouts += 1
                 last = ks.last_error()
-                waited = self._clock() - started
-                raise PoolTimeout(ks.key, waited, last, **self._limit_words(ks)) from last
+                raise PoolTimeout(
+                    ks.key,
+                    self._clock() - started,
+                    last,
+                    failed_check=failed_check,
+                    **self._limit_words(ks),
+                ) from last
             raise
 
     def _abandon(self, ks: KeyState[C], waiter: Waiter[C]) -> None:
@@ -348,22 +398,36 @@ class GuardedPool(Generic[C]):
         waiter.cancel()
         ks.drop_waiter(waiter)
 
-    async def _noop_check(self, slot: Slot[C], timeout: float) -> bool:
-        """NOOP a connection that no caller holds (before hand-out, or a heartbeat);
-        retire it on failure."""
+    async def _noop_check(self, slot: Slot[C], timeout: float, kind: str) -> str | None:
+        """NOOP a connection that no caller holds (``kind``: "hand-out" or "heartbeat"),
+        bounded by ``timeout``; retire it on failure. None if it answered, else what failed."""
         conn = slot.conn
         assert conn is not None
+        record = slot.record
         try:
             async with asyncio.timeout(timeout):
                 await self._connector.check(conn, timeout)
         except BaseException as exc:
             reason = CloseReason.ERROR if isinstance(exc, Exception) else CloseReason.POISONED
-            self._retire(slot, reason, f"check failed: {type(exc).__name__}")
+            if isinstance(exc, TimeoutError):
+                failure = f"{type(exc).__name__}: no answer within {timeout:.3g} s"
+            else:
+                failure = error_text(exc)
+            self._retire(slot, reason, f"{kind} check failed: {failure}")
             if not isinstance(exc, Exception):
                 raise
-            return False
-        slot.record.last_checked_at = self._clock()
-        return True
+            log.warning(
+                "guardedpool: connection %d of key %r failed its %s check (%s); retired%s",
+                record.id,
+                record.key,
+                kind,
+                failure,
+                ", opening a replacement" if kind == "hand-out" else "",
+                extra={"key": record.key, "conn_id": record.id, "check": kind, "error": failure},
+            )
+            return failure
+        record.last_checked_at = self._clock()
+        return None
 
     def release(self, conn: C, *, error: BaseException | None = None) -> None:
         """Give a connection back. Synchronous, so cancellation cannot interrupt it.
@@ -390,12 +454,14 @@ class GuardedPool(Generic[C]):
             ks = slot.keystate
             gone = 1 if is_connection_fault(error) else 0  # this one is retired below
             self._limited(ks, error, len(ks.idle) + ks.in_use - gone)
-        reason = policy.retire_on_release(
+        alive = self._connector.is_alive(conn)
+        reason = policy.retire_on_release(  # positional: keywords cost ~15% of this call
             record,
             now,
-            alive=self._connector.is_alive(conn),
-            faulted=error is not None and is_connection_fault(error),
-            shutting_down=shutting_down,
+            alive,  # alive
+            error is not None and is_connection_fault(error),  # faulted
+            shutting_down,  # shutting_down
+            not alive and self._logged_out is not None and self._logged_out(conn),  # logged_out
         )
         if reason is not None:
             self._retire(slot, reason)
@@ -475,6 +541,7 @@ class GuardedPool(Generic[C]):
     async def _open(self, slot: Slot[C]) -> None:
         ks = slot.keystate
         record = slot.record
+        began = record.created_at
         started = [0.0]  # when the current attempt started (counted as a login)
         try:
             conn = await self._reconnector.connect(
@@ -492,6 +559,8 @@ class GuardedPool(Generic[C]):
             if isinstance(exc, Exception) and not policy.is_transient(exc):
                 self._fail_first_waiter(ks, exc)
             self._after_slot_freed(ks)
+            if isinstance(exc, UnknownKey) and ks.pristine() and ks.quiet(self._clock()):
+                self._forget(ks)  # an unknown key leaves nothing behind
             if not isinstance(exc, Exception):
                 raise
             return
@@ -506,7 +575,26 @@ class GuardedPool(Generic[C]):
         record.created_at = record.last_used_at = record.last_checked_at = now
         record.expires_at = policy.expiry_time(now, self.config, self._rng())
         record.note(now, Event.OPEN)  # the socket identity is in record.socket
-        log.debug("guardedpool: opened", extra={"key": ks.key, "conn_id": record.id})
+        ident = record.socket
+        where = (
+            f"fd {ident.fd}, {ident.local[0]}:{ident.local[1]} -> "
+            f"{ident.remote[0]}:{ident.remote[1]}"
+            if ident is not None
+            else "no socket identity"
+        )
+        log.info(
+            "guardedpool: opened connection %d for key %r (%s) in %.3f s",
+            record.id,
+            ks.key,
+            where,
+            now - began,
+            extra={
+                "key": ks.key,
+                "conn_id": record.id,
+                "fd": ident.fd if ident is not None else None,
+                "seconds": now - began,
+            },
+        )
         self._opened(slot)
         if ks.limits is not None:
             ks.limits.accepted(len(ks.idle) + ks.in_use)
@@ -526,7 +614,8 @@ class GuardedPool(Generic[C]):
     def _connect_failed(
         self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException, started: float
     ) -> None:
-        ks.connect_failures += 1
+        if not isinstance(exc, UnknownKey):  # no such key: not a failure of one
+            ks.connect_failures += 1
         record.note(self._clock(), Event.CONNECT_FAILED, type(exc).__name__)
         if isinstance(exc, ServerLimit):
             self._limited(ks, exc, len(ks.idle) + ks.in_use)
@@ -571,7 +660,7 @@ class GuardedPool(Generic[C]):
                 "suggested_delay": exc.delay,
                 "throttled_for": throttled,
                 "effective_max_per_key": cap,
-                "held": held,
+                "connections_held": held,
             },
         )
 
@@ -709,6 +798,14 @@ class GuardedPool(Generic[C]):
         self._books.move(slot, ConnState.CLOSING, reason)
         record.retired_at = now
         record.note(now, Event.RETIRE, f"{reason.value} {detail}".strip())
+        log.info(
+            "guardedpool: retiring connection %d of key %r: %s (%s)",
+            record.id,
+            record.key,
+            reason.value,
+            detail or _WHY[reason],
+            extra={"key": record.key, "conn_id": record.id, "reason": reason.value},
+        )
         name = f"guardedpool-close-{record.key}"
         self._spawn(self._close(slot, reason in _GRACEFUL), name, self._closes)
 
@@ -726,6 +823,13 @@ class GuardedPool(Generic[C]):
         finally:
             slot.conn = None
             self._free_slot(slot, Event.CLOSED)
+            log.debug(
+                "guardedpool: closed connection %d of key %r (%s); its slot is free",
+                record.id,
+                record.key,
+                "socket verified gone" if record.os_closed else "socket NOT verified gone",
+                extra={"key": record.key, "conn_id": record.id, "os_closed": record.os_closed},
+            )
             self._after_slot_freed(slot.keystate)
 
     def _free_slot(self, slot: Slot[C], event: Event, detail: str = "") -> None:
@@ -776,6 +880,13 @@ class GuardedPool(Generic[C]):
         cfg = self.config
         seen = 0
         for ks in list(self._keys.values()):
+            if ks.quiet(now):
+                if ks.quiet_since is None:
+                    ks.quiet_since = now
+                elif now - ks.quiet_since >= cfg.forget_keys_after:
+                    self._forget(ks)
+                continue
+            ks.quiet_since = None
             for slot in list(ks.idle):
                 seen += 1
                 if seen % _HOUSEKEEPING_CHUNK == 0:
@@ -800,9 +911,16 @@ class GuardedPool(Generic[C]):
         for record in self._leaks.sweep((s.record for s in borrowed), now):
             slot = self._books.live[record.id]
             if slot.conn is not None:
-                log.error(
-                    "guardedpool: reclaiming connection held too long",
-                    extra={"key": record.key, "conn_id": record.id},
+                borrower = borrower_of(record)
+                log.warning(
+                    "guardedpool: reclaiming connection %d of key %r: lent out for %.1f s "
+                    "(reclaim_after %g s) to %s; aborted under its borrower",
+                    record.id,
+                    record.key,
+                    now - record.borrowed_at,
+                    cfg.reclaim_after,
+                    borrower_text(borrower),
+                    extra={"key": record.key, "conn_id": record.id, **borrower_fields(borrower)},
                 )
                 record.note(now, Event.RECLAIMED)
                 self._connector.abort(slot.conn)
@@ -812,8 +930,21 @@ class GuardedPool(Generic[C]):
             grave.popleft()
 
     async def _heartbeat(self, slot: Slot[C]) -> None:
-        if await self._noop_check(slot, self.config.op_timeout):
+        if await self._noop_check(slot, self._check_bound, "heartbeat") is None:
             self._to_idle(slot)
+
+    def _forget(self, ks: KeyState[C]) -> None:
+        """Drop a quiet key's state; its counters live on in the pool's totals."""
+        if self._keys.get(ks.key) is ks:
+            del self._keys[ks.key]
+            self._starving.pop(ks.key, None)
+            ks.fold_into(self._forgotten)
+            log.debug(
+                "guardedpool: forgot key %r (no connection, waiter or backoff); its counters "
+                "are in the pool totals",
+                ks.key,
+                extra={"key": ks.key},
+            )
 
     async def _maybe_audit(self) -> None:
         interval = self.config.audit.interval
@@ -821,9 +952,7 @@ class GuardedPool(Generic[C]):
         if interval is None or (self._last_audit is not None and now - self._last_audit < interval):
             return
         self._last_audit = now
-        report = await self.audit()
-        for finding in report.findings:
-            log.warning("guardedpool: audit finding", extra={"finding": finding.to_dict()})
+        await self.audit()  # the auditor logs each finding
 
     def record_of(self, conn: C) -> ConnectionRecord:
         """The record of a connection you hold: its expiry, socket identity, history.
@@ -836,6 +965,34 @@ class GuardedPool(Generic[C]):
             raise PoolError("record_of() of a connection that is not checked out from this pool")
         return slot.record
 
+    def declare_long_hold(self, conn: C) -> None:
+        """Say that you hold ``conn`` long on purpose, until you release it.
+
+        A connection held past ``leak_threshold`` is a leak suspect (logged, reported by
+        the audit, which turns a health check unhealthy), unless its borrower declared the
+        hold: an IDLE session (:func:`guardedpool.imap.idle.idle` does), a long sync, a
+        subscription. The declaration ends with the release; the next borrow of the same
+        connection is a plain one again. ``reclaim_after``, a hard cap, still applies.
+        Idempotent. Raises :class:`PoolError` for a connection not checked out from this
+        pool.
+        """
+        slot = self._borrowed.get(id(conn))
+        if slot is None:
+            raise PoolError(
+                "declare_long_hold() of a connection that is not checked out from this pool"
+            )
+        record = slot.record
+        if not record.long_hold:
+            record.long_hold = True
+            record.note(self._clock(), Event.LONG_HOLD)
+            log.debug(
+                "guardedpool: connection %d of key %r is held long on purpose (declared); "
+                "not a leak suspect until it is released",
+                record.id,
+                record.key,
+                extra={"key": record.key, "conn_id": record.id},
+            )
+
     # ----------------------------------------------------------------- stats and audit
 
     def stats(self) -> dict[str, Any]:
@@ -845,7 +1002,7 @@ class GuardedPool(Generic[C]):
             key: {**ks.stats(), **limit_stats(ks.limits, now, cfg, ks.first_login)}
             for key, ks in self._keys.items()
         }
-        totals = aggregate(per_key.values())
+        totals = aggregate([*per_key.values(), self._forgotten.stats()])
         totals.update(
             connecting=self._reconnector.connecting,
             peak_connecting=self._reconnector.peak_connecting,
@@ -858,6 +1015,7 @@ class GuardedPool(Generic[C]):
         """Start a new window for the high-water marks in :meth:`stats`:
         ``peak_connecting`` and ``acquire_wait_max`` (e.g. once per metrics scrape)."""
         self._reconnector.peak_connecting = self._reconnector.connecting
+        self._forgotten.acquire_wait_max = 0.0
         for ks in self._keys.values():
             ks.acquire_wait_max = 0.0
 

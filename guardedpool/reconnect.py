@@ -32,7 +32,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_base, wait_exponential, wait_random
 
 from .config import PoolConfig, RetryPolicy
-from .errors import ConnectError
+from .errors import ConnectError, UnknownKey
+from .logs import error_text
 from .policy import is_transient
 
 if TYPE_CHECKING:
@@ -147,11 +148,13 @@ async def connect_with_retry(
 ) -> T:
     """Run ``attempt`` until it succeeds, a permanent error occurs, or nobody wants it.
 
-    Waits out the key's current backoff first. Each failure is recorded in ``backoff``
-    and passed to ``on_failure(exc, delay)`` before the delay is slept. ``admit()`` is
-    asked right before each attempt (and may count it); when it says no, the loop ends
-    with the previous attempt's error, or :class:`ConnectDeferred` before any attempt.
-    Raises the last error when it is permanent or when ``wanted()`` turned False.
+    Waits out the key's current backoff first. Each failure but :class:`UnknownKey` (not a
+    failure of the key: there is no such key) is recorded in ``backoff``, with a delay
+    only when it is transient, and passed to ``on_failure(exc, delay)`` before the delay
+    is slept. ``admit()`` is asked right before each attempt (and may count it); when it
+    says no, the loop ends with the previous attempt's error, or :class:`ConnectDeferred`
+    before any attempt. Raises the last error when it is permanent or when ``wanted()``
+    turned False.
     """
     backoff.settle(clock(), policy.reset_after)
     wait = backoff_wait(policy, backoff)
@@ -170,10 +173,13 @@ async def connect_with_retry(
         except Exception as exc:
             previous.append(exc)
             delay = 0.0
+            now = clock()
+            backoff.settle(now, policy.reset_after)
             if is_transient(exc):
-                now = clock()
-                backoff.settle(now, policy.reset_after)
                 delay = wait.delay()
+            if not isinstance(exc, UnknownKey):
+                # A permanent failure (wrong password, untrusted certificate) is a failure
+                # of the key all the same: counted, kept as last_error, but not delayed.
                 backoff.record_failure(exc, now, delay)
             on_failure(exc, delay)
             raise
@@ -245,13 +251,36 @@ class Reconnector(Generic[C]):
         :func:`connect_with_retry`). Raises the last error when it is permanent or unwanted.
         """
 
+        failed_here = 0
+
         def failed(exc: BaseException, delay: float) -> None:
+            nonlocal failed_here
             note(exc)
+            failed_here = backoff.failures
+            if isinstance(exc, UnknownKey):
+                log.debug(
+                    "guardedpool: key %r is unknown to the connector; nothing kept for it",
+                    key,
+                    extra={"key": key, "error": error_text(exc)},
+                )
+                return
+            error = error_text(exc)
+            then = (
+                f"retrying in {delay:.2f} s while someone waits"
+                if is_transient(exc)
+                else "not retried (a permanent error)"
+            )
             log.warning(
-                "guardedpool: connect failed",
+                "guardedpool: connect for key %r failed (%d in a row): %s; %s",
+                key,
+                backoff.failures,
+                error,
+                then,
                 extra={
                     "key": key,
-                    "error": f"{type(exc).__name__}: {exc}",
+                    "error": error,
+                    "error_type": type(exc).__name__,
+                    "transient": is_transient(exc),
                     "retry_in": delay,
                     "consecutive_failures": backoff.failures,
                 },
@@ -261,10 +290,16 @@ class Reconnector(Generic[C]):
             ):
                 try:
                     self._on_failed(key, exc)
-                except Exception:
-                    log.exception("guardedpool: on_reconnect_failed callback raised")
+                except Exception as cb_exc:
+                    log.exception(
+                        "guardedpool: on_reconnect_failed callback raised %s for key %r",
+                        error_text(cb_exc),
+                        key,
+                        extra={"key": key, "error": error_text(cb_exc)},
+                    )
 
-        return await connect_with_retry(
+        streak = backoff.failures  # failed attempts of the key before this connect
+        conn = await connect_with_retry(
             lambda: self._once(key),
             policy=self._config.retry,
             backoff=backoff,
@@ -274,6 +309,15 @@ class Reconnector(Generic[C]):
             on_failure=failed,
             admit=admit,
         )
+        streak = max(streak, failed_here)
+        if streak:
+            log.info(
+                "guardedpool: key %r connected again after %d failed attempts",
+                key,
+                streak,
+                extra={"key": key, "consecutive_failures": streak},
+            )
+        return conn
 
     async def _once(self, key: str) -> C:
         async with self._connect_permits:

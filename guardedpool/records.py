@@ -60,6 +60,7 @@ class CloseReason(enum.Enum):
     SHUTDOWN = "shutdown"  # the pool closed
     AUDIT = "audit"  # the auditor found it half-open, overdue or reclaimed it
     EVICTED = "evicted"  # closed to make room for another key under max_total
+    LOGGED_OUT = "logged_out"  # the borrower ended the session itself (IMAP LOGOUT)
 
 
 @dataclass(frozen=True, slots=True)

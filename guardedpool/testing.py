@@ -242,6 +242,12 @@ class MemoryConnection:
     serial: int
     alive: bool = True
     closed: bool = False
+    logged_out: bool = False
+
+    def logout(self) -> None:
+        """End the session as a borrower would (an IMAP LOGOUT): dead, and said so."""
+        self.logged_out = True
+        self.alive = False
 
 
 class MemoryConnector:
@@ -288,6 +294,9 @@ class MemoryConnector:
 
     def is_alive(self, conn: MemoryConnection) -> bool:
         return conn.alive
+
+    def logged_out(self, conn: MemoryConnection) -> bool:
+        return conn.logged_out
 
     def socket_of(self, conn: MemoryConnection) -> SocketLike | None:
         return None

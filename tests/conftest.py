@@ -1,7 +1,9 @@
 """Shared fixtures: the session Dovecot, fault proxies, and the per-module socket-leak check.
 
 The harness lives in ``tests/harness`` (importable as ``harness`` because pytest puts this
-directory on ``sys.path`` for a rootdir conftest without ``__init__.py``).
+directory on ``sys.path`` for a rootdir conftest without ``__init__.py``). The Dovecot
+harness (and ``trustme``, which it needs) is imported only by the fixtures that start a
+server, so the unit tests run on a machine without Dovecot or ``trustme``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from harness import DovecotServer, FaultProxy, Mode, PostgresServer, ProxyFactory, RedisServer
 from harness.sockets import describe_sockets, socket_fds
+
+if TYPE_CHECKING:
+    from harness.dovecot import DovecotServer
+    from harness.postgres import PostgresServer
+    from harness.proxy import FaultProxy, Mode, ProxyFactory
+    from harness.redis import RedisServer
 
 # How long sockets may take to close after a module's last test before they count as leaked
 # (the event loop of the last test is closed by then; this covers stragglers in threads).
@@ -54,6 +61,8 @@ def dovecot() -> Iterator[DovecotServer]:
     Tests that change a mailbox should use ``fresh_user`` so they do not see each other's
     mail; tests that need odd server settings or a restart should use ``dovecot_factory``.
     """
+    from harness.dovecot import DovecotServer
+
     server = DovecotServer()
     server.start()
     try:
@@ -69,6 +78,8 @@ def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
     Takes the ``DovecotServer`` keyword arguments; every server is stopped at test end
     (about 1 s each: Dovecot's master sleeps 1 s on shutdown).
     """
+    from harness.dovecot import DovecotServer
+
     servers: list[DovecotServer] = []
 
     def make(**kwargs: Any) -> DovecotServer:
@@ -86,6 +97,8 @@ def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the session (AOF on). Tests keep apart by ``prefix``
     (see ``fleet_prefix``); a test that restarts or stops Redis uses ``redis_factory``."""
+    from harness.redis import RedisServer
+
     server = RedisServer()
     server.start()
     try:
@@ -98,6 +111,8 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_factory() -> Iterator[Callable[..., RedisServer]]:
     """Start extra redis-servers for one test (to restart, kill or stop); all stopped at
     test end."""
+    from harness.redis import RedisServer
+
     servers: list[RedisServer] = []
 
     def make(**kwargs: Any) -> RedisServer:
@@ -114,6 +129,8 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One real PostgreSQL for the session (started on first use, ~1.5 s): ``.dsn``."""
+    from harness.postgres import PostgresServer
+
     server = PostgresServer()
     server.start()
     try:
@@ -138,6 +155,8 @@ def fresh_user(dovecot: DovecotServer) -> tuple[str, str]:
 @pytest.fixture
 async def fault_proxy(dovecot: DovecotServer) -> AsyncIterator[ProxyFactory]:
     """Factory for started ``FaultProxy`` objects, all stopped at the end of the test."""
+    from harness.proxy import FaultProxy, Mode
+
     proxies: list[FaultProxy] = []
 
     async def make(

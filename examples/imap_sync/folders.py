@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from guardedpool import IMAPCommandError
 from guardedpool.imap import SPECIAL_USE, IMAPClient, ListEntry, WireName, parse_list
 from guardedpool.imap.mutf7 import display, encode
-from guardedpool.imap.parse import parse_status
+from guardedpool.imap.parse import parse_select, parse_status
 
 from .store import Store
 
@@ -59,7 +59,9 @@ __all__ = [
     "refresh",
     "select_folders",
     "unmatched",
+    "unselectable",
     "vanished",
+    "wanted",
 ]
 
 log = logging.getLogger("imap_sync")
@@ -190,12 +192,36 @@ def select_folders(entries: Iterable[ListEntry], patterns: Sequence[Pattern]) ->
 
 def unmatched(patterns: Sequence[Pattern], entries: Sequence[ListEntry]) -> list[str]:
     """Literal names (no wildcard, no role) that name no selectable mailbox: a typo, or a
-    wire name where a human one belongs (``Entw&APw-rfe`` for ``Entwürfe``)."""
+    wire name where a human one belongs (``Entw&APw-rfe`` for ``Entwürfe``). A name LIST
+    shows as ``\\Noselect`` (a parent that only holds others) is there, and is not one of
+    them: it is never synced (see :func:`unselectable`)."""
     folders = [Folder.from_entry(e) for e in entries if e.selectable]
     return [
         p.text
         for p in patterns
-        if p.literal and not p.exclude and not any(_matches(p, f) for f in folders)
+        if p.literal
+        and not p.exclude
+        and not any(_matches(p, f) for f in folders)
+        and p.text not in unselectable(patterns, entries)
+    ]
+
+
+def unselectable(patterns: Sequence[Pattern], entries: Sequence[ListEntry]) -> list[str]:
+    """Literal names that LIST shows only as ``\\Noselect`` (RFC 3501 §7.2.2): on the
+    server, but SELECT would refuse them, so they are skipped, not tried every pass."""
+    held = [Folder.from_entry(e) for e in entries if e.selectable]
+    parents = [
+        Folder.from_entry(e)
+        for e in entries
+        if any(f.upper() == "\\NOSELECT" for f in e.flags)
+    ]
+    return [
+        p.text
+        for p in patterns
+        if p.literal
+        and not p.exclude
+        and not any(_matches(p, f) for f in held)
+        and any(_matches(p, f) for f in parents)
     ]
 
 
@@ -270,8 +296,15 @@ async def list_folders(imap: IMAPClient, patterns: Sequence[Pattern]) -> Listing
 
 
 async def _uidvalidity(imap: IMAPClient, name: str) -> int | None:
-    """STATUS (UIDVALIDITY); None when the server answers NO (no such mailbox)."""
+    """STATUS (UIDVALIDITY); None when the server answers NO (no such mailbox).
+
+    On the mailbox this connection has selected (a pooled connection keeps the one its
+    last pass synced), EXAMINE instead: STATUS SHOULD NOT be used there (RFC 3501
+    §6.3.10), and Dovecot answers it from the open view even after another session
+    renamed or deleted the mailbox. A failed EXAMINE leaves nothing selected (§6.3.2)."""
     try:
+        if imap.selected == name:
+            return parse_select((await imap.examine(WireName(name))).lines).uidvalidity
         resp = await imap.status(WireName(name), "(UIDVALIDITY)")
     except IMAPCommandError as exc:
         if exc.result == "NO":
@@ -312,8 +345,12 @@ async def find_moves(
 
 def needs_list(patterns: Sequence[Pattern]) -> bool:
     """Whether resolving ``patterns`` takes a LIST: plain names need none (each is synced
-    as named, and a missing one fails its SELECT every pass, as a typo should)."""
-    return not all(p.literal for p in patterns)
+    as named, and a missing one fails its SELECT every pass, as a typo should) -- unless
+    one has a ``/``, which stands for the server's delimiter (``Archive/2024`` is
+    ``Archive.2024`` on Dovecot's Maildir++), so only LIST can tell its wire name; or an
+    ``&``, which may be a wire name written where a human one belongs (``Entw&APw-rfe``,
+    the spelling of configs older than patterns): LIST lets the log say which is meant."""
+    return not all(p.literal and "/" not in p.name and "&" not in p.name for p in patterns)
 
 
 def literal_folders(
@@ -371,6 +408,14 @@ async def refresh(
             f" to {target.path!r}" if target else "",
             kept,
             extra={"key": key, "mailbox": label, "state": move.state},
+        )
+    for text in unselectable(patterns, listing.entries):
+        log.warning(
+            "%s: mailbox %r cannot be selected on the server (\\Noselect: it only holds "
+            "other mailboxes); not synced",
+            key,
+            text,
+            extra={"key": key, "mailbox": text},
         )
     for text in missing:
         hint = display(text)

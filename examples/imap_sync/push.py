@@ -22,7 +22,8 @@ account's patterns are resolved again (LIST) before each polling round, so a fol
 on the server while the worker runs is synced within a round, and one deleted or renamed is
 retired. A watched mailbox whose IDLE session ends for good (the server has no IDLE,
 SELECT answers NO, the login is refused) is logged, counted as an error, and polled from
-then on.
+then on; one a polling round retired (renamed or deleted on the server) gets no more passes
+of its own, even while its IDLE session lives on.
 
 When ``stop`` is set no new pass starts, each IDLE ends with DONE (bounded by the pool's
 ``op_timeout``) and its connection goes back to the pool, and passes in flight finish.
@@ -38,9 +39,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from guardedpool.imap import WireName
 from guardedpool.imap.idle import IdleSession, idle
 
 from .config import AccountConfig
+from .folders import Folder, compile_patterns, literal_folders, wanted
 
 if TYPE_CHECKING:
     from .worker import PassSummary, SyncWorker
@@ -53,11 +56,20 @@ TRIGGERS = frozenset({"CONNECTED", "EXISTS", "EXPUNGE", "FETCH", "OVERFLOW"})
 """The :class:`~guardedpool.imap.idle.IdleEvent` kinds that trigger a sync."""
 
 
-def watched_mailbox(account: AccountConfig, mailboxes: Sequence[str] = ()) -> str:
+def watched_mailbox(account: AccountConfig, mailboxes: Sequence[str] = ()) -> str | None:
     """The mailbox held in IDLE for ``account``: INBOX if it is synced, else the first of
-    ``mailboxes`` (the account's resolved wire names; default its configured names)."""
-    names = list(mailboxes) or list(account.mailboxes)
-    return "INBOX" if "INBOX" in names else names[0]
+    ``mailboxes`` (the account's resolved wire names). Before any LIST has answered
+    (``mailboxes`` empty), INBOX if the patterns select it (every server has one, RFC 3501
+    §5.1), else the first plain name configured, else None: a pattern is not a mailbox,
+    and the account is then polled."""
+    names = list(mailboxes)
+    if names:
+        return "INBOX" if "INBOX" in names else names[0]
+    patterns = compile_patterns(account.mailboxes)
+    if wanted(patterns, Folder(WireName("INBOX"), "INBOX")):
+        return "INBOX"
+    plain = literal_folders(patterns)
+    return plain[0].name if plain else None
 
 
 class PushSync:
@@ -69,11 +81,12 @@ class PushSync:
         renew_after: seconds per IDLE round before DONE and a new IDLE.
 
     Attributes:
-        watched: account key -> the mailbox held in IDLE.
+        watched: account key -> the mailbox held in IDLE (an account without one is polled).
         idle_ended: the watched (key, mailbox) pairs whose IDLE ended for good (polled).
         triggers: account key -> events that marked its watched mailbox dirty.
-        timed: account key -> passes of its watched mailbox run because no push had
-            come for ``poll_interval`` seconds (the staleness bound at work).
+        timed: account key -> rounds of its watched mailbox run because no push had come
+            for ``poll_interval`` seconds (the staleness bound at work): a pass each,
+            none once the mailbox was retired (renamed or deleted on the server).
         sessions: account key -> its running :class:`IdleSession`.
     """
 
@@ -87,10 +100,18 @@ class PushSync:
         self.worker = worker
         self.poll_interval = poll_interval
         self.renew_after = renew_after
-        self.watched = {
-            a.key: watched_mailbox(a, [name for key, name in worker.jobs() if key == a.key])
-            for a in worker.accounts
-        }
+        self.watched: dict[str, str] = {}
+        for a in worker.accounts:
+            box = watched_mailbox(a, [name for key, name in worker.jobs() if key == a.key])
+            if box is None:
+                log.warning(
+                    "%s: no mailbox to hold in IDLE (its mailboxes could not be listed); "
+                    "polling them instead",
+                    a.key,
+                    extra={"key": a.key},
+                )
+            else:
+                self.watched[a.key] = box
         self.idle_ended: set[tuple[str, str]] = set()
         self.triggers = dict.fromkeys(self.watched, 0)
         self.timed = dict.fromkeys(self.watched, 0)
@@ -159,6 +180,14 @@ class PushSync:
         finally:
             self.sessions.pop(key, None)
 
+    def _retired(self, job: tuple[str, str]) -> bool:
+        """The watched mailbox was retired by a polling round (gone from LIST) and has not
+        come back: its IDLE session may live on for a while, but a pass would fail."""
+        key, mailbox = job
+        if job in self.worker.jobs():
+            return False
+        return any(original == mailbox for _, original, _, _ in self.worker.store.retired(key))
+
     async def _syncer(
         self,
         key: str,
@@ -177,6 +206,9 @@ class PushSync:
                 self.timed[key] += 1  # no push for poll_interval: never staler than a poll
             if stop.is_set():
                 return
+            if self._retired(job):  # renamed or deleted on the server: the poller knows
+                dirty.clear()
+                continue
             dirty.clear()  # before the pass: a push during it means one more pass
             summary = await self.worker.run_pass([job])
             if on_pass is not None:

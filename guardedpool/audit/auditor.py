@@ -8,6 +8,7 @@ that keeps records for real sockets, and the pool never needs to know how the OS
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Sequence, Set
@@ -18,12 +19,14 @@ from ..leaks import Borrow
 from ..records import ConnectionRecord, LifecycleEvent
 from .classify import Kind, classify
 from .enforce import Outcome, enforce
-from .report import AuditReport, Finding
+from .report import Action, AuditReport, Finding
 from .rows import Address
 from .scan import Backend, resolve_backend, scan
 from .verify import Verifier
 
-__all__ = ["AuditTarget", "run_audit"]
+__all__ = ["AuditTarget", "log_finding", "run_audit"]
+
+log = logging.getLogger("guardedpool.audit")
 
 _ORDER = {
     k: i
@@ -111,6 +114,12 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
     )
     outcomes = await enforce(verdict.decisions, target, verifier=verifier)
     findings = sorted((_finding(o, wall) for o in outcomes), key=lambda f: _ORDER[f.kind])
+    for finding in findings:
+        # What the audit did is logged where it was done (enforce); what it only reports
+        # (leak suspects with their borrower, orphans, stragglers left alone) is logged
+        # here: one line per finding either way.
+        if finding.action is Action.REPORTED:
+            log_finding(finding)
     return AuditReport(
         checked_at=checked_at,
         duration=time.perf_counter() - started,
@@ -175,4 +184,49 @@ def _finding(o: Outcome, offset: float) -> Finding:
         task=borrower.task if borrower else None,
         borrowed_at=_wall(borrower.since, offset) if borrower else None,
         stack=borrower.stack if borrower else (),
+    )
+
+
+def _addr(address: Address | None) -> str:
+    return "?" if address is None else f"{address[0]}:{address[1]}"
+
+
+def log_finding(finding: Finding) -> None:
+    """One WARNING per finding, saying what, where, which fd and what was done.
+
+    For example ``guardedpool: audit finding straggler on key 'alice' connection 7, fd 12
+    (127.0.0.1:40312 -> 127.0.0.1:143): force_closed (retired (closed) 1.2 s ago, socket
+    still open)``. ``extra=``: ``finding`` (the whole ``to_dict()``), ``kind``, ``action``,
+    ``key``, ``conn_id``, ``fd``, and for a leak suspect ``task`` and ``acquired_at``.
+    """
+    where = (
+        f"on key {finding.key!r} connection {finding.record_id}"
+        if finding.key is not None
+        else "on a socket no record owns"
+    )
+    fd = "no fd (the socket is gone)" if finding.fd is None else f"fd {finding.fd}"
+    borrower = ""
+    if finding.task is not None:
+        site = f", acquired at {finding.stack[0]}" if finding.stack else ""
+        borrower = f"; borrower task {finding.task!r}{site}"
+    log.warning(
+        "guardedpool: audit finding %s %s, %s (%s -> %s): %s (%s)%s",
+        finding.kind.value,
+        where,
+        fd,
+        _addr(finding.local),
+        _addr(finding.remote),
+        finding.action.value,
+        finding.detail,
+        borrower,
+        extra={
+            "finding": finding.to_dict(),
+            "kind": finding.kind.value,
+            "action": finding.action.value,
+            "key": finding.key,
+            "conn_id": finding.record_id,
+            "fd": finding.fd,
+            "task": finding.task,
+            "acquired_at": finding.stack[0] if finding.stack else None,
+        },
     )

@@ -235,7 +235,7 @@ def _log(o: Outcome) -> None:
             "action": o.action.value,
             "key": record.key if record else None,
             "conn_id": record.id if record else None,
-            "fd": o.fds[0] if o.fds else (ident.fd if ident else None),
+            "fd": o.fds[0] if o.fds else None,  # as the line says: "no fd" when none held it
             "fds": list(o.fds),
             "inode": o.inode,
         },

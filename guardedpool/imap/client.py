@@ -148,6 +148,8 @@ class IMAPClient(GuardedSession):
         self.utf8_enabled = False
         """True once ENABLE UTF8=ACCEPT succeeded (RFC 6855): mailbox names then go on
         the wire as UTF-8, and LIST sends them so."""
+        self.logged_out = False
+        """True once :meth:`logout` was called: the session was ended on purpose."""
 
     def _mailbox(self, name: str) -> str:
         return mailbox_arg(name, utf8=self.utf8_enabled)
@@ -280,8 +282,10 @@ class IMAPClient(GuardedSession):
     ) -> Response:
         """SEARCH (sequence numbers); see :func:`~guardedpool.imap.parse.parse_search`.
 
-        Criteria that are not ASCII, e.g. ``search("SUBJECT", "Köln", charset="UTF-8")``,
-        go as literals in ``charset`` (default UTF-8 then), never as raw 8-bit text; see
+        Criteria are IMAP search syntax (RFC 3501 §6.4.4), sent as written: quote a term
+        with spaces, ``search("SUBJECT", '"New York"')``. Words or quoted strings that
+        are not ASCII, e.g. ``search("SUBJECT", "Köln", charset="UTF-8")``, go as
+        literals in ``charset`` (default UTF-8 then), never as raw 8-bit text; see
         :mod:`~guardedpool.imap.literals`. The wait for each ``+`` counts against the
         bound.
         """
@@ -365,16 +369,20 @@ class IMAPClient(GuardedSession):
     async def uid(self, command: str, *args: str, timeout: float | None = None) -> Response:
         """UID FETCH / STORE / COPY / MOVE / EXPUNGE / SEARCH, all bounded.
 
+        ``uid("SEARCH", ...)`` is :meth:`uid_search` (a leading ``"CHARSET", name`` is its
+        ``charset``): terms that are not ASCII go as literals.
+
         aioimaplib puts no timeout at all on UID STORE/COPY/MOVE/EXPUNGE; here they get
         the same bound as everything else.
         """
         p = self._protocol
         cmd = command.upper()
         name = f"UID {cmd}"
-        if cmd == "SEARCH":
-            return await self._run(
-                name, lambda: p.search(*args, charset=None, by_uid=True), timeout
-            )
+        if cmd == "SEARCH":  # as uid_search: a term that is not ASCII goes as a literal
+            charset = None
+            if len(args) >= 2 and args[0].upper() == "CHARSET":
+                charset, args = args[1], args[2:]
+            return await self._search(name, args, charset, timeout, by_uid=True)
         if cmd in ("COPY", "MOVE") and args:
             args = (*args[:-1], self._mailbox(args[-1]))
         if cmd == "FETCH":
@@ -437,6 +445,7 @@ class IMAPClient(GuardedSession):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._bound(timeout)
+        self.logged_out = True
         try:
             if self._idle is not None:
                 # aioimaplib's logout would queue behind the pending IDLE (bug 5).

@@ -283,6 +283,10 @@ class IMAPConnector:
         """Abort the transport now; idempotent, never raises."""
         conn.abort("aborted")
 
+    def logged_out(self, conn: IMAPClient) -> bool:
+        """Whether the borrower ended the session with LOGOUT (the pool's close reason)."""
+        return conn.logged_out
+
     def is_alive(self, conn: IMAPClient) -> bool:
         """Not poisoned, not closing, not mid-IDLE, and the kernel says ESTABLISHED.
 

@@ -229,6 +229,7 @@ class IdleSession:
         try:
             await conn.select(self.mailbox)
             record = pool.record_of(conn)
+            pool.declare_long_hold(conn)  # held across rounds on purpose: not a leak suspect
             announced = False
             clock = pool.clock  # the pool's monotonic clock, in which expires_at lives
             while not pool.closed:

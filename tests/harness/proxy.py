@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from .waiting import wait_for
+
 __all__ = ["Fault", "FaultProxy", "Mode", "ProxyConnection", "ProxyFactory", "ProxyStats"]
 
 # Bytes buffered per direction before the proxy stops reading from that peer, so a
@@ -756,12 +758,11 @@ class FaultProxy:
     async def wait_until(
         self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
     ) -> None:
-        """Poll ``predicate`` every 10 ms; TimeoutError naming ``what`` after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} not reached within {timeout}s: {self.stats()}")
-            await asyncio.sleep(0.01)
+        """:func:`harness.waiting.wait_for`, with the proxy's stats in the TimeoutError."""
+        try:
+            await wait_for(predicate, timeout, what=what)
+        except TimeoutError:
+            raise TimeoutError(f"{what} not reached within {timeout}s: {self.stats()}") from None
 
     async def wait_accepted(self, n: int = 1, timeout: float = 5.0) -> ProxyConnection:
         """Wait until ``n`` connections were accepted; return the n-th (1-based)."""

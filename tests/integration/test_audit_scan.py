@@ -18,11 +18,12 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Sequence, Set
+from collections.abc import AsyncIterator, Generator, Sequence, Set
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import pytest
+from harness import wait_for
 
 from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan, scan_procfs, verify
 from guardedpool.audit.rows import Address
@@ -71,7 +72,7 @@ class Server:
         return self
 
     async def peer_of(self, local: tuple[str, int]) -> asyncio.Transport:
-        await wait_until(lambda: local in self.peers)
+        await wait_for(lambda: local in self.peers)
         return self.peers[local]
 
     async def fin(self, local: tuple[str, int]) -> None:
@@ -91,13 +92,6 @@ class Server:
             self._server.close()
             async with asyncio.timeout(5):
                 await self._server.wait_closed()
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 3.0) -> None:
-    # Polls the OS (socket states, fd tables): there is no event to wait on.
-    async with asyncio.timeout(timeout):
-        while not pred():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def drain(steps: Generator[None, None, T]) -> T:
@@ -261,7 +255,7 @@ def target_for(server: Server, **audit: object) -> FakeTarget:
 async def test_backends_agree_on_live_sockets(server: Server, sockets: Sockets) -> None:
     clients = [sockets.raw(server.address) for _ in range(3)]
     known = [identify(c) for c in clients]
-    await wait_until(lambda: len(server.peers) == 3)
+    await wait_for(lambda: len(server.peers) == 3)
 
     def ours(rows: Sequence[OsSocket]) -> set[tuple[int | None, Address, Address | None, str]]:
         out = set()
@@ -301,7 +295,7 @@ async def test_rst_socket_is_close_in_procfs_and_missed_by_psutil(
     client = sockets.raw(server.address)
     ident = identify(client)
     await server.rst(ident.local)
-    await wait_until(lambda: tcp_state(ident.fd) == "CLOSE")
+    await wait_for(lambda: tcp_state(ident.fd) == "CLOSE")
 
     procfs = await scan("procfs", [ident], {server.address})
     assert [r.state for r in procfs.sockets if r.inode == ident.inode] == ["CLOSE"]
@@ -446,7 +440,7 @@ async def test_dupd_fd_of_a_retired_socket_is_found_and_left_to_its_holder(
     (again,) = (await run_audit(target)).findings
     assert again.action is Action.CLOSE_FAILED and "still being verified" in again.detail
 
-    await wait_until(lambda: record.os_closed is not None, timeout=10.0)
+    await wait_for(lambda: record.os_closed is not None, 10.0)
     assert record.os_closed is False and record.history[-1].event == "verified"
     later = await run_audit(target)
     (v,) = later.verifications
@@ -494,7 +488,7 @@ async def test_a_socket_that_leaves_after_the_report_is_verified_in_the_next_one
     assert not report.healthy
 
     with caplog.at_level(logging.INFO, logger="guardedpool.audit"):
-        await wait_until(lambda: record.os_closed is not None, timeout=10.0)
+        await wait_for(lambda: record.os_closed is not None, 10.0)
     await asyncio.to_thread(thread.join, 5)
     assert record.os_closed is True
     (line,) = [r for r in caplog.records if getattr(r, "action", None) == "force_closed"]
@@ -577,7 +571,7 @@ async def test_half_open_is_poisoned(
     client = sockets.raw(server.address)
     ident = identify(client)
     await (server.fin if how == "fin" else server.rst)(ident.local)
-    await wait_until(lambda: tcp_state(ident.fd) == os_state)
+    await wait_for(lambda: tcp_state(ident.fd) == os_state)
     target = target_for(server, backend=backend)
     record = target.add(ident, ConnState.IDLE)
 
@@ -712,7 +706,7 @@ async def test_clean_pool_is_healthy_with_process_figures(server: Server, socket
     target = target_for(server)
     for _ in range(3):
         target.add(identify(sockets.raw(server.address)))
-    await wait_until(lambda: len(server.peers) == 3)
+    await wait_for(lambda: len(server.peers) == 3)
     report = await run_audit(target)
     assert report.healthy and report.findings == ()
     assert report.backend == "procfs" and report.records_checked == 3

@@ -78,10 +78,12 @@ GAPS: dict[tuple[type, str], list[object]] = {
     (PoolConfig, "max_lifetime"): [-1.0, False, "3600"],
     (PoolConfig, "lifetime_jitter"): [math.nan, math.inf, None, True, "0.05", 0.51],
     (PoolConfig, "check_after"): [math.inf, None, True, "30"],
+    (PoolConfig, "check_timeout"): [0.0, -1.0, math.nan, math.inf, None, True, "5"],
     (PoolConfig, "heartbeat_interval"): [-1.0, math.nan, "60", True, -math.inf],
     (PoolConfig, "leak_threshold"): [-1.0, None, "300"],
     (PoolConfig, "reclaim_after"): [0.0, -1.0, math.nan, math.inf, "600", True],
     (PoolConfig, "housekeeping_interval"): [-1.0, None, math.inf],
+    (PoolConfig, "forget_keys_after"): [0.0, -1.0, math.nan, math.inf, None, False, "300"],
     (PoolConfig, "keepalive_idle"): [60.0, -60, True],
     (PoolConfig, "keepalive_interval"): [10.0, "10", None],
     (PoolConfig, "keepalive_count"): [3.0, -3, "3"],
@@ -188,9 +190,12 @@ async def test_unknown_key_is_a_typed_error_at_once(dovecot: DovecotServer, sour
             await pool.acquire("bob")
         assert time.monotonic() - start < 0.5
         assert isinstance(info.value, KeyError)  # also catchable as a KeyError
-        stats = pool.stats()["keys"]["bob"]
-        assert stats["waiting"] == stats["opening"] == stats["open"] == 0
-        assert stats["connect_failures"] == 1  # one attempt, never retried
+        # No state left behind, and not a connect failure (issue 12): there is no such key.
+        stats = pool.stats()
+        assert "bob" not in stats["keys"]
+        total = stats["total"]
+        assert total["waiting"] == total["opening"] == total["open"] == 0
+        assert total["connect_failures"] == 0
         async with pool.acquire("alice") as imap:  # the pool is fine
             await imap.noop()
 

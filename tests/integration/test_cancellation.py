@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pytest
-from harness import DovecotServer, socket_fds
+from harness import DovecotServer, socket_fds, wait_for
 
 from guardedpool import (
     ConnectError,
@@ -124,7 +124,7 @@ async def cancel_at(coro: Coroutine[Any, Any, Any], k: int, by: By) -> Shot:
     counted = Counted(coro)
     task: asyncio.Future[Any] = asyncio.ensure_future(counted)
     if by == "suspension":
-        await turns_until(lambda: counted.suspensions >= k or task.done())
+        await wait_for(lambda: counted.suspensions >= k or task.done(), 30.0, pause=0.0)
     else:
         for _ in range(k):
             if task.done():
@@ -138,17 +138,6 @@ async def cancel_at(coro: Coroutine[Any, Any, Any], k: int, by: By) -> Shot:
     if not counted.started:
         coro.close()  # cancelled before its first step: it never ran (and must not warn)
     return Shot(requested, task)
-
-
-async def turns_until(
-    done: Callable[[], bool], within: float = 30.0, *, pause: float = 0.0
-) -> None:
-    """Give the loop turns (``sleep(pause)``) until ``done()``; TimeoutError after ``within``."""
-    async with asyncio.timeout(within):
-        while True:
-            if done():
-                return
-            await asyncio.sleep(pause)
 
 
 async def sweep(case: Callable[[int], Awaitable[bool]], *, limit: int = K_MAX) -> int:
@@ -174,7 +163,7 @@ def fd_targets() -> Counter[str]:
 async def same_sockets(baseline: set[int], within: float = 1.0) -> None:
     """The process's socket inodes are back to ``baseline`` (bounded wait for closes)."""
     with contextlib.suppress(TimeoutError):
-        await turns_until(lambda: set(socket_fds().values()) == baseline, within, pause=0.01)
+        await wait_for(lambda: set(socket_fds().values()) == baseline, within, pause=0.01)
     now = set(socket_fds().values())
     assert now == baseline, f"sockets +{now - baseline} -{baseline - now}"
 
@@ -481,7 +470,7 @@ async def test_memory_acquire_cancelled_during_reconnect_backoff() -> None:
         async with pool:
             shot = await cancel_at(checkout(pool, "a"), k, "iteration")
             assert not shot.completed or shot.task.exception() is not None
-            await turns_until(lambda: not pool.stats()["total"]["opening"], 1.0, pause=0.001)
+            await wait_for(lambda: not pool.stats()["total"]["opening"], 1.0, pause=0.001)
             total = pool.stats()["total"]
             assert total["waiting"] == 0 and total["slots"] == 0, total
             del connector.fail_keys["a"]
@@ -630,7 +619,7 @@ async def test_audit_cancelled_holds_no_fd(
             async with pool:
                 conn = await pool.acquire("a")
                 pool.release(conn, error=ConnectionLost("retire it"))
-                await turns_until(lambda: bool(pool.audit_target.graveyard()), 2.0, pause=0.005)
+                await wait_for(lambda: bool(pool.audit_target.graveyard()), 2.0, pause=0.005)
                 before = fd_targets()
                 shot = await cancel_at(pool.audit(), k, "suspension")
                 held = {t: n for t, n in (fd_targets() - before).items() if "socket:" not in t}
@@ -641,9 +630,7 @@ async def test_audit_cancelled_holds_no_fd(
                     ("straggler", "close_failed")
                 }, str(report)
                 leaky.let_go()
-                await turns_until(
-                    lambda: set(socket_fds().values()) == baseline, 2.0, pause=0.005
-                )
+                await wait_for(lambda: set(socket_fds().values()) == baseline, 2.0, pause=0.005)
                 again = await pool.audit()
                 assert again.healthy and not again.findings, str(again)
             await same_sockets(baseline)

@@ -139,6 +139,33 @@ async def test_non_ascii_search_against_dovecot(
         await connector.close(client, T)
 
 
+async def test_uid_search_through_uid_sends_non_ascii_as_a_literal(
+    dovecot: DovecotServer, fresh_user: tuple[str, str]
+) -> None:
+    """``uid("SEARCH", ...)`` is ``uid_search``: never raw 8-bit (Dovecot: BAD "8bit data
+    in atom"), with or without a CHARSET the caller wrote; terms with spaces are quoted."""
+    dovecot.seed_messages(
+        fresh_user[0],
+        messages=[
+            make_message(1, subject="=?UTF-8?Q?New_York_K=C3=B6ln?="),
+            make_message(2, subject="Greetings from Bonn"),
+        ],
+    )
+    connector = IMAPConnector({"k": account(dovecot, fresh_user)})
+    client = await connector.open("k", CFG)
+    try:
+        await client.select()
+        for args in (
+            ("SUBJECT", "Köln"),
+            ("CHARSET", "UTF-8", "SUBJECT", "Köln"),
+            ("SUBJECT", '"York Köln"'),
+        ):
+            assert parse_search((await client.uid("SEARCH", *args)).lines) == [1], args
+        assert parse_search((await client.uid("SEARCH", "SUBJECT", "Bonn")).lines) == [2]
+    finally:
+        await connector.close(client, T)
+
+
 async def test_synchronising_literal_waits_for_continuation() -> None:
     async def script(conn: ScriptConn) -> None:
         await conn.greet("IMAP4rev1")

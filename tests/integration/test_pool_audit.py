@@ -9,8 +9,9 @@ from collections.abc import Callable
 import aioimaplib
 import pytest
 from harness import DovecotServer, ProxyFactory
+from harness.configs import QUIET
 
-from guardedpool import AuditPolicy, GuardedPool, PoolConfig
+from guardedpool import AuditPolicy, GuardedPool, PoolConfig, PoolError
 from guardedpool.audit import Action, Kind
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 from guardedpool.testing import LineConnector, LineServer
@@ -53,7 +54,6 @@ async def test_clean_pool_reports_healthy_with_process_figures() -> None:
 
 # -- each finding produced for real by a real pool -------------------------------------
 
-QUIET = PoolConfig(housekeeping_interval=3600.0, check_after=3600.0, heartbeat_interval=None)
 
 
 def imap_pool(
@@ -183,5 +183,35 @@ async def test_periodic_audit_logs_findings(caplog: pytest.LogCaptureFixture) ->
         caplog.set_level(logging.WARNING, logger="guardedpool")
         async with pool, pool.acquire("a"):
             await asyncio.sleep(0.3)
-        found = [r for r in caplog.records if r.getMessage() == "guardedpool: audit finding"]
+        found = [
+            r for r in caplog.records if r.getMessage().startswith("guardedpool: audit finding")
+        ]
         assert found and found[0].finding["kind"] == "leak_suspect"  # type: ignore[attr-defined]
+
+
+async def test_a_declared_long_hold_is_not_a_leak_suspect_until_released(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with LineServer() as server:
+        cfg = PoolConfig(leak_threshold=0.1, housekeeping_interval=0.02, check_after=3600.0)
+        pool = GuardedPool(LineConnector({"a": server.address, "b": server.address}), cfg)
+        async with pool:
+            caplog.set_level(logging.INFO, logger="guardedpool")
+            declared = await pool.acquire("a")
+            pool.declare_long_hold(declared)
+            plain = await pool.acquire("b")
+            await asyncio.sleep(0.3)
+            report = await pool.audit()
+            assert [f.key for f in report.findings if f.kind is Kind.LEAK_SUSPECT] == ["b"]
+            warned = [r.getMessage() for r in caplog.records if "(leak suspect)" in r.getMessage()]
+            assert warned and all("key 'b'" in m for m in warned)
+            pool.release(declared)
+            pool.release(plain)
+            again = await pool.acquire("a")  # the declaration ended with the release
+            assert again is declared
+            await asyncio.sleep(0.3)
+            report = await pool.audit()
+            assert [f.key for f in report.findings if f.kind is Kind.LEAK_SUSPECT] == ["a"]
+            pool.release(again)
+            with pytest.raises(PoolError):
+                pool.declare_long_hold(again)  # not checked out any more

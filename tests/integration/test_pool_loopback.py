@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+from harness import wait_for
+
 from guardedpool import GuardedPool, PoolConfig
 from guardedpool.sockets import is_open
 from guardedpool.testing import LineConnection, LineConnector, LineServer
@@ -37,15 +39,6 @@ def socket_inodes() -> set[str]:
     return out
 
 
-async def wait_until(pred: object, timeout: float = 2.0) -> bool:
-    assert callable(pred)
-    for _ in range(int(timeout / 0.01)):
-        if pred():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(pred())
-
-
 async def test_close_returns_the_process_to_its_socket_baseline() -> None:
     async with LineServer() as server:
         baseline = socket_inodes()
@@ -58,7 +51,7 @@ async def test_close_returns_the_process_to_its_socket_baseline() -> None:
                 pool.release(c)
             # Both ends live in this process: 20 client sockets and 20 server ones.
             assert len(socket_inodes() - baseline) == 40
-        assert await wait_until(lambda: socket_inodes() == baseline)
+        await wait_for(lambda: socket_inodes() == baseline, 2.0)
         s = pool.stats()["total"]
         assert s["opened"] == 20 and s["closed"]["shutdown"] == 20 and s["slots"] == 0
 
@@ -87,7 +80,7 @@ async def test_close_path_force_closes_a_socket_the_driver_left_open() -> None:
         assert not is_open(ident)
         assert record.os_closed is True
         assert any(e.event == "force_close" for e in record.history)
-        assert await wait_until(lambda: socket_inodes() == baseline)
+        await wait_for(lambda: socket_inodes() == baseline, 2.0)
 
 
 async def test_replacement_waits_until_the_old_socket_is_gone() -> None:
@@ -161,7 +154,7 @@ async def test_heartbeat_retires_a_dead_idle_connection() -> None:
             async with pool.acquire("a"):
                 pass
             server.silent = True  # keeps the socket, stops answering: a vanished peer
-            assert await wait_until(lambda: pool.stats()["keys"]["a"]["closed"]["error"] == 1)
+            await wait_for(lambda: pool.stats()["keys"]["a"]["closed"]["error"] == 1, 2.0)
 
 
 async def test_max_connecting_bounds_a_burst() -> None:

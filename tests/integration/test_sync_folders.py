@@ -6,6 +6,8 @@ a pattern or a label is ``Archive.2024`` on the wire; ``Entwürfe`` is ``Entw&AP
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,8 +17,9 @@ from harness import DovecotServer, make_message
 
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.metrics import SyncCollector, make_registry, render
+from examples.imap_sync.push import PushSync
 from examples.imap_sync.store import Store
-from examples.imap_sync.worker import SyncWorker
+from examples.imap_sync.worker import PassSummary, SyncWorker
 from guardedpool import GuardedPool, PoolConfig
 from guardedpool.imap import (
     IMAPAccount,
@@ -173,3 +176,113 @@ async def test_patterns_select_by_path_and_role(account: AccountConfig, store: S
             assert not await worker.resolve(), patterns
             assert {name for _, name in worker.jobs()} == expected, patterns
             assert all(isinstance(name, WireName) for _, name in worker.jobs())
+
+
+async def test_plain_names_with_slash_are_found_under_the_servers_delimiter(
+    account: AccountConfig, store: Store
+) -> None:
+    """``"Archive/2024"`` names that mailbox whatever the delimiter, also in a config of
+    plain names only: on Dovecot it is ``Archive.2024`` (SELECT "Archive/2024" is NO)."""
+    acc = AccountConfig(account.key, account.account, ("Archive/2024", "Entwürfe"))
+    async with make_pool(acc) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        summary = await worker.run_pass()
+        assert summary.ok, summary.failures
+    assert stored(store, acc.key, "Archive.2024") == FOLDERS["Archive.2024"]
+    assert stored(store, acc.key, "Entw&APw-rfe") == FOLDERS["Entwürfe"]
+
+
+async def test_a_noselect_parent_named_in_the_config_is_skipped(
+    account: AccountConfig, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Archive`` is a ``\\Noselect`` parent on the server: named explicitly, it is never
+    synced (no SELECT that fails every pass) and not reported as missing."""
+    acc = AccountConfig(account.key, account.account, ("INBOX", "Archive", "Archive/*"))
+    async with make_pool(acc) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        with caplog.at_level(logging.WARNING, logger="imap_sync"):
+            summary = await worker.run_pass()
+        assert summary.ok, summary.failures
+        assert {name for _, name in worker.jobs()} == {"INBOX", "Archive.2024"}
+    assert "not on the server" not in caplog.text
+    assert "'Archive' cannot be selected" in caplog.text
+    assert stored(store, acc.key, "Archive.2024") == FOLDERS["Archive.2024"]
+
+
+async def test_a_wire_name_in_a_plain_config_gets_the_hint(
+    account: AccountConfig, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config from before patterns spelt ``Entw&APw-rfe``: its SELECT fails, as a typo
+    should, and the log names the human name to write instead."""
+    acc = AccountConfig(account.key, account.account, ("INBOX", "Entw&APw-rfe"))
+    async with make_pool(acc) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        with caplog.at_level(logging.WARNING, logger="imap_sync"):
+            summary = await worker.run_pass()
+    assert [f.mailbox for f in summary.failures] == ["Entw&APw-rfe"]
+    assert "did you mean 'Entwürfe'?" in caplog.text
+    assert stored(store, acc.key, "INBOX") == FOLDERS["INBOX"]
+
+
+async def test_a_continuous_worker_sees_the_rename_of_the_folder_it_has_selected(
+    account: AccountConfig, store: Store
+) -> None:
+    """One pooled connection that still has ``Old Name`` selected from the last pass: the
+    rename (by another session) is retired as renamed in the next pass, not missed then
+    called gone a pass later (Dovecot answers STATUS of the selected mailbox from its view
+    even after the rename)."""
+    key = account.key
+    acc = AccountConfig(key, account.account, ("Old*", "New*"))
+    one = PoolConfig(max_per_key=1, connect_timeout=5.0, op_timeout=10.0, close_timeout=2.0)
+    async with GuardedPool(IMAPConnector({key: acc.account}), one) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        summary = await worker.run_pass()  # its one connection now has Old Name selected
+        assert summary.ok, summary.failures
+        async with make_pool(acc) as other, other.acquire(key) as imap:
+            await imap.rename("Old Name", "New Name")
+        summary = await worker.run_pass()
+        assert summary.ok, summary.failures
+    retired = {orig: (state, to) for _, orig, state, to in store.retired(key)}
+    assert retired == {"Old Name": ("renamed", "New Name")}
+    assert stored(store, key, "New Name") == FOLDERS["Old Name"]
+
+
+@pytest.mark.timeout(40)
+async def test_idle_mode_stops_syncing_a_watched_folder_once_it_is_retired(
+    account: AccountConfig, store: Store
+) -> None:
+    """Idle mode watching ``Old Name`` (INBOX not synced): renamed on the server, it is
+    retired by the next polling round, and no pass tries the old name after that (the
+    IDLE session may live on; its timed passes used to fail every ``poll_interval``)."""
+    key = account.key
+    acc = AccountConfig(key, account.account, ("Old*", "New*"))
+    passes: asyncio.Queue[PassSummary] = asyncio.Queue()
+    stop = asyncio.Event()
+    async with make_pool(acc) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        assert not await worker.resolve()
+        push = PushSync(worker, poll_interval=0.3, renew_after=5.0)
+        assert push.watched == {key: "Old Name"}
+        task = asyncio.create_task(push.run(stop, on_pass=passes.put_nowait))
+        try:
+            async with asyncio.timeout(10.0):
+                while "Old Name" not in store.known_mailboxes(key):
+                    await passes.get()
+            async with make_pool(acc) as other, other.acquire(key) as imap:
+                await imap.rename("Old Name", "New Name")
+            async with asyncio.timeout(10.0):
+                while not store.retired(key):
+                    await passes.get()
+            timed = push.timed[key]
+            late: list[str] = []
+            async with asyncio.timeout(15.0):
+                while push.timed[key] < timed + 4:  # passes that began after the retirement
+                    summary = await passes.get()
+                    if push.timed[key] > timed + 1:
+                        late += [f.mailbox for f in summary.failures]
+        finally:
+            stop.set()
+            async with asyncio.timeout(5.0):
+                await task
+    assert late == []
+    assert {orig for _, orig, _, _ in store.retired(key)} == {"Old Name"}

@@ -158,3 +158,41 @@ async def test_metrics_parse_as_prometheus_text(dovecot: DovecotServer, tmp_path
     assert values[("guardedpool_opened_total", a)] == 1
     assert values[("guardedpool_connections", f"{a}/idle")] == 1
     assert values[("guardedpool_acquires_total", b)] == 1
+
+
+async def test_healthz_stays_200_in_idle_mode_past_leak_threshold(
+    dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """Issue 11, section 5, scaled down: an idle-mode worker holds one connection per account
+    in IDLE across rounds (renew_after=1 s); with leak_threshold=1.5 s, /healthz is still 200
+    at 3.5 s, because a hold that renews its rounds is no leak suspect."""
+    acc = new_user(dovecot, 2)
+    cfg = PoolConfig(
+        connect_timeout=5.0,
+        op_timeout=5.0,
+        close_timeout=1.0,
+        housekeeping_interval=0.05,
+        leak_threshold=1.5,
+    )
+    pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({acc.key: acc.account}), cfg)
+    stop = asyncio.Event()
+    with Store.open(tmp_path / "h.sqlite3") as store:
+        async with pool:
+            worker = SyncWorker(pool, store, [acc])
+            run = asyncio.create_task(
+                worker.run_forever(60.0, stop, mode="idle", idle_renew_after=1.0)
+            )
+            try:
+                async with served(pool, worker) as (http, base):
+                    async with asyncio.timeout(5.0):  # IDLE is held from the first pass on
+                        while pool.stats()["keys"].get(acc.key, {}).get("in_use", 0) < 1:
+                            await asyncio.sleep(0.05)
+                    await asyncio.sleep(3.5)
+                    assert pool.stats()["keys"][acc.key]["in_use"] >= 1  # still in IDLE
+                    status, body = await get(http, f"{base}/healthz")
+                    assert status == 200, body
+                    assert body["healthy"] is True and body["findings"] == [], body
+            finally:
+                stop.set()
+                async with asyncio.timeout(5.0):
+                    await run

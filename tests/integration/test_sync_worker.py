@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.mailbox import MailboxResult
 from examples.imap_sync.store import Store, flags_text
 from examples.imap_sync.worker import PassSummary, SyncWorker
-from guardedpool import GuardedPool, PoolConfig
+from guardedpool import GuardedPool, PoolConfig, RetryPolicy
 from guardedpool.imap import (
     IMAPAccount,
     IMAPClient,
@@ -338,3 +338,57 @@ async def test_idle_mode_falls_back_to_polling(dovecot: DovecotServer, store: St
         counters = worker.counters[acc.key]
         assert counters.errors >= 4 and counters.last_error is not None  # IDLE + 3 passes
         assert pool.stats()["keys"][acc.key]["in_use"] == 0
+
+
+@pytest.mark.timeout(40)
+async def test_idle_mode_watches_inbox_when_its_first_list_fails(
+    dovecot_factory: Callable[..., DovecotServer], store: Store
+) -> None:
+    """``["*"]`` in idle mode with the server down at start: the first LIST fails, and the
+    IDLE session waits for INBOX (every server has one), never SELECTs the pattern ``*``
+    as a mailbox name, and INBOX syncs by push once the server is back."""
+    server = dovecot_factory()
+    server.seed_messages("alice", 1)
+    account = IMAPAccount(
+        host=server.host,
+        port=server.port,
+        username="alice",
+        password=server.users["alice"],
+        tls=False,
+    )
+    acc = AccountConfig("alice", account, ("*",))
+    cfg = PoolConfig(
+        max_per_key=2,
+        acquire_timeout=1.0,
+        connect_timeout=1.0,
+        op_timeout=5.0,
+        close_timeout=1.0,
+        housekeeping_interval=0.1,
+        retry=RetryPolicy(initial=0.05, max_delay=0.2, jitter=0.05),
+    )
+    server.pause()
+    passes: asyncio.Queue[PassSummary] = asyncio.Queue()
+    stop = asyncio.Event()
+    async with GuardedPool(IMAPConnector({acc.key: acc.account}), cfg) as pool:
+        worker = SyncWorker(pool, store, [acc])
+        # poll_interval far beyond the test: only the IDLE session can sync INBOX in time.
+        run = worker.run_forever(60.0, stop, on_pass=passes.put_nowait, mode="idle")
+        task = asyncio.create_task(run)
+        failed: list[str] = []
+        try:
+            async with asyncio.timeout(10.0):
+                first = await passes.get()  # the polling round whose LIST failed
+            assert [f.mailbox for f in first.failures] == ["(LIST)"]
+            server.resume()
+            async with asyncio.timeout(15.0):
+                while True:
+                    summary = await passes.get()
+                    failed += [f.mailbox for f in summary.failures]
+                    if any(r.mailbox == "INBOX" for r in summary.results):
+                        break
+        finally:
+            stop.set()
+            async with asyncio.timeout(5.0):
+                await task
+        assert failed == []
+        assert await assert_mirrored(pool, store, acc.key, "INBOX") == 1

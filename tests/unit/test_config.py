@@ -17,6 +17,8 @@ FLOAT_POSITIVE = [
     "max_lifetime",
     "leak_threshold",
     "housekeeping_interval",
+    "check_timeout",
+    "forget_keys_after",
 ]
 INT_POSITIVE = [
     "max_per_key",

@@ -219,7 +219,7 @@ async def test_failed_connects_that_never_reached_login_are_paced_by_the_backoff
 
 
 async def test_one_login_costs_a_float_and_a_second_one_starts_the_log() -> None:
-    pool, connector, clock = make()
+    pool, _, clock = make()
     async with pool:
         async with pool.acquire("a"):
             pass

@@ -11,6 +11,7 @@ from examples.imap_sync.folders import (
     parse_pattern,
     select_folders,
     unmatched,
+    unselectable,
     vanished,
 )
 from guardedpool.imap import WireName, parse_list
@@ -90,6 +91,10 @@ def test_bad_patterns(text: str, problem: str) -> None:
 def test_unmatched_names_and_vanished_folders() -> None:
     patterns = compile_patterns(["INBOX", "Entw&APw-rfe", "Typo", "Archive/*", "\\Sent"])
     assert unmatched(patterns, LIST) == ["Entw&APw-rfe", "Typo"]
+    # A \Noselect parent is there (skipped, never SELECTed); a \NonExistent one is not.
+    named = compile_patterns(["Archive", "Ghost"])
+    assert unmatched(named, LIST) == ["Ghost"]
+    assert unselectable(named, LIST) == ["Archive"]
     known = ["INBOX", "Archive/2023", "Archive/2024", "Elsewhere"]
     listed = {e.name for e in LIST if e.selectable}
     # Elsewhere is no longer wanted by the patterns: narrowing the config retires nothing.

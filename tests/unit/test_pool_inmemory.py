@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import random
 from typing import Any
 
 import pytest
+from harness.configs import IN_MEMORY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,16 +32,7 @@ from guardedpool import (
 from guardedpool.records import ConnState
 from guardedpool.testing import MemoryConnection, MemoryConnector, books_disagree
 
-FAST = PoolConfig(
-    max_per_key=2,
-    max_total=4,
-    acquire_timeout=1.0,
-    connect_timeout=1.0,
-    close_timeout=0.2,
-    housekeeping_interval=0.01,
-    check_after=60.0,
-    retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01),
-)
+FAST = IN_MEMORY
 
 
 def make(
@@ -459,6 +452,7 @@ async def test_stats_keys_are_stable_and_json_ready() -> None:
         "shutdown",
         "audit",
         "evicted",
+        "logged_out",
     }
     json.dumps(full)
 
@@ -487,3 +481,103 @@ async def test_repr_says_keys_counts_and_whether_closed() -> None:
             "<GuardedPool open keys=1 open=1 idle=0 in_use=1 opening=0 closing=0 slots=1>"
         )
     assert repr(pool).startswith("<GuardedPool closed keys=1 open=0 idle=0 in_use=0")
+
+
+# -- per-key state that does not grow forever; stats that tell the truth (issue 12) -----
+
+
+async def test_unknown_keys_leave_no_state_and_are_no_connect_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool, _ = make(known={"a"})
+    caplog.set_level(logging.DEBUG, logger="guardedpool")
+    async with pool:
+        async with pool.acquire("a"):
+            pass
+        for i in range(1000):
+            with pytest.raises(UnknownKey):
+                await pool.acquire(f"nope-{i}")
+        stats = pool.stats()
+        assert list(stats["keys"]) == ["a"]
+        assert stats["total"]["connect_failures"] == 0
+        assert stats["total"]["slots"] == 1
+        assert books_disagree(pool) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("'nope-999' is unknown" in r.getMessage() for r in caplog.records)
+
+
+async def test_quiet_keys_are_forgotten_and_their_counters_kept_in_the_totals() -> None:
+    cfg = PoolConfig(
+        max_per_key=1,
+        max_total=50,
+        idle_timeout=0.05,
+        housekeeping_interval=0.01,
+        forget_keys_after=0.05,
+        check_after=60.0,
+    )
+    pool, connector = make(cfg)
+    async with pool:
+        for i in range(20):
+            async with pool.acquire(f"k{i}"):
+                pass
+        for _ in range(500):  # bounded: each turn 10 ms, 5 s at most
+            if not pool.stats()["keys"]:
+                break
+            await asyncio.sleep(0.01)
+        stats = pool.stats()
+        assert stats["keys"] == {}
+        total = stats["total"]
+        assert total["acquires"] == 20 and total["opened"] == 20
+        assert total["closed"]["idle"] == 20
+        assert total["opened"] - total["closed_total"] == total["open"] == 0
+        async with pool.acquire("k0"):  # a forgotten key comes back as a new one
+            assert pool.stats()["keys"]["k0"]["acquires"] == 1
+        total = pool.stats()["total"]
+        assert total["acquires"] == 21
+        assert total["opened"] - total["closed_total"] == total["open"] == 1
+        assert books_disagree(pool) == []
+    assert not connector.live
+
+
+async def test_a_failing_key_is_not_forgotten_while_its_backoff_runs() -> None:
+    cfg = PoolConfig(
+        acquire_timeout=0.1,
+        housekeeping_interval=0.01,
+        forget_keys_after=0.01,
+        retry=RetryPolicy(initial=5.0, max_delay=5.0, jitter=0.0),
+    )
+    pool, connector = make(cfg)
+    connector.fail_keys["a"] = ConnectError("refused")
+    async with pool:
+        with pytest.raises(PoolTimeout):
+            await pool.acquire("a")
+        await asyncio.sleep(0.2)  # housekeeping rounds pass; the retry is 5 s away
+        assert pool.stats()["keys"]["a"]["consecutive_failures"] == 1
+
+
+async def test_a_permanent_connect_failure_is_in_last_error_and_consecutive_failures() -> None:
+    pool, connector = make()
+    connector.fail_keys["a"] = AuthenticationError("LOGIN rejected")
+    async with pool:
+        for n in (1, 2):
+            with pytest.raises(AuthenticationError):
+                await pool.acquire("a")
+            s = pool.stats()["keys"]["a"]
+            assert s["consecutive_failures"] == n
+            assert s["last_error"] == "AuthenticationError: LOGIN rejected"
+            assert s["connect_failures"] == n
+        del connector.fail_keys["a"]
+        async with pool.acquire("a"):
+            pass
+        assert pool.stats()["keys"]["a"]["consecutive_failures"] == 0
+
+
+async def test_a_connection_the_borrower_logged_out_has_its_own_close_reason() -> None:
+    pool, _ = make()
+    async with pool:
+        async with pool.acquire("a") as conn:
+            conn.logout()
+        async with pool.acquire("a") as conn:
+            conn.alive = False  # died under its borrower: still poisoned
+        closed = pool.stats()["keys"]["a"]["closed"]
+        assert (closed["logged_out"], closed["poisoned"]) == (1, 1)
