@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .books import Slot
-from .limits import LOGIN_WINDOW, KeyLimits
+from .limits import KeyLimits
 from .reconnect import KeyBackoff
 from .records import CloseReason
 
@@ -124,14 +124,12 @@ class KeyState(Generic[C]):
         (a retry scheduled after ``now``). Such a key may be forgotten."""
         backoff = self.backoff
         limits = self.limits
-        first = self.first_login
         return (
             self.slots == 0
             and not self.waiters
             and (backoff is None or backoff.next_attempt_at <= now)
-            # the server's limits, until they are over (guardedpool.limits)
+            # a throttle or a lowered cap, until it is over (guardedpool.limits)
             and (limits is None or limits.quiet_at <= now)
-            and (first is None or first <= now - LOGIN_WINDOW)
         )
 
     def pristine(self) -> bool:

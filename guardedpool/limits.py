@@ -61,8 +61,9 @@ class KeyLimits:
         throttle: the refusal that set ``throttled_until`` (for messages).
         cap: the effective cap set by the last capacity refusal, or None (``max_per_key``).
         cap_since: when ``cap`` was set; it rises by one per ``capacity_cooldown`` since.
-        quiet_at: by then nothing here holds the key back any more (so the pool may forget
-            the key, see ``KeyState.quiet``).
+        quiet_at: by then neither a throttle nor a lowered cap holds the key back (the pool
+            may forget the key, see ``KeyState.quiet``; the login log does not keep it: a
+            key is forgotten only after ``forget_keys_after`` of quiet, which outlasts it).
     """
 
     logins: list[float] = field(default_factory=list)
@@ -78,7 +79,6 @@ class KeyLimits:
         """A connect attempt starts now: counted as a login until :meth:`unnote_login`."""
         logins = self.logins
         logins.append(now)
-        self.quiet_at = max(self.quiet_at, now + LOGIN_WINDOW)
         keep = login_limit(config)
         if len(logins) > keep:
             del logins[: len(logins) - keep]

@@ -247,3 +247,27 @@ async def test_a_limit_of_one_login_a_minute_waits_for_the_window_without_spinni
         async with pool.acquire("a"):
             pass
         assert connector.opens == 2
+
+
+async def test_a_throttled_key_is_not_forgotten_until_the_throttle_ends() -> None:
+    cfg = PoolConfig(
+        acquire_timeout=0.1,
+        housekeeping_interval=0.01,
+        forget_keys_after=0.01,
+        retry=RetryPolicy(initial=0.01, max_delay=0.02, jitter=0.0),
+    )
+    connector = MemoryConnector()
+    clock = Clock()
+    pool = GuardedPool(connector, cfg, clock=clock)
+    connector.fail_keys["a"] = ServerBusy("x", kind="throttled", delay=100.0)
+    async with pool:
+        with pytest.raises(PoolTimeout):
+            await pool.acquire("a")
+        await asyncio.sleep(0.1)  # housekeeping rounds that would forget a quiet key
+        assert pool.stats()["keys"]["a"]["throttled"] is True  # remembered
+        clock.advance(100.0)
+        for _ in range(200):  # bounded: forgotten within a few rounds once it is over
+            if "a" not in pool.stats()["keys"]:
+                break
+            await asyncio.sleep(0.01)
+        assert "a" not in pool.stats()["keys"]
