@@ -30,6 +30,7 @@ from .fastpath import IDLE, IN_USE
 from .records import CloseReason, ConnectionRecord, ConnState
 
 if TYPE_CHECKING:
+    from .fleet.lease import Lease
     from .keystate import KeyState
 
 __all__ = ["LEGAL", "Books", "IllegalTransition", "Slot"]
@@ -69,6 +70,7 @@ class Slot(Generic[C]):
     keystate: KeyState[C]
     conn: C | None = None
     fresh: bool = True  # straight from the connector: login just proved it works
+    lease: Lease | None = None  # the fleet budget's lease, from before the connect to CLOSED
 
 
 class Books(Generic[C]):

@@ -50,10 +50,12 @@ class PoolTimeout(PoolError, TimeoutError):
     while the server refuses connections reads very differently from one under load.
     ``failed_check`` says, when it happened, that a pooled connection failed its NOOP check
     before hand-out (and how long that took): the time then went to the check and the
-    replacement connect, not to a queue.
-    ``limit`` says, in words, which of the server's limits held the key back (throttled,
-    a lowered cap, the login rate; see ``guardedpool.limits``), or None;
-    ``throttled_for`` is how many more seconds the key stays throttled (None: it is not).
+    replacement connect, not to a queue. ``limited_by`` names what the wait was for when it
+    was not the pool's own caps (``"the fleet budget"``: no lease was free fleet-wide; the
+    server's limits, in words: ``"throttling by the server (no connect or hand-out for
+    another 296.1 s; ...)"``, a cap lowered after "too many connections", the login rate,
+    see ``guardedpool.limits``); ``None`` otherwise. ``throttled_for`` is how many more
+    seconds the server's throttling holds the key back (None: it does not).
     """
 
     def __init__(
@@ -63,21 +65,23 @@ class PoolTimeout(PoolError, TimeoutError):
         last_error: BaseException | None = None,
         *,
         failed_check: str | None = None,
-        limit: str | None = None,
+        limited_by: str | None = None,
         throttled_for: float | None = None,
     ) -> None:
         self.key = key
         self.waited = waited
         self.last_error = last_error
         self.failed_check = failed_check
-        self.limit = limit
+        self.limited_by = limited_by
         self.throttled_for = throttled_for
         msg = f"no connection for key {key!r} within {waited:.3f} s"
-        if limit is not None:
-            msg += f": {limit}"
         if failed_check is not None:
             msg += f"; a pooled connection failed its hand-out check ({failed_check})"
-        if last_error is not None:
+        if limited_by is not None:
+            msg += f": {limited_by} was the limit"
+            if last_error is not None:
+                msg += f" ({last_error})"
+        elif last_error is not None:
             msg += f" (last connect error: {type(last_error).__name__}: {last_error})"
         super().__init__(msg)
 

@@ -175,26 +175,30 @@ class KeyLimits:
         return not self.logins or self.logins[-1] <= now - LOGIN_WINDOW
 
     def why(self, now: float, slots: int, config: PoolConfig) -> str | None:
-        """Why the key cannot get a connection now, in words (None: no limit of ours)."""
+        """Which of the server's limits keeps the key from a connection now, in words that
+        fit ``PoolTimeout.limited_by`` ("... was the limit"); None: none of them."""
         out: list[str] = []
         if self.throttled(now):
             exc = self.throttle
-            said = f" ({type(exc).__name__}: {exc.server_text})" if exc is not None else ""
+            said = f"; {type(exc).__name__}: {exc.server_text}" if exc is not None else ""
             out.append(
-                f"throttled by the server: no connect or hand-out for another "
-                f"{self.throttled_until - now:.1f} s{said}"
+                f"throttling by the server (no connect or hand-out for another "
+                f"{self.throttled_until - now:.1f} s{said})"
             )
         cap = self.key_cap(now, config)
         if cap < config.max_per_key and slots >= cap:
             out.append(
-                f"the server refused more connections, so the key is capped at {cap} "
-                f"(of max_per_key {config.max_per_key}) for now"
+                f"the server's connection limit (too many connections: the key is capped at "
+                f"{cap} of max_per_key {config.max_per_key} for now)"
             )
         if self.logins_left(now, config) == 0:
             change = self.next_change(now, config)
             left = "" if change is None else f"; the next in {change - now:.1f} s"
-            out.append(f"at most {login_limit(config)} logins per minute for a key{left}")
-        return "; ".join(out) or None
+            out.append(
+                f"the login rate (at most {login_limit(config)} logins per minute for a key"
+                f"{left})"
+            )
+        return " and ".join(out) or None
 
 
 def limit_stats(

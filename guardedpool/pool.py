@@ -36,6 +36,7 @@ from .errors import PoolClosed, PoolError, PoolTimeout, ServerLimit, UnknownKey
 from .fastpath import IDLE, IN_USE
 from .keystate import KeyState, Waiter, aggregate
 from .leaks import LeakWatch, borrower_fields, borrower_of, borrower_text
+from .leasing import LeaseHook, budget_timeout
 from .limits import LOGIN_WINDOW, KeyLimits, limit_stats, login_limit, reached_login
 from .logs import error_text
 from .reconnect import Reconnector, record_short_life
@@ -44,6 +45,7 @@ from .sockets import identify
 
 if TYPE_CHECKING:
     from .audit.report import AuditReport
+    from .fleet.budget import Budget
 
 __all__ = ["GuardedPool"]
 
@@ -88,6 +90,10 @@ class GuardedPool(Generic[C]):
             Retrying goes on at the maximum delay while anyone waits for the key.
         clock: monotonic seconds (injectable for tests; default ``time.monotonic``).
         rng: uniform [0, 1) draws for lifetime jitter (default ``random.random``).
+        budget: a fleet budget (:class:`guardedpool.fleet.Budget`, e.g. ``RedisBudget``):
+            a lease per connection, taken before the connect and released once the socket
+            is verified closed; see :mod:`guardedpool.leasing`. Default ``None``: none.
+            The pool does not own it: close it after the pool.
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class GuardedPool(Generic[C]):
         on_reconnect_failed: Callable[[str, BaseException], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        budget: Budget | None = None,
     ) -> None:
         if config is None:
             config = PoolConfig()
@@ -130,6 +137,11 @@ class GuardedPool(Generic[C]):
         self._close_task: asyncio.Task[None] | None = None
         self._returned = asyncio.Event()
         self._last_audit: float | None = None
+        self._leases: LeaseHook[C] | None = (
+            None
+            if budget is None
+            else LeaseHook(budget, config.acquire_timeout, self._lease_lost, clock)
+        )
         # One wake-up per key held back by the server's limits (guardedpool.limits).
         self._wakes: dict[KeyState[C], asyncio.TimerHandle] = {}
         self.audit_target: PoolTarget[C] = PoolTarget(
@@ -170,6 +182,8 @@ class GuardedPool(Generic[C]):
         if self._shut_down:
             raise PoolClosed("the pool is closed")
         if self._housekeeper is None:
+            if self._leases is not None:
+                self._leases.subscribe()
             self._loop = asyncio.get_running_loop()
             self._housekeeper = self._loop.create_task(
                 self._housekeeping(), name="guardedpool-housekeeping"
@@ -259,6 +273,8 @@ class GuardedPool(Generic[C]):
                     task.cancel()
                 break
             await asyncio.wait(tasks, timeout=remaining)
+        if self._leases is not None:
+            self._leases.unsubscribe()
         log.info("guardedpool: pool closed", extra={"pool": repr(self)})
 
     # ----------------------------------------------------------------- acquire / release
@@ -287,6 +303,7 @@ class GuardedPool(Generic[C]):
         if not (
             policy.ready_to_hand_out(slot.record, now, self.config)
             and self._connector.is_alive(slot.conn)  # type: ignore[arg-type]
+            and (slot.lease is None or slot.lease.valid())
         ):
             return None
         # Books.move(slot, IN_USE), inlined: fastpath trick 3 (IDLE -> IN_USE is legal).
@@ -320,6 +337,9 @@ class GuardedPool(Generic[C]):
                 if failure is not None:
                     failed_check = failure
                     continue
+            if self._leases is not None and not self._leases.usable(slot):
+                self._retire(slot, CloseReason.ERROR, "fleet lease not valid")
+                continue
             return self._hand_out(slot, now, started)
 
     def _hand_out(self, slot: Slot[C], now: float, started: float) -> C:
@@ -359,6 +379,8 @@ class GuardedPool(Generic[C]):
             reason = policy.retire_when_idle(slot.record, now, self.config)
             if reason is None and not self._connector.is_alive(slot.conn):  # type: ignore[arg-type]
                 reason = CloseReason.ERROR
+            if reason is None and self._leases is not None and not self._leases.usable(slot):
+                reason = CloseReason.ERROR
             if reason is not None:
                 self._retire(slot, reason)
                 continue
@@ -371,6 +393,8 @@ class GuardedPool(Generic[C]):
     ) -> Slot[C]:
         waiter: Waiter[C] = asyncio.get_running_loop().create_future()
         ks.add_waiter(waiter)
+        if self._leases is not None:
+            self._leases.waiting_until(waiter, deadline)
         timer: asyncio.Timeout | None = None
         try:
             self._dispatch(ks)  # inside the try: whatever it raises, the waiter leaves
@@ -381,6 +405,10 @@ class GuardedPool(Generic[C]):
             if isinstance(exc, TimeoutError) and timer is not None and timer.expired():
                 ks.timeouts += 1
                 last = ks.last_error()
+                if self._leases is not None and self._leases.waiting.get(ks.key):
+                    raise budget_timeout(
+                        ks.key, self._clock() - started, last, failed_check=failed_check
+                    ) from last
                 raise PoolTimeout(
                     ks.key,
                     self._clock() - started,
@@ -389,6 +417,9 @@ class GuardedPool(Generic[C]):
                     **self._limit_words(ks),
                 ) from last
             raise
+        finally:
+            if self._leases is not None:
+                self._leases.done_waiting(waiter)
 
     def _abandon(self, ks: KeyState[C], waiter: Waiter[C]) -> None:
         """A waiter gave up (timeout, cancellation, error): never lose what it was handed."""
@@ -404,6 +435,10 @@ class GuardedPool(Generic[C]):
         conn = slot.conn
         assert conn is not None
         record = slot.record
+        if self._leases is not None and not self._leases.usable(slot):
+            self._retire(slot, CloseReason.ERROR, "fleet lease not valid")
+            # Not even a NOOP on a connection the fleet no longer counts.
+            return "its fleet lease is no longer valid"
         try:
             async with asyncio.timeout(timeout):
                 await self._connector.check(conn, timeout)
@@ -477,6 +512,23 @@ class GuardedPool(Generic[C]):
         if ks.waiters:
             self._dispatch(ks)
 
+    def close_idle(self, key: str) -> int:
+        """Retire every idle connection of ``key`` now; returns how many.
+
+        Each is logged out and closed in the background; its slot (and its fleet budget
+        lease, if any) is given back once the socket is verified closed. For a caller
+        that stopped working on a key, such as a fleet worker that lost the key's
+        ownership: its idle connections would otherwise hold the key's fleet-wide budget
+        until ``idle_timeout``. Connections checked out stay with their borrowers.
+        """
+        ks = self._keys.get(key)
+        if ks is None:
+            return 0
+        idle = list(ks.idle)
+        for slot in idle:
+            self._retire(slot, CloseReason.IDLE, "closed by close_idle()")
+        return len(idle)
+
     def _to_idle(self, slot: Slot[C]) -> None:
         """Back to the idle stack (from IN_USE or OPENING), or retired if shutting down."""
         slot.fresh = False
@@ -543,6 +595,18 @@ class GuardedPool(Generic[C]):
         record = slot.record
         began = record.created_at
         started = [0.0]  # when the current attempt started (counted as a login)
+        if self._leases is not None:
+            try:
+                await self._leases.take(slot)
+            except BaseException as exc:
+                self._free_slot(slot, Event.OPEN_FAILED, type(exc).__name__)
+                ks.connect_finished()
+                if isinstance(exc, Exception):
+                    self._fail_first_waiter(ks, self._leases.fail(ks, exc, self._clock() - began))
+                self._after_slot_freed(ks)
+                if not isinstance(exc, Exception):
+                    raise
+                return
         try:
             conn = await self._reconnector.connect(
                 ks.key,
@@ -603,6 +667,9 @@ class GuardedPool(Generic[C]):
     def _opened(self, slot: Slot[C]) -> None:
         """A connect succeeded: straight to the first waiter, else to the idle stack."""
         ks = slot.keystate
+        if self._leases is not None and not self._leases.usable(slot):
+            self._retire(slot, CloseReason.ERROR, "fleet lease lost while connecting")
+            return
         if not self._shut_down:
             waiter = ks.next_waiter()
             if waiter is not None:
@@ -756,7 +823,7 @@ class GuardedPool(Generic[C]):
         now = self._clock()
         throttled = limits.throttled(now)
         return {
-            "limit": limits.why(now, ks.slots, self.config),
+            "limited_by": limits.why(now, ks.slots, self.config),
             "throttled_for": limits.throttled_until - now if throttled else None,
         }
 
@@ -838,6 +905,17 @@ class GuardedPool(Generic[C]):
         record.closed_at = now
         record.note(now, event, detail)
         self._books.move(slot, ConnState.CLOSED)
+        if self._leases is not None:
+            self._leases.give_back(slot)  # the socket is verified gone (or never existed)
+
+    def _lease_lost(self, slot: Slot[C]) -> None:
+        """The fleet budget lost ``slot``'s lease: the connection must not be used again.
+        Idle: retired now. Checked out (a borrower, a NOOP check): aborted, so the next
+        command fails without reaching the server; the release then retires it."""
+        if slot.record.state is IDLE:
+            self._retire(slot, CloseReason.ERROR, "fleet lease lost")
+        elif slot.conn is not None:
+            self._connector.abort(slot.conn)
 
     def _after_slot_freed(self, ks: KeyState[C]) -> None:
         if self._shut_down:
@@ -1009,6 +1087,8 @@ class GuardedPool(Generic[C]):
             slots=self._books.slots,
             closed_pool=self._shut_down,
         )
+        if self._leases is not None:
+            return {"total": totals, "keys": per_key, "budget": self._leases.stats()}
         return {"total": totals, "keys": per_key}
 
     def reset_peaks(self) -> None:

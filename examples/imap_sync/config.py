@@ -13,7 +13,7 @@ shown. Relative paths are relative to the config file, so a config works from an
 Example (every option; only ``[[accounts]]`` with host, username and a password source
 is required)::
 
-    store = "mail.sqlite3"
+    store = "mail.sqlite3"             # or "postgresql://user@host/db" (guardedpool[postgres])
     store_fsync = true                 # false: like mbsync's "FSync no" (see SyncConfig)
     secrets_file = "secrets.toml"      # optional: account key = "password" lines
 
@@ -34,6 +34,13 @@ is required)::
     max_delay = 30.0
     [pool.audit]                       # AuditPolicy options
     backend = "auto"
+
+    # [fleet]                          # optional: several workers share the accounts;
+    # redis = "redis://127.0.0.1:6379/0"  # needs guardedpool[redis], store = "postgresql://..."
+    # max_connections_per_account = 2  # fleet-wide cap per account (Dovecot: 10 per user+IP)
+    # ttl = 30.0                       # seconds a lease lives without renewal
+    # worker_id = "worker-a"           # default: "<hostname>-<pid>-<random>"
+    # prefix = "imap_sync"             # namespace of the Redis keys
 
     [[accounts]]
     key = "alice"                      # pool key, metric label, store key
@@ -57,7 +64,7 @@ import re
 import ssl
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -69,8 +76,16 @@ from guardedpool.imap.account import IMAPAccount
 
 from .config_errors import describe, kind, show, toml_key
 from .folders import parse_pattern
+from .stores import is_postgres_url
 
-__all__ = ["AccountConfig", "ConfigError", "SyncConfig", "load_config", "parse_config"]
+__all__ = [
+    "AccountConfig",
+    "ConfigError",
+    "FleetConfig",
+    "SyncConfig",
+    "load_config",
+    "parse_config",
+]
 
 DEFAULT_HEALTH_PORT = 8025
 MODES = ("poll", "idle")
@@ -118,6 +133,14 @@ class _Account(Struct, forbid_unknown_fields=True, kw_only=True):
     )
 
 
+class _Fleet(Struct, forbid_unknown_fields=True, kw_only=True):
+    redis: Text
+    max_connections_per_account: Annotated[int, Meta(ge=1, le=10_000)] = 2
+    ttl: Annotated[float, Meta(ge=0.5, le=3600)] = 30.0
+    worker_id: Text | UnsetType = UNSET
+    prefix: Text = "imap_sync"
+
+
 class _File(Struct, forbid_unknown_fields=True, kw_only=True):
     accounts: Annotated[list[_Account], Meta(min_length=1)]
     store: Text = "imap_sync.sqlite3"
@@ -126,6 +149,7 @@ class _File(Struct, forbid_unknown_fields=True, kw_only=True):
     sync: _Sync = msgspec.field(default_factory=_Sync)
     health: _Health = msgspec.field(default_factory=_Health)
     pool: dict[str, Any] = msgspec.field(default_factory=dict)
+    fleet: _Fleet | UnsetType = UNSET
 
 
 # What a problem is called where the type alone would say it badly.
@@ -150,6 +174,33 @@ class AccountConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """``[fleet]``: the worker is one of several sharing the accounts (see :mod:`.fleet`).
+
+    Attributes:
+        redis: the Redis URL for the connection budget and account ownership.
+        max_connections_per_account: fleet-wide cap on connections per account (>= 1,
+            default 2); keep it at or below the server's own per-user cap.
+        ttl: seconds a budget or owner lease lives without renewal (default 30.0); a
+            killed worker's accounts are taken over about this long after it died.
+        worker_id: this worker's id, unique in the fleet; None: generated.
+        prefix: namespace of the Redis keys (default ``"imap_sync"``).
+    """
+
+    redis: str
+    max_connections_per_account: int = 2
+    ttl: float = 30.0
+    worker_id: str | None = None
+    prefix: str = "imap_sync"
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        return (
+            f"FleetConfig(max_connections_per_account={self.max_connections_per_account}, "
+            f"ttl={self.ttl}, worker_id={self.worker_id!r}, prefix={self.prefix!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SyncConfig:
     """Everything ``run`` needs, validated.
 
@@ -157,6 +208,9 @@ class SyncConfig:
         accounts: in config order; keys unique.
         pool: limits and timeouts for the one pool all accounts share.
         store_path: the SQLite file (default ``imap_sync.sqlite3`` next to the config).
+        store_url: a ``postgresql://`` URL when ``store`` names PostgreSQL (then
+            ``store_path`` is unused), else None.
+        fleet: the ``[fleet]`` table, None without one (a single worker).
         store_fsync: whether the store fsyncs at its WAL checkpoints (default True: a
             power cut loses at most the last batches, which the next pass fetches again).
             False never fsyncs, like mbsync's ``FSync no``: a killed worker still loses
@@ -188,6 +242,8 @@ class SyncConfig:
     idle_renew_after: float = MAX_IDLE_RENEW
     health_bind: tuple[str, int] | None = ("127.0.0.1", DEFAULT_HEALTH_PORT)
     source: str = "sync.toml"
+    store_url: str | None = field(default=None, repr=False)  # may carry a password
+    fleet: FleetConfig | None = None
 
     def accounts_by_key(self) -> dict[str, IMAPAccount]:
         return {a.key: a.account for a in self.accounts}
@@ -413,10 +469,13 @@ def parse_config(
             raise ConfigError(f"{source}: accounts[{i}].key: {acc.key!r} is used twice")
         accounts.append(_account(acc, i, base, secrets, source))
     _check_mode(raw.sync, pool, len(accounts), source)
+    store_url = raw.store if is_postgres_url(raw.store) else None
     return SyncConfig(
         accounts=tuple(accounts),
         pool=pool,
-        store_path=_resolve(base, raw.store),
+        store_url=store_url,
+        fleet=_fleet(raw.fleet, store_url, source),
+        store_path=Path("(postgresql)") if store_url else _resolve(base, raw.store),
         store_fsync=raw.store_fsync,
         concurrency=raw.sync.concurrency,
         poll_interval=raw.sync.poll_interval,
@@ -425,6 +484,28 @@ def parse_config(
         idle_renew_after=raw.sync.idle_renew_after,
         health_bind=bind,
         source=source,
+    )
+
+
+def _fleet(fleet: _Fleet | UnsetType, store_url: str | None, source: str) -> FleetConfig | None:
+    """``[fleet]`` needs a Redis URL and a store every worker reaches (PostgreSQL)."""
+    if isinstance(fleet, UnsetType):
+        return None
+    if not fleet.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"{source}: fleet.redis: must be a redis://, rediss:// or unix:// URL"
+        )
+    if store_url is None:
+        raise ConfigError(
+            f'{source}: fleet: a fleet needs store = "postgresql://..." (a store every '
+            "worker can reach, which checks fencing tokens); a SQLite file is per worker"
+        )
+    return FleetConfig(
+        redis=fleet.redis,
+        max_connections_per_account=fleet.max_connections_per_account,
+        ttl=fleet.ttl,
+        worker_id=_given(fleet.worker_id),
+        prefix=fleet.prefix,
     )
 
 

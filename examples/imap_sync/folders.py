@@ -41,7 +41,7 @@ from guardedpool.imap import SPECIAL_USE, IMAPClient, ListEntry, WireName, parse
 from guardedpool.imap.mutf7 import display, encode
 from guardedpool.imap.parse import parse_select, parse_status
 
-from .store import Store
+from .stores import MailStore
 
 __all__ = [
     "Folder",
@@ -383,7 +383,7 @@ class Refresh:
 
 
 async def refresh(
-    imap: IMAPClient, store: Store, key: str, patterns: Sequence[Pattern]
+    imap: IMAPClient, store: MailStore, key: str, patterns: Sequence[Pattern]
 ) -> Refresh:
     """LIST, select by ``patterns``, retire the stored folders the server no longer has
     (:meth:`Store.retire_mailbox`), and log each retired folder and each configured name

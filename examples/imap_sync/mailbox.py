@@ -41,7 +41,8 @@ from guardedpool import IMAPCommandError, ServerLimit
 from guardedpool.imap import IMAPClient, parse_fetch, parse_search, parse_select
 
 from .fetched import delivered
-from .store import MailboxState, NewMessage, Store
+from .store import MailboxState, NewMessage
+from .stores import MailStore
 from .uids import batches, uid_set
 
 __all__ = ["MailboxResult", "SyncError", "sync_mailbox"]
@@ -89,7 +90,7 @@ class Selected:
 class Target:
     """Where a pass writes: account, mailbox and the UIDVALIDITY generation."""
 
-    store: Store
+    store: MailStore
     account: str
     mailbox: str
     uidvalidity: int
@@ -97,7 +98,7 @@ class Target:
 
 async def sync_mailbox(
     imap: IMAPClient,
-    store: Store,
+    store: MailStore,
     account: str,
     mailbox: str,
     *,
@@ -150,7 +151,7 @@ async def select(imap: IMAPClient, mailbox: str) -> Selected:
 
 
 def open_generation(
-    store: Store, account: str, mailbox: str, uidvalidity: int, result: MailboxResult
+    store: MailStore, account: str, mailbox: str, uidvalidity: int, result: MailboxResult
 ) -> MailboxState:
     """Step 2: the stored state, reset first if the server's UIDVALIDITY is another one."""
     state = store.mailbox(account, mailbox)

@@ -141,6 +141,9 @@ class SyncCollector(Collector):
         yield GaugeMetricFamily(
             "guardedpool_connecting", "Connects in flight.", value=float(total.get("connecting", 0))
         )
+        budget = stats.get("budget")
+        if budget is not None:
+            yield from _budget_metrics(budget)
 
     @staticmethod
     def _sync_metrics(counters: Mapping[str, InboxCounters]) -> Iterator[Metric]:
@@ -165,6 +168,29 @@ class SyncCollector(Collector):
             if c.last_success is not None:
                 last.add_metric([key], c.last_success)
         yield last
+
+
+# pool.stats()["budget"] (a fleet budget, see guardedpool.leasing) -> metric, kind, help.
+_BUDGET = (
+    ("held", "leases_held", "gauge", "Fleet budget leases this process holds."),
+    ("pool_waiting", "lease_waiting", "gauge", "Connects waiting for a fleet budget lease."),
+    ("acquired", "leases_acquired_total", "counter", "Fleet budget leases granted."),
+    ("renewals", "lease_renewals_total", "counter", "Renewal round trips that succeeded."),
+    ("renew_failures", "lease_renew_failures_total", "counter", "Renewals that failed."),
+    ("lost", "leases_lost_total", "counter", "Leases lost (gone, expired, closed)."),
+    ("acquire_timeouts", "lease_timeouts_total", "counter", "Lease waits with no room."),
+    ("unavailable", "lease_unavailable_total", "counter", "Acquires with Redis unreachable."),
+    ("pool_lost_aborts", "lease_lost_aborts_total", "counter", "Connections aborted: lost lease."),
+)
+
+
+def _budget_metrics(budget: Mapping[str, Any]) -> Iterator[Metric]:
+    for stat, name, kind, doc in _BUDGET:
+        value = float(budget.get(stat, 0))
+        if kind == "gauge":
+            yield GaugeMetricFamily(f"guardedpool_budget_{name}", doc, value=value)
+        else:
+            yield CounterMetricFamily(f"guardedpool_budget_{name}", doc, value=value)
 
 
 def make_registry(collector: Collector) -> CollectorRegistry:

@@ -13,17 +13,20 @@ import asyncio
 import contextlib
 import signal
 import socket
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from rich.console import Console
 
 from guardedpool import GuardedPool
+from guardedpool.fleet import Budget
 from guardedpool.imap import IMAPClient, IMAPConnector
 
 from .config import ConfigError, SyncConfig
 from .health import HealthServer, listen_socket, make_app
 from .metrics import SyncCollector, make_registry
 from .progress import RichObserver, summary_table
-from .store import Store
+from .stores import MailStore, open_store
 from .worker import PassSummary, SyncWorker
 
 __all__ = ["run_sync"]
@@ -37,35 +40,65 @@ async def run_sync(config: SyncConfig, *, once: bool, console: Console) -> int:
     """
     sock = None if once else _health_socket(config)
     try:
-        store = Store.open(config.store_path, fsync=config.store_fsync)
+        store = open_store(config.store_url or str(config.store_path), fsync=config.store_fsync)
     except BaseException:
         if sock is not None:
             sock.close()
         raise
     try:
-        pool: GuardedPool[IMAPClient] = GuardedPool(
-            IMAPConnector(config.accounts_by_key()), config.pool
-        )
-        async with pool:
-            with RichObserver(console) as observer:
-                worker = SyncWorker(
-                    pool,
-                    store,
-                    config.accounts,
-                    concurrency=config.concurrency,
-                    batch_size=config.batch_size,
-                    observer=observer,
-                )
-                if once:
-                    summary = await worker.run_pass()
-                    console.print(summary_table(summary, worker.counters, pool.stats()))
-                    _print_failures(console, summary)
-                    return 0 if summary.ok else 1
-                return await _continuous(config, pool, worker, console, sock)
+        if config.fleet is None:
+            return await _run(config, store, once=once, console=console, sock=sock)
+        from .fleet import join_fleet  # redis-py: the optional extra guardedpool[redis]
+
+        async with join_fleet(config, store) as fleet:
+            return await _run(
+                config,
+                fleet.store,
+                once=once,
+                console=console,
+                sock=sock,
+                budget=fleet.budget,
+                owned=fleet.owns,
+                attach=fleet.attached,
+            )
     finally:
         if sock is not None:
             sock.close()  # after HealthServer.stop(), or never served: closing twice is a no-op
         store.close()
+
+
+async def _run(
+    config: SyncConfig,
+    store: MailStore,
+    *,
+    once: bool,
+    console: Console,
+    sock: socket.socket | None,
+    budget: Budget | None = None,
+    owned: Callable[[str], bool] | None = None,
+    attach: Callable[[GuardedPool[IMAPClient]], AbstractAsyncContextManager[None]] | None = None,
+) -> int:
+    """The pool and the worker over an open store (closed by the caller)."""
+    pool: GuardedPool[IMAPClient] = GuardedPool(
+        IMAPConnector(config.accounts_by_key()), config.pool, budget=budget
+    )
+    async with pool, (attach(pool) if attach is not None else contextlib.nullcontext()):
+        with RichObserver(console) as observer:
+            worker = SyncWorker(
+                pool,
+                store,
+                config.accounts,
+                concurrency=config.concurrency,
+                batch_size=config.batch_size,
+                observer=observer,
+            )
+            worker.owned = owned
+            if once:
+                summary = await worker.run_pass()
+                console.print(summary_table(summary, worker.counters, pool.stats()))
+                _print_failures(console, summary)
+                return 0 if summary.ok else 1
+            return await _continuous(config, pool, worker, console, sock)
 
 
 def _health_socket(config: SyncConfig) -> socket.socket | None:

@@ -33,7 +33,7 @@ from .config import MAX_IDLE_RENEW, AccountConfig
 from .folders import Folder, Pattern, compile_patterns, literal_folders, needs_list, refresh
 from .mailbox import MailboxResult, sync_mailbox
 from .push import PushSync
-from .store import Store
+from .stores import MailStore
 
 __all__ = [
     "InboxCounters",
@@ -102,7 +102,7 @@ class SyncWorker:
 
     Args:
         pool: the shared pool (keys are account keys).
-        store: the open SQLite mirror.
+        store: the open mirror (SQLite, or PostgreSQL; see :mod:`.stores`).
         accounts: what to sync (key + mailbox patterns, see :mod:`.folders`;
             host/username are recorded in the store). Each pass starts with a LIST per
             account: the folders the patterns select are synced, under their names as
@@ -115,7 +115,7 @@ class SyncWorker:
     def __init__(
         self,
         pool: GuardedPool[IMAPClient],
-        store: Store,
+        store: MailStore,
         accounts: Sequence[AccountConfig],
         *,
         concurrency: int = 8,
@@ -148,13 +148,19 @@ class SyncWorker:
         names of its patterns)."""
         self.mailbox_views: dict[str, dict[str, MailboxView]] = {a.key: {} for a in self.accounts}
         """account key -> label (:meth:`label`) -> :class:`MailboxView`, for /metrics."""
+        self.owned: Callable[[str], bool] | None = None
+        """In a fleet (:mod:`.fleet`): whether this worker owns an account now. Passes
+        then list and sync only the accounts it owns; None (default): every account."""
         self._by_name: dict[tuple[str, str], Folder] = {
             (k, f.name): f for k, fs in self.folders.items() for f in fs
         }
 
     def jobs(self) -> Iterable[tuple[str, str]]:
         """(account key, wire name) of every mailbox as last resolved."""
+        owned = self.owned
         for key, folders in self.folders.items():
+            if owned is not None and not owned(key):
+                continue
             for folder in folders:
                 yield key, folder.name
 
@@ -169,7 +175,12 @@ class SyncWorker:
         concurrency) and update :attr:`folders`; retire stored folders the server no
         longer has. An account whose LIST fails keeps its previous folders and gets a
         failure, mailbox ``(LIST)``."""
-        keys = [k for k, patterns in self.patterns.items() if needs_list(patterns)]
+        owned = self.owned
+        keys = [
+            k
+            for k, patterns in self.patterns.items()
+            if needs_list(patterns) and (owned is None or owned(k))
+        ]
         outcomes = await asyncio.gather(*(self._resolve(key) for key in keys))
         return [f for f in outcomes if f is not None]
 

@@ -187,6 +187,14 @@ class IMAPConnector:
                 f"key {key!r}: the accounts source gave no account within "
                 f"{config.connect_timeout:.3g} s"
             ) from None
+        except (PoolError, TypeError):
+            raise  # UnknownKey; a source that returned something else is a bug
+        except Exception as exc:
+            # A source that failed (a database down, say) may work next time: transient.
+            # Its text is the source's own and may quote a secret, so only its type shows.
+            raise ConnectError(
+                f"key {key!r}: the accounts source raised {type(exc).__name__}"
+            ) from None
         self._seen[key] = account
         stage = "resolve"
         made: list[GuardedProtocol] = []

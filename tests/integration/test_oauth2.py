@@ -239,6 +239,33 @@ async def test_async_accounts_source(oauth: tuple[DovecotServer, TokenServer]) -
         connector.account("alice")
 
 
+async def test_an_accounts_source_that_fails_is_a_transient_connect_error_without_its_text(
+    oauth: tuple[DovecotServer, TokenServer],
+) -> None:
+    """A source that raises (its database is down, say) may work next time: a transient
+    ConnectError, retried by the pool; its text may quote a secret and is never shown."""
+    server, tokens = oauth
+    provider = Provider(tokens)
+    back = asyncio.Event()
+
+    async def lookup(key: str) -> IMAPAccount:
+        if not back.is_set():
+            raise RuntimeError("db down: dsn=postgresql://u:hunter2@db/accounts")
+        return account(server, provider)
+
+    connector = IMAPConnector(lookup)
+    with pytest.raises(ConnectError) as caught:
+        await connector.open("alice", CFG)
+    assert caught.value.transient and "RuntimeError" in str(caught.value)
+    assert "hunter2" not in str(caught.value) and caught.value.__cause__ is None
+    pool = GuardedPool(connector, CFG)
+    async with pool:
+        asyncio.get_running_loop().call_later(0.3, back.set)  # the database comes back
+        async with pool.acquire("alice") as imap:  # retried with the backoff meanwhile
+            await imap.noop()
+        assert pool.stats()["keys"]["alice"]["connect_failures"] >= 1
+
+
 @pytest.mark.parametrize("sasl_ir", [True, False])
 async def test_oauthbearer_error_challenge_is_answered_with_0x01(sasl_ir: bool) -> None:
     token = "ya29.SECRET-TOKEN"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import DovecotServer
+from harness import DovecotServer, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.imap_sync.config import AccountConfig
@@ -184,9 +184,9 @@ async def test_healthz_stays_200_in_idle_mode_past_leak_threshold(
             )
             try:
                 async with served(pool, worker) as (http, base):
-                    async with asyncio.timeout(5.0):  # IDLE is held from the first pass on
-                        while pool.stats()["keys"].get(acc.key, {}).get("in_use", 0) < 1:
-                            await asyncio.sleep(0.05)
+                    await wait_for(  # IDLE is held from the first pass on
+                        lambda: pool.stats()["keys"].get(acc.key, {}).get("in_use", 0) >= 1, 5.0
+                    )
                     await asyncio.sleep(3.5)
                     assert pool.stats()["keys"][acc.key]["in_use"] >= 1  # still in IDLE
                     status, body = await get(http, f"{base}/healthz")

@@ -39,7 +39,7 @@ def test_a_named_wait_throttles_connects_and_hand_outs_until_it_ends() -> None:
     assert lim.next_change(1000.0, CFG) == pytest.approx(1299.961)
     assert not lim.throttled(1299.961) and lim.opens_allowed(1299.961, 0, CFG) == 4
     words = lim.why(1100.0, 0, CFG)
-    assert words is not None and "throttled by the server" in words and "200.0 s" in words
+    assert words is not None and "throttling by the server" in words and "200.0 s" in words
     assert "Suggested Backoff Time" in words
 
 

@@ -7,6 +7,7 @@ behaviours over real sockets live in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import random
@@ -489,7 +490,8 @@ async def test_repr_says_keys_counts_and_whether_closed() -> None:
 async def test_unknown_keys_leave_no_state_and_are_no_connect_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    pool, _ = make(known={"a"})
+    # A generous acquire_timeout: a loaded machine must not turn UnknownKey into a timeout.
+    pool, _ = make(dataclasses.replace(FAST, acquire_timeout=20.0), known={"a"})
     caplog.set_level(logging.DEBUG, logger="guardedpool")
     async with pool:
         async with pool.acquire("a"):

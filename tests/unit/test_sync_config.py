@@ -307,3 +307,23 @@ def test_starttls_and_compress(tmp_path: Path) -> None:
     assert acc.account.port == 143
     with pytest.raises(ConfigError, match="starttls"):
         parse_config(minimal(tls=True, starttls=True), base=tmp_path)
+
+
+def test_fleet_table_needs_a_postgres_store_and_keeps_the_url_out_of_reprs() -> None:
+    from examples.imap_sync.config import ConfigError, parse_config
+
+    base = {
+        "accounts": [
+            {"key": "a", "host": "127.0.0.1", "username": "u", "password_env": "HOME"}
+        ],
+        "fleet": {"redis": "redis://:pw@127.0.0.1:6379/0", "max_connections_per_account": 2},
+    }
+    with pytest.raises(ConfigError, match="postgresql"):
+        parse_config(base)
+    cfg = parse_config({**base, "store": "postgresql://u:secret@127.0.0.1/db"})
+    assert cfg.store_url == "postgresql://u:secret@127.0.0.1/db"
+    assert cfg.fleet is not None and cfg.fleet.max_connections_per_account == 2
+    assert cfg.fleet.ttl == 30.0 and cfg.fleet.worker_id is None
+    assert "secret" not in repr(cfg) and "pw@" not in repr(cfg)
+    with pytest.raises(ConfigError, match=r"fleet\.redis"):
+        parse_config({**base, "store": "postgresql://x/db", "fleet": {"redis": "http://x"}})
