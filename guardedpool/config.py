@@ -80,6 +80,16 @@ class RetryPolicy:
             (e.g. Office 365's "Suggested Backoff Time: 299961 milliseconds"; default
             300.0, five minutes, as ImapFlow caps it): a server cannot park a key for
             longer than this.
+        reset_after: seconds a connection must live before the key's backoff resets
+            (default 60.0). A connection that dies of a fault younger than this counts as a
+            failure, so a server that accepts LOGIN and drops the connection a moment later
+            meets a growing delay, not a login every ``initial``.
+        max_logins_per_minute: most connect attempts (each one a login) per key in any 60 s
+            (default 6); never below the pool's ``max_per_key``, so a cold start can open
+            every slot at once. The last guard against a reconnect loop.
+        capacity_cooldown: seconds a key's cap stays lowered after a "too many connections"
+            refusal while it held connections (default 300.0); then it rises by one per
+            cool-down until it is ``max_per_key`` again.
     """
 
     initial: float = 0.1
@@ -88,6 +98,9 @@ class RetryPolicy:
     jitter: float = 0.5
     reconnect_deadline: float = 120.0
     max_throttle_delay: float = 300.0
+    reset_after: float = 60.0
+    max_logins_per_minute: int = 6
+    capacity_cooldown: float = 300.0
 
     def __post_init__(self) -> None:
         o = "RetryPolicy"
@@ -110,6 +123,19 @@ class RetryPolicy:
             kind=float,
             minimum=0.0,
             inclusive=False,
+        )
+        _check_number(o, "reset_after", self.reset_after, kind=float, minimum=0.0, inclusive=True)
+        _check_number(
+            o,
+            "max_logins_per_minute",
+            self.max_logins_per_minute,
+            kind=int,
+            minimum=1,
+            inclusive=True,
+            maximum=1_000_000,
+        )
+        _check_number(
+            o, "capacity_cooldown", self.capacity_cooldown, kind=float, minimum=0.0, inclusive=False
         )
         if self.initial > self.max_delay:
             raise ValueError(

@@ -51,8 +51,11 @@ class PoolTimeout(PoolError, TimeoutError):
     ``failed_check`` says, when it happened, that a pooled connection failed its NOOP check
     before hand-out (and how long that took): the time then went to the check and the
     replacement connect, not to a queue. ``limited_by`` names what the wait was for when it
-    was not the pool's own caps (``"the fleet budget"``: no lease was free fleet-wide);
-    ``None`` otherwise.
+    was not the pool's own caps (``"the fleet budget"``: no lease was free fleet-wide; the
+    server's limits, in words: ``"throttling by the server (no connect or hand-out for
+    another 296.1 s; ...)"``, a cap lowered after "too many connections", the login rate,
+    see ``guardedpool.limits``); ``None`` otherwise. ``throttled_for`` is how many more
+    seconds the server's throttling holds the key back (None: it does not).
     """
 
     def __init__(
@@ -63,12 +66,14 @@ class PoolTimeout(PoolError, TimeoutError):
         *,
         failed_check: str | None = None,
         limited_by: str | None = None,
+        throttled_for: float | None = None,
     ) -> None:
         self.key = key
         self.waited = waited
         self.last_error = last_error
         self.failed_check = failed_check
         self.limited_by = limited_by
+        self.throttled_for = throttled_for
         msg = f"no connection for key {key!r} within {waited:.3f} s"
         if failed_check is not None:
             msg += f"; a pooled connection failed its hand-out check ({failed_check})"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .books import Slot
+from .limits import KeyLimits
 from .reconnect import KeyBackoff
 from .records import CloseReason
 
@@ -49,6 +50,8 @@ class KeyState(Generic[C]):
     in_use: int = 0
     closing: int = 0
     backoff: KeyBackoff | None = None  # while connecting, and once the key has failed
+    limits: KeyLimits | None = None  # since a 2nd login or a server limit, until settled
+    first_login: float | None = None  # the only login of the last minute, while no limits
     replaced: list[CloseReason] | None = None  # why recent connections went, oldest first
     # counters
     acquires: int = 0
@@ -104,7 +107,12 @@ class KeyState(Generic[C]):
     def connect_finished(self) -> None:
         """Forget the backoff of a key that never failed: it has nothing to remember."""
         backoff = self.backoff
-        if self.opening == 0 and backoff is not None and backoff.last_error is None:
+        if (
+            self.opening == 0
+            and backoff is not None
+            and backoff.last_error is None
+            and backoff.level == 0
+        ):
             self.backoff = None
 
     def last_error(self) -> BaseException | None:
@@ -115,10 +123,13 @@ class KeyState(Generic[C]):
         """Nothing to remember but counters: no slot, no waiter, no backoff in progress
         (a retry scheduled after ``now``). Such a key may be forgotten."""
         backoff = self.backoff
+        limits = self.limits
         return (
             self.slots == 0
             and not self.waiters
             and (backoff is None or backoff.next_attempt_at <= now)
+            # a throttle or a lowered cap, until it is over (guardedpool.limits)
+            and (limits is None or limits.quiet_at <= now)
         )
 
     def pristine(self) -> bool:
@@ -202,7 +213,18 @@ class KeyState(Generic[C]):
 
 
 # Per-key figures that make no sense summed over keys.
-_NOT_SUMMED = frozenset({"consecutive_failures", "last_error"})
+_NOT_SUMMED = frozenset(
+    {
+        "consecutive_failures",
+        "last_error",
+        # guardedpool.limits.limit_stats, added per key by the pool
+        "throttled",
+        "throttled_until",
+        "throttled_for",
+        "effective_max_per_key",
+        "logins_last_minute",
+    }
+)
 
 
 def aggregate(per_key: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -32,13 +32,14 @@ from .books import Books, IllegalTransition, Slot
 from .closing import close_and_verify
 from .config import PoolConfig
 from .connector import Connector
-from .errors import PoolClosed, PoolError, PoolTimeout, UnknownKey
+from .errors import PoolClosed, PoolError, PoolTimeout, ServerLimit, UnknownKey
 from .fastpath import IDLE, IN_USE
 from .keystate import KeyState, Waiter, aggregate
 from .leaks import LeakWatch, borrower_fields, borrower_of, borrower_text
 from .leasing import LeaseHook, budget_timeout
+from .limits import LOGIN_WINDOW, KeyLimits, limit_stats, login_limit, reached_login
 from .logs import error_text
-from .reconnect import Reconnector
+from .reconnect import Reconnector, record_short_life
 from .records import CloseReason, ConnectionRecord, ConnState, Event
 from .sockets import identify
 
@@ -61,6 +62,9 @@ _NO_TASK = "<no task>"  # a borrower all the same: leak detection must not skip 
 _GRACEFUL = frozenset(
     {CloseReason.IDLE, CloseReason.LIFETIME, CloseReason.SHUTDOWN, CloseReason.EVICTED}
 )
+# Reasons that mean the connection died of a fault: one that dies younger than
+# retry.reset_after counts toward the key's backoff (see guardedpool.reconnect).
+_FAULTS = frozenset({CloseReason.ERROR, CloseReason.POISONED, CloseReason.AUDIT})
 
 # Why a connection is retired, in words, for the log line that says so.
 _WHY = {
@@ -138,6 +142,8 @@ class GuardedPool(Generic[C]):
             if budget is None
             else LeaseHook(budget, config.acquire_timeout, self._lease_lost, clock)
         )
+        # One wake-up per key held back by the server's limits (guardedpool.limits).
+        self._wakes: dict[KeyState[C], asyncio.TimerHandle] = {}
         self.audit_target: PoolTarget[C] = PoolTarget(
             config, self._books, connector, clock, self._retire
         )
@@ -221,6 +227,8 @@ class GuardedPool(Generic[C]):
                 self._retire(slot, CloseReason.SHUTDOWN)
         if self._housekeeper is not None:
             self._housekeeper.cancel()
+        for handle in self._wakes.values():
+            handle.cancel()
         for task in list(self._opens):
             task.cancel()
         if self._borrowed:
@@ -289,6 +297,9 @@ class GuardedPool(Generic[C]):
             return None
         slot = ks.idle[-1]
         now = self._clock()
+        limits = ks.limits
+        if limits is not None and now < limits.throttled_until:
+            return None  # throttled by the server: the slow path waits it out
         if not (
             policy.ready_to_hand_out(slot.record, now, self.config)
             and self._connector.is_alive(slot.conn)  # type: ignore[arg-type]
@@ -361,6 +372,8 @@ class GuardedPool(Generic[C]):
         """Take the most recently used healthy idle connection (now IN_USE), retiring stale
         ones on the way."""
         now = self._clock()
+        if ks.limits is not None and self._throttled(ks, now):
+            return None
         while ks.idle:
             slot = ks.idle[-1]
             reason = policy.retire_when_idle(slot.record, now, self.config)
@@ -397,7 +410,11 @@ class GuardedPool(Generic[C]):
                         ks.key, self._clock() - started, last, failed_check=failed_check
                     ) from last
                 raise PoolTimeout(
-                    ks.key, self._clock() - started, last, failed_check=failed_check
+                    ks.key,
+                    self._clock() - started,
+                    last,
+                    failed_check=failed_check,
+                    **self._limit_words(ks),
                 ) from last
             raise
         finally:
@@ -468,6 +485,10 @@ class GuardedPool(Generic[C]):
         shutting_down = self._shut_down
         if shutting_down:
             self._returned.set()  # close() waits for borrowed connections to come back
+        if error is not None and isinstance(error, ServerLimit):
+            ks = slot.keystate
+            gone = 1 if is_connection_fault(error) else 0  # this one is retired below
+            self._limited(ks, error, len(ks.idle) + ks.in_use - gone)
         alive = self._connector.is_alive(conn)
         reason = policy.retire_on_release(  # positional: keywords cost ~15% of this call
             record,
@@ -532,6 +553,8 @@ class GuardedPool(Generic[C]):
         if self._shut_down or ks.slots >= self.config.max_per_key:
             return  # at the key's cap nothing can be opened: no need to count waiters
         unmet = ks.live_waiters() - ks.opening
+        if ks.limits is not None and unmet > 0:
+            unmet = self._opens_allowed(ks, unmet)
         while unmet > 0:
             blocker = policy.open_blocker(ks.slots, self._books.slots, self.config)
             if blocker is None:
@@ -571,6 +594,7 @@ class GuardedPool(Generic[C]):
         ks = slot.keystate
         record = slot.record
         began = record.created_at
+        started = [0.0]  # when the current attempt started (counted as a login)
         if self._leases is not None:
             try:
                 await self._leases.take(slot)
@@ -587,8 +611,11 @@ class GuardedPool(Generic[C]):
             conn = await self._reconnector.connect(
                 ks.key,
                 ks.connect_backoff(),
-                wanted=lambda: not self._shut_down and ks.live_waiters() > 0,
-                note=lambda exc: self._connect_failed(ks, record, exc),
+                wanted=lambda: not self._shut_down
+                and ks.live_waiters() > 0
+                and self._may_connect(ks),
+                note=lambda exc: self._connect_failed(ks, record, exc, started[0]),
+                admit=lambda: self._admit(ks, started),
             )
         except BaseException as exc:
             self._free_slot(slot, Event.OPEN_FAILED, type(exc).__name__)
@@ -633,6 +660,8 @@ class GuardedPool(Generic[C]):
             },
         )
         self._opened(slot)
+        if ks.limits is not None:
+            ks.limits.accepted(len(ks.idle) + ks.in_use)
         ks.connect_finished()
 
     def _opened(self, slot: Slot[C]) -> None:
@@ -650,16 +679,180 @@ class GuardedPool(Generic[C]):
         self._to_idle(slot)
 
     def _connect_failed(
-        self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException
+        self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException, started: float
     ) -> None:
         if not isinstance(exc, UnknownKey):  # no such key: not a failure of one
             ks.connect_failures += 1
         record.note(self._clock(), Event.CONNECT_FAILED, type(exc).__name__)
+        if isinstance(exc, ServerLimit):
+            self._limited(ks, exc, len(ks.idle) + ks.in_use)
+        if not reached_login(exc):
+            if ks.limits is not None:
+                ks.limits.unnote_login(started)
+            elif ks.first_login == started:
+                ks.first_login = None
 
     def _fail_first_waiter(self, ks: KeyState[C], exc: Exception) -> None:
         waiter = ks.next_waiter()
         if waiter is not None:
             waiter.set_exception(exc)
+
+    # ----------------------------------------------------------------- the server's limits
+
+    def _limited(self, ks: KeyState[C], exc: ServerLimit, held: int) -> None:
+        """The server refused for its limits (at connect, or a borrower met it while the key
+        held ``held`` open connections): throttle the key or lower its cap
+        (:meth:`guardedpool.limits.KeyLimits.refused`)."""
+        now = self._clock()
+        limits = ks.limits
+        if limits is None:
+            limits = self._new_limits(ks)
+        throttled = limits.refused(exc, now, held=held, config=self.config)
+        cap = limits.key_cap(now, self.config)
+        log.warning(
+            "guardedpool: key %r refused by the server's %s limit (%s: %s); throttled for "
+            "%.3f s, effective cap %d of max_per_key %d",
+            ks.key,
+            exc.kind,
+            type(exc).__name__,
+            exc.server_text,
+            throttled,
+            cap,
+            self.config.max_per_key,
+            extra={
+                "key": ks.key,
+                "error": type(exc).__name__,
+                "kind": exc.kind,
+                "code": exc.code,
+                "suggested_delay": exc.delay,
+                "throttled_for": throttled,
+                "effective_max_per_key": cap,
+                "connections_held": held,
+            },
+        )
+
+    def _throttled(self, ks: KeyState[C], now: float) -> bool:
+        """Whether the key may hand nothing out now (then a wake-up is set for the end);
+        forgets limits that have nothing left to hold back."""
+        limits = ks.limits
+        assert limits is not None
+        if limits.throttled(now):
+            self._wake_at(ks, limits.throttled_until)
+            return True
+        if limits.settled(now, self.config):
+            ks.limits = None
+        return False
+
+    def _opens_allowed(self, ks: KeyState[C], unmet: int) -> int:
+        """At most ``unmet`` connects to start now, as the key's limits allow; a wake-up is
+        set for when they allow more."""
+        limits = ks.limits
+        assert limits is not None
+        now = self._clock()
+        allowed = limits.opens_allowed(now, ks.slots, self.config)
+        if allowed < unmet:
+            at = limits.next_change(now, self.config)
+            if at is not None:
+                self._wake_at(ks, at)
+        return min(unmet, allowed)
+
+    def _new_limits(self, ks: KeyState[C]) -> KeyLimits:
+        """The key's limits from now on, its one login so far (if any) in the log."""
+        first, ks.first_login = ks.first_login, None
+        limits = ks.limits = KeyLimits()
+        if first is not None:
+            limits.logins.append(first)
+        return limits
+
+    def _may_connect(self, ks: KeyState[C]) -> bool:
+        """Whether a connect attempt of an OPENING slot may start now (the slot counts)."""
+        limits = ks.limits
+        now = self._clock()
+        if limits is None:
+            first = ks.first_login
+            if first is None or first <= now - LOGIN_WINDOW or login_limit(self.config) > 1:
+                return True
+            limits = self._new_limits(ks)  # a limit of 1: gated (and woken) like the rest
+        return (
+            not limits.throttled(now)
+            and limits.logins_left(now, self.config) > 0
+            and ks.slots <= limits.key_cap(now, self.config)
+        )
+
+    def _admit(self, ks: KeyState[C], started: list[float]) -> bool:
+        """Right before a connect attempt: may it start? If so it is counted as a login,
+        and its start goes in ``started[0]``. Nobody waiting (they gave up during the
+        backoff): no login at all."""
+        if self._shut_down or ks.live_waiters() == 0 or not self._may_connect(ks):
+            return False
+        now = self._clock()
+        started[0] = now
+        limits = ks.limits
+        if limits is None:
+            first = ks.first_login
+            if first is None or first <= now - LOGIN_WINDOW:
+                ks.first_login = now  # one login: no KeyLimits yet
+                return True
+            limits = self._new_limits(ks)
+        limits.note_login(now, self.config)
+        return True
+
+    def _wake_at(self, ks: KeyState[C], at: float) -> None:
+        """Dispatch ``ks`` again at pool-clock time ``at`` (one pending wake-up per key)."""
+        if self._shut_down:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.001, at - self._clock())
+        handle = self._wakes.get(ks)
+        if handle is not None:
+            if handle.when() <= loop.time() + delay:
+                return  # an earlier wake-up looks again and sets the next one
+            handle.cancel()
+        self._wakes[ks] = loop.call_later(delay, self._wake, ks)
+
+    def _wake(self, ks: KeyState[C]) -> None:
+        self._wakes.pop(ks, None)
+        if not self._shut_down and ks.waiters:
+            self._dispatch(ks)
+
+    def _limit_words(self, ks: KeyState[C]) -> dict[str, Any]:
+        """What held the key back, for a :class:`PoolTimeout`."""
+        limits = ks.limits
+        if limits is None:
+            return {}
+        now = self._clock()
+        throttled = limits.throttled(now)
+        return {
+            "limited_by": limits.why(now, ks.slots, self.config),
+            "throttled_for": limits.throttled_until - now if throttled else None,
+        }
+
+    def _died(self, slot: Slot[C], reason: CloseReason, now: float) -> None:
+        """A connection is retired for a fault: if it lived less than ``retry.reset_after``
+        it counts toward the key's backoff, as a failed connect would."""
+        record = slot.record
+        lived = now - record.created_at
+        if record.state is ConnState.OPENING or lived >= self.config.retry.reset_after:
+            return
+        ks = slot.keystate
+        delay = record_short_life(ks.connect_backoff(), self.config.retry, now)
+        log.info(
+            "guardedpool: connection %d of key %r died young (%s after %.3f s, under "
+            "retry.reset_after %.0f s); the key's next connect waits %.3f s",
+            record.id,
+            ks.key,
+            reason.value,
+            lived,
+            self.config.retry.reset_after,
+            delay,
+            extra={
+                "key": ks.key,
+                "conn_id": record.id,
+                "reason": reason.value,
+                "lived": lived,
+                "retry_in": delay,
+            },
+        )
 
     # ----------------------------------------------------------------- retiring and closing
 
@@ -667,6 +860,8 @@ class GuardedPool(Generic[C]):
         """Take a connection out of service now; close it in a pool-owned task."""
         record = slot.record
         now = self._clock()
+        if reason in _FAULTS:
+            self._died(slot, reason, now)
         self._books.move(slot, ConnState.CLOSING, reason)
         record.retired_at = now
         record.note(now, Event.RETIRE, f"{reason.value} {detail}".strip())
@@ -884,7 +1079,11 @@ class GuardedPool(Generic[C]):
 
     def stats(self) -> dict[str, Any]:
         """Plain data with stable keys: totals and one entry per key (see the README)."""
-        per_key = {key: ks.stats() for key, ks in self._keys.items()}
+        now, cfg = self._clock(), self.config
+        per_key = {
+            key: {**ks.stats(), **limit_stats(ks.limits, now, cfg, ks.first_login)}
+            for key, ks in self._keys.items()
+        }
         totals = aggregate([*per_key.values(), self._forgotten.stats()])
         totals.update(
             connecting=self._reconnector.connecting,

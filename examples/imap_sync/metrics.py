@@ -108,6 +108,30 @@ class SyncCollector(Collector):
         for key, s in keys.items():
             failing.add_metric([key], float(s.get("consecutive_failures", 0)))
         yield failing
+        cap = GaugeMetricFamily(
+            "guardedpool_effective_max_per_key",
+            "Connections the key may hold now: max_per_key, or lower while the server "
+            "refuses more (too many connections).",
+            labels=["key"],
+        )
+        throttled = GaugeMetricFamily(
+            "guardedpool_throttled_seconds",
+            "Seconds the server's throttling still holds the key back (0: not throttled).",
+            labels=["key"],
+        )
+        logins = GaugeMetricFamily(
+            "guardedpool_logins_last_minute",
+            "Logins (connect attempts that reached the server) in the last 60 s.",
+            labels=["key"],
+        )
+        for key, s in keys.items():
+            if "effective_max_per_key" in s:
+                cap.add_metric([key], float(s["effective_max_per_key"]))
+            throttled.add_metric([key], float(s.get("throttled_for", 0.0)))
+            logins.add_metric([key], float(s.get("logins_last_minute", 0)))
+        yield cap
+        yield throttled
+        yield logins
         total = stats.get("total", {})
         yield GaugeMetricFamily(
             "guardedpool_slots",

@@ -59,7 +59,9 @@ IMAP_CFG = PoolConfig(
     close_timeout=0.5,
     check_after=3600.0,
     housekeeping_interval=0.05,
-    retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01),
+    # every cancelled command poisons a connection: a reconnect loop by design, which the
+    # per-key login limit (issue 13) would otherwise stop
+    retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01, max_logins_per_minute=100_000),
 )
 
 
@@ -429,7 +431,7 @@ MEM_CFG = PoolConfig(
     close_timeout=0.2,
     housekeeping_interval=0.01,
     check_after=0.0,
-    retry=RetryPolicy(initial=0.002, max_delay=0.01, jitter=0.001),
+    retry=RetryPolicy(initial=0.002, max_delay=0.01, jitter=0.001, max_logins_per_minute=100_000),
 )
 
 

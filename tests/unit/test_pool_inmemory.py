@@ -125,7 +125,16 @@ async def test_unknown_key_is_a_typed_error_not_a_hang() -> None:
 
 
 async def test_wrong_password_one_attempt_per_acquire() -> None:
-    pool, connector = make()
+    # 7 logins within a second: room for them under the per-key login limit (issue 13;
+    # test_limits.py checks that the default holds the 7th back).
+    pool, connector = make(
+        PoolConfig(
+            max_per_key=2,
+            max_total=4,
+            acquire_timeout=1.0,
+            retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01, max_logins_per_minute=7),
+        )
+    )
     connector.fail_keys["a"] = AuthenticationError("LOGIN rejected")
     async with pool:
         for _ in range(3):

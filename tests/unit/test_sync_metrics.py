@@ -27,6 +27,11 @@ STATS: dict[str, Any] = {
             "closed": {"idle": 1, "poisoned": 0},
             "reconnects": {"idle": 1},
             "consecutive_failures": 0,
+            "throttled": True,
+            "throttled_until": 1299.9,
+            "throttled_for": 299.9,
+            "effective_max_per_key": 1,
+            "logins_last_minute": 3,
         },
     },
 }
@@ -53,6 +58,9 @@ def test_pool_and_worker_metrics() -> None:
     assert got[("guardedpool_closed_total", (("key", "alice"), ("reason", "idle")))] == 1
     assert got[("guardedpool_reconnects_total", (("key", "alice"), ("reason", "idle")))] == 1
     assert got[("guardedpool_slots", ())] == 3
+    assert got[("guardedpool_effective_max_per_key", (("key", "alice"),))] == 1
+    assert got[("guardedpool_throttled_seconds", (("key", "alice"),))] == 299.9
+    assert got[("guardedpool_logins_last_minute", (("key", "alice"),))] == 3
     assert got[("imap_sync_messages_total", (("inbox", "alice"),))] == 12
     assert got[("imap_sync_bytes_total", (("inbox", "alice"),))] == 3400
     assert got[("imap_sync_errors_total", (("inbox", "alice"),))] == 1
