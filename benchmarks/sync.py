@@ -20,13 +20,22 @@ Tools (``--tools``):
 * ``mbsync_fsync``: ``mbsync -a`` with its default fsync (not run by default);
 * ``offlineimap``: one ``offlineimap`` process per inbox, all at once (its fastest
   shape), ``fsync = false``. It is ~10x slower than the others, so by default its full
-  sync runs in the first round only (``--offlineimap-rounds``).
+  sync runs in the first round only (``--offlineimap-rounds``);
+* ``raw``: the floor, ``benchmarks/_rawfetch.py``: one asyncio process, as many inboxes
+  at once as the worker (``--worker-concurrency``), each LOGIN, EXAMINE,
+  ``UID FETCH 1:* (UID FLAGS BODY.PEEK[])`` over ``asyncio.open_connection(ssl=...)``,
+  bodies read with ``readexactly`` and discarded (full sync only: it keeps no state);
+* ``raw_files``: the same, bodies appended to one file per inbox.
 
 None of the compared stores fsyncs per message, so the comparison is like with like.
-Every run writes to a freshly made ext4 filesystem (a loop-mounted sparse image; falls back
-to a plain directory when that is not possible), since repeated syncs into one directory
-slow down run after run. Every run is checked: message count per inbox, and the number of
-\\Seen, \\Flagged and \\Answered messages per inbox, against the corpus.
+Every tool writes to a freshly made ext4 filesystem (a loop-mounted sparse image; falls
+back to a plain directory when that is not possible), since repeated syncs into one
+directory slow down run after run. The image is made just before the tool's full sync
+(not all of a round's images up front), kept for its incremental and no-change passes,
+and unmounted after them; ``sync`` runs before every timed run, so no tool pays for
+writing back the previous one's dirty pages. Every run is checked: message count per
+inbox, and the number of \\Seen, \\Flagged and \\Answered messages per inbox, against the
+corpus.
 
 Reported per tool and phase (median over rounds): wall seconds, messages/s, MB/s, peak RSS
 (the tool's own high-water mark; for many processes, the largest sum seen, sampled every
@@ -51,6 +60,7 @@ import argparse
 import asyncio
 import contextlib
 import imaplib
+import json
 import os
 import random
 import shutil
@@ -78,8 +88,13 @@ ALL_TOOLS = (
     "mbsync_parallel",
     "mbsync_fsync",
     "offlineimap",
+    "raw",
+    "raw_files",
 )
-DEFAULT_TOOLS = ("worker", "mbsync", "mbsync_parallel", "offlineimap")
+DEFAULT_TOOLS = ("worker", "mbsync", "mbsync_parallel", "offlineimap", "raw", "raw_files")
+# The floor: a raw asyncio client (benchmarks/_rawfetch.py); it has no state to sync
+# incrementally, so it runs in the full phase only.
+FULL_ONLY = ("raw", "raw_files")
 PHASES = ("full", "incremental", "nochange")
 FLAG_LETTERS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered"}
 
@@ -245,6 +260,13 @@ class Scratch:
                 self.use_loop = False
                 img.unlink(missing_ok=True)
         return mnt
+
+    def release(self, mnt: Path) -> None:
+        """Unmount one run's filesystem and delete its image (its results are read)."""
+        for pair in [m for m in self._mounted if m[0] == mnt]:
+            subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+            pair[1].unlink(missing_ok=True)
+            self._mounted.remove(pair)
 
     def release_all(self) -> None:
         for mnt, img in self._mounted:
@@ -516,6 +538,20 @@ sslcacertfile = {self.cafile}
         if tool == "mbsync_parallel":
             cfg = self.mbsync_config(d, fsync=False)
             return [["mbsync", "-q", "-c", str(cfg), a] for a in self.accounts]
+        if tool in FULL_ONLY:
+            accounts = d / "accounts.json"
+            accounts.write_text(json.dumps({a: _corpus.password(a) for a in self.accounts}))
+            accounts.chmod(0o600)
+            cmd = [
+                sys.executable,
+                str(_bench.ROOT / "benchmarks" / "_rawfetch.py"),
+                f"--port={self.port}",
+                f"--cafile={self.cafile}",
+                f"--accounts={accounts}",
+                f"--out={d}",
+                f"--concurrency={self.args.worker_concurrency}",
+            ]
+            return [[*cmd, "--files"] if tool == "raw_files" else cmd]
         if tool == "offlineimap":
             return [
                 ["offlineimap", "-o", "-u", "quiet", "-c", str(c)]
@@ -532,6 +568,7 @@ sslcacertfile = {self.cafile}
             root = Path(self.args.variants[tool])
         env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
         before = self.link.bytes() if self.link is not None else (0, 0)
+        os.sync()  # the previous run's dirty pages are written back now, not during this one
         res = measure(
             cmds,
             log=d / f"{phase}.log",
@@ -550,7 +587,10 @@ sslcacertfile = {self.cafile}
 
     def verify(self, tool: str, d: Path) -> dict[str, Any]:
         got: dict[str, dict[str, int]] = {}
-        if tool.startswith("worker"):
+        if tool in FULL_ONLY:
+            with contextlib.suppress(OSError, ValueError):
+                got = json.loads((d / "counts.json").read_text())
+        elif tool.startswith("worker"):
             db = sqlite3.connect(f"file:{d}/worker.sqlite3?mode=ro", uri=True)
             try:
                 for account, flags in db.execute("SELECT account, flags FROM messages"):
@@ -708,14 +748,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if r >= oi_rounds:
                 order = [t for t in order if t != "offlineimap"]
             dirs: dict[str, tuple[Path, list[list[str]]]] = {}
-            for tool in order:
-                d = scratch.make(tool)
-                dirs[tool] = (d, tool_objs.prepare(tool, d))
             for phase in PHASES:
                 if phase == "incremental":
                     changed = server.change(r, args.change)
                     msgs["incremental"] = changed
                 for tool in order:
+                    if phase != "full" and tool in FULL_ONLY:
+                        continue
+                    if tool not in dirs:
+                        # One fresh image per tool, made right before its first run.
+                        d = scratch.make(tool)
+                        dirs[tool] = (d, tool_objs.prepare(tool, d))
                     d, cmds = dirs[tool]
                     _bench.log(f"round {r + 1}/{rounds} {phase}: {tool}")
                     res = tool_objs.run(tool, d, cmds, phase)
@@ -730,6 +773,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                             else ""
                         )
                     )
+                    if phase == "nochange" or tool in FULL_ONLY:
+                        scratch.release(d)
             server.restore()
             scratch.release_all()
     finally:
@@ -748,6 +793,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 targets[f"worker_at_least_as_fast_as_{other}_{phase}"] = (
                     None if v is None else v >= 1.0
                 )
+    if "raw_files_over_worker" in rat:
+        v = rat["raw_files_over_worker"].get("full")
+        targets["worker_within_1_2x_of_raw_files_full"] = None if v is None else 1 / v <= 1.2
+    if "mbsync_parallel_over_worker" in rat:
+        v = rat["mbsync_parallel_over_worker"].get("full")
+        targets["worker_1_2x_faster_than_mbsync_parallel_full"] = None if v is None else v >= 1.2
     if "offlineimap_over_worker" in rat:
         v = rat["offlineimap_over_worker"].get("full")
         targets["worker_3x_offlineimap_full"] = None if v is None else v >= 3.0
