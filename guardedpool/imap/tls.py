@@ -128,25 +128,27 @@ class TLSLayer(asyncio.Protocol):
     def _read(self) -> None:
         pieces: list[bytes] = []
         try:
-            while True:
-                piece = self.ssl_object.read(_RECORD)
-                if not piece:
-                    break
+            while piece := self.ssl_object.read(_RECORD):
                 pieces.append(piece)
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLZeroReturnError:  # the peer's close_notify: EOF
+        except ssl.SSLWantReadError:  # all of it read: wait for more
+            self._flush()  # e.g. a key update answered
             self._deliver(pieces)
-            self._flush()
-            self.plain.close()
             return
+        except ssl.SSLZeroReturnError:
+            pass  # EOF, as below
         except ssl.SSLError as exc:
             self._deliver(pieces)
             self._error = exc
             self.plain.abort()
             return
-        self._flush()  # e.g. a key update answered
+        # An empty read (or SSLZeroReturnError) is the peer's
+        # close_notify: EOF. Answer with ours, since a peer may wait for it (asyncio's TLS
+        # server does, up to 30 s), and close.
         self._deliver(pieces)
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self.ssl_object.unwrap()
+        self._flush()
+        self.plain.close()
 
     def _deliver(self, pieces: list[bytes]) -> None:
         if pieces:

@@ -193,3 +193,35 @@ async def test_abort_closes_the_socket_at_once(dovecot: DovecotServer) -> None:
         assert not is_open(before)
         async with asyncio.timeout(5):
             await app.lost
+
+
+async def test_peer_close_notify_is_answered_and_ends_the_connection() -> None:
+    # asyncio's TLS server closes by sending close_notify and waiting (up to 30 s) for
+    # ours: an empty SSLObject.read is that close_notify, and it must be answered.
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    closed = asyncio.Event()
+
+    async def say_bye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* BYE\r\n")
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        closed.set()
+
+    server = await asyncio.start_server(say_bye, "127.0.0.1", 0, ssl=server_ctx)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        with no_new_sockets():
+            _transport, app, _secured = await secure(port, client_ctx)
+            async with asyncio.timeout(5):
+                assert await app.lost is None
+                await closed.wait()
+            assert bytes(app.data) == b"* BYE\r\n"
+            await asyncio.sleep(0)
+    finally:
+        server.close()
+        await server.wait_closed()
