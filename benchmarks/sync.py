@@ -20,17 +20,27 @@ Tools (``--tools``):
 * ``mbsync_fsync``: ``mbsync -a`` with its default fsync (not run by default);
 * ``offlineimap``: one ``offlineimap`` process per inbox, all at once (its fastest
   shape), ``fsync = false``. It is ~10x slower than the others, so by default its full
-  sync runs in the first round only (``--offlineimap-rounds``).
+  sync runs in the first round only (``--offlineimap-rounds``);
+* ``raw``: the floor, ``benchmarks/_rawfetch.py``: one asyncio process, as many inboxes
+  at once as the worker (``--worker-concurrency``), each LOGIN, EXAMINE,
+  ``UID FETCH 1:* (UID FLAGS BODY.PEEK[])`` over ``asyncio.open_connection(ssl=...)``,
+  bodies read with ``readexactly`` and discarded (full sync only: it keeps no state);
+* ``raw_files``: the same, bodies appended to one file per inbox.
 
 None of the compared stores fsyncs per message, so the comparison is like with like.
-Every run writes to a freshly made ext4 filesystem (a loop-mounted sparse image; falls back
-to a plain directory when that is not possible), since repeated syncs into one directory
-slow down run after run. Every run is checked: message count per inbox, and the number of
-\\Seen, \\Flagged and \\Answered messages per inbox, against the corpus.
+Every tool writes to a freshly made ext4 filesystem (a loop-mounted sparse image; falls
+back to a plain directory when that is not possible), since repeated syncs into one
+directory slow down run after run. The image is made just before the tool's full sync
+(not all of a round's images up front), kept for its incremental and no-change passes,
+and unmounted after them; ``sync`` runs before every timed run, so no tool pays for
+writing back the previous one's dirty pages. Every run is checked: message count per
+inbox, and the number of \\Seen, \\Flagged and \\Answered messages per inbox, against the
+corpus.
 
-Reported per tool and phase (median over rounds): wall seconds, messages/s, MB/s, peak RSS
-(the tool's own high-water mark; for many processes, the largest sum seen, sampled every
-0.05 s) and the ratios worker vs others.
+Reported per tool and phase (median over rounds): wall seconds, messages/s, MB/s, bytes
+written to storage (``/proc/PID/io`` ``write_bytes``: SQLite's WAL writes every body twice),
+peak RSS (the tool's own high-water mark; for many processes, the largest sum seen, sampled
+every 0.05 s) and the ratios worker vs others.
 Targets: the worker at least as fast as mbsync on the full and the incremental sync, and
 >= 3x faster than offlineimap3.
 
@@ -51,6 +61,7 @@ import argparse
 import asyncio
 import contextlib
 import imaplib
+import json
 import os
 import random
 import shutil
@@ -78,8 +89,13 @@ ALL_TOOLS = (
     "mbsync_parallel",
     "mbsync_fsync",
     "offlineimap",
+    "raw",
+    "raw_files",
 )
-DEFAULT_TOOLS = ("worker", "mbsync", "mbsync_parallel", "offlineimap")
+DEFAULT_TOOLS = ("worker", "mbsync", "mbsync_parallel", "offlineimap", "raw", "raw_files")
+# The floor: a raw asyncio client (benchmarks/_rawfetch.py); it has no state to sync
+# incrementally, so it runs in the full phase only.
+FULL_ONLY = ("raw", "raw_files")
 PHASES = ("full", "incremental", "nochange")
 FLAG_LETTERS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered"}
 
@@ -92,6 +108,18 @@ def _status_kb(pid: int, field: str) -> int | None:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _write_bytes(pid: int) -> int | None:
+    """Bytes the process caused to be written to storage so far (``/proc/PID/io``)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -122,6 +150,7 @@ def measure(
     ]
     running = {p.pid: p for p in procs}
     hwm: dict[int, int] = {}
+    written: dict[int, int] = {}
     codes: dict[int, int] = {}
     peak_sum = 0
     timed_out = False
@@ -134,6 +163,9 @@ def measure(
                     hwm[pid] = max(hwm.get(pid, 0), high)
                 rss = _status_kb(pid, "VmRSS:")
                 total += rss or 0
+                wrote = _write_bytes(pid)
+                if wrote is not None:
+                    written[pid] = max(written.get(pid, 0), wrote)
                 done_pid, status, _ = os.wait4(pid, os.WNOHANG)
                 if done_pid:
                     code = os.waitstatus_to_exitcode(status)
@@ -163,6 +195,9 @@ def measure(
         "max_process_rss_mb": max(peaks, default=0) / 2**20,
         "processes": len(cmds),
         "failed_processes": failed,
+        # Last seen (every 0.05 s) per process: the final writes of a process that exits
+        # between two samples are missed; an estimate, good to a few MB.
+        "storage_write_mb": sum(written.values()) / 2**20,
     }
     if timed_out:
         res["timed_out"] = True
@@ -245,6 +280,13 @@ class Scratch:
                 self.use_loop = False
                 img.unlink(missing_ok=True)
         return mnt
+
+    def release(self, mnt: Path) -> None:
+        """Unmount one run's filesystem and delete its image (its results are read)."""
+        for pair in [m for m in self._mounted if m[0] == mnt]:
+            subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+            pair[1].unlink(missing_ok=True)
+            self._mounted.remove(pair)
 
     def release_all(self) -> None:
         for mnt, img in self._mounted:
@@ -516,6 +558,20 @@ sslcacertfile = {self.cafile}
         if tool == "mbsync_parallel":
             cfg = self.mbsync_config(d, fsync=False)
             return [["mbsync", "-q", "-c", str(cfg), a] for a in self.accounts]
+        if tool in FULL_ONLY:
+            accounts = d / "accounts.json"
+            accounts.write_text(json.dumps({a: _corpus.password(a) for a in self.accounts}))
+            accounts.chmod(0o600)
+            cmd = [
+                sys.executable,
+                str(_bench.ROOT / "benchmarks" / "_rawfetch.py"),
+                f"--port={self.port}",
+                f"--cafile={self.cafile}",
+                f"--accounts={accounts}",
+                f"--out={d}",
+                f"--concurrency={self.args.worker_concurrency}",
+            ]
+            return [[*cmd, "--files"] if tool == "raw_files" else cmd]
         if tool == "offlineimap":
             return [
                 ["offlineimap", "-o", "-u", "quiet", "-c", str(c)]
@@ -532,6 +588,7 @@ sslcacertfile = {self.cafile}
             root = Path(self.args.variants[tool])
         env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
         before = self.link.bytes() if self.link is not None else (0, 0)
+        os.sync()  # the previous run's dirty pages are written back now, not during this one
         res = measure(
             cmds,
             log=d / f"{phase}.log",
@@ -550,7 +607,10 @@ sslcacertfile = {self.cafile}
 
     def verify(self, tool: str, d: Path) -> dict[str, Any]:
         got: dict[str, dict[str, int]] = {}
-        if tool.startswith("worker"):
+        if tool in FULL_ONLY:
+            with contextlib.suppress(OSError, ValueError):
+                got = json.loads((d / "counts.json").read_text())
+        elif tool.startswith("worker"):
             db = sqlite3.connect(f"file:{d}/worker.sqlite3?mode=ro", uri=True)
             try:
                 for account, flags in db.execute("SELECT account, flags FROM messages"):
@@ -614,6 +674,7 @@ def summarize(
                 "wall_s": _bench.spread(walls),
                 "msgs_per_s": msgs[phase] / wall if msgs[phase] else None,
                 "peak_rss_mb": _bench.median([r["peak_rss_mb"] for r in ok]),
+                "storage_write_mb": _bench.median([r.get("storage_write_mb", 0.0) for r in ok]),
                 "processes": ok[0]["processes"],
             }
             if phase == "full":
@@ -708,14 +769,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if r >= oi_rounds:
                 order = [t for t in order if t != "offlineimap"]
             dirs: dict[str, tuple[Path, list[list[str]]]] = {}
-            for tool in order:
-                d = scratch.make(tool)
-                dirs[tool] = (d, tool_objs.prepare(tool, d))
             for phase in PHASES:
                 if phase == "incremental":
                     changed = server.change(r, args.change)
                     msgs["incremental"] = changed
                 for tool in order:
+                    if phase != "full" and tool in FULL_ONLY:
+                        continue
+                    if tool not in dirs:
+                        # One fresh image per tool, made right before its first run.
+                        d = scratch.make(tool)
+                        dirs[tool] = (d, tool_objs.prepare(tool, d))
                     d, cmds = dirs[tool]
                     _bench.log(f"round {r + 1}/{rounds} {phase}: {tool}")
                     res = tool_objs.run(tool, d, cmds, phase)
@@ -730,6 +794,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                             else ""
                         )
                     )
+                    if phase == "nochange" or tool in FULL_ONLY:
+                        scratch.release(d)
             server.restore()
             scratch.release_all()
     finally:
@@ -748,6 +814,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 targets[f"worker_at_least_as_fast_as_{other}_{phase}"] = (
                     None if v is None else v >= 1.0
                 )
+    if "raw_files_over_worker" in rat:
+        v = rat["raw_files_over_worker"].get("full")
+        targets["worker_within_1_2x_of_raw_files_full"] = None if v is None else 1 / v <= 1.2
+    if "mbsync_parallel_over_worker" in rat:
+        v = rat["mbsync_parallel_over_worker"].get("full")
+        targets["worker_1_2x_faster_than_mbsync_parallel_full"] = None if v is None else v >= 1.2
     if "offlineimap_over_worker" in rat:
         v = rat["offlineimap_over_worker"].get("full")
         targets["worker_3x_offlineimap_full"] = None if v is None else v >= 3.0

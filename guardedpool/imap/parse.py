@@ -135,25 +135,27 @@ def _responses(lines: Sequence[bytes], start: re.Pattern[bytes]) -> Iterator[byt
     rest of a line that ends right after a literal, as in LIST). A line that does not end
     in ``{N}`` ends the response.
     """
-    current: bytes | None = None
+    # Each response's pieces are joined once at its end: appending to a bytes object
+    # copied a message body again at every piece.
+    current: list[bytes] | None = None
     state = "text"  # "literal": the next item is a literal; "after": one was just read
     for item in lines:
         if state == "literal":
             assert current is not None
-            current += b"\r\n" + bytes(item)
+            current += (b"\r\n", item)
             state = "after"
             continue
         if state == "after":
             assert current is not None
             if item[:1] in (b" ", b")"):
-                current += bytes(item)
+                current.append(item)
                 if _LITERAL_END.search(item):
                     state = "literal"
                     continue
-                yield current
+                yield b"".join(current)
                 current, state = None, "text"
                 continue
-            yield current
+            yield b"".join(current)
             current, state = None, "text"
         if item[:2] == b"* ":
             # aioimaplib counts parentheses across a FETCH, quoted strings and literals
@@ -162,14 +164,12 @@ def _responses(lines: Sequence[bytes], start: re.Pattern[bytes]) -> Iterator[byt
             item = item[2:]
         if not start.match(item):
             continue
-        current = bytes(item)
         if _LITERAL_END.search(item):
-            state = "literal"
+            current, state = [item], "literal"
             continue
-        yield current
-        current = None
+        yield bytes(item)
     if current is not None:  # a missing literal then fails in the tokenizer, not silently
-        yield current
+        yield b"".join(current)
 
 
 def _strip_keyword(line: bytes, keyword: bytes) -> bytes:

@@ -18,9 +18,13 @@ version's internals, which is why the dependency is pinned below 3). What it cha
 * Nothing that carries a credential is logged: aioimaplib's own scrubbing misses the
   quoted password (any ``"`` or ``\\`` in it) and the base64 XOAUTH2 string.
 * Untagged lines lose only their ``* `` prefix (aioimaplib deletes every ``"* "`` in the
-  line, corrupting e.g. a subject ``"a * b"``), and server data is fed to the parser a
-  few hundred lines at a time: aioimaplib's parser recurses once per line, so one large
-  read of short lines (``UID FETCH 1:* (FLAGS)`` on a big mailbox) overflowed the stack.
+  line, corrupting e.g. a subject ``"a * b"``).
+* Server data is cut into lines and literals by our own :mod:`~guardedpool.imap.framing`
+  instead of aioimaplib's ``_handle_responses``, which recursed once per line (one large
+  read of short lines overflowed the stack), copied the rest of a read at every line,
+  and recounted every line of a FETCH response at each line (quadratic in a batch).
+  Lines go to aioimaplib's line handler as before; literals are appended to their
+  command as ``bytes``.
 """
 
 from __future__ import annotations
@@ -39,13 +43,14 @@ from aioimaplib.aioimaplib import (
     CONNECTED,
     SELECTED,
     Command,
+    FetchCommand,
     IMAP4ClientProtocol,
-    IncompleteRead,
     message_data_re,
     quoted,
 )
 
 from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError, ServerBusyClosed
+from .framing import Framer
 from .literals import Piece, command_chunks, nonsync_limit
 from .parse import parse_capabilities
 from .refusals import Phase, Refusal, classify_refusal
@@ -87,7 +92,8 @@ class _RedactAioimaplib(logging.Filter):
 
 
 logging.getLogger("aioimaplib.aioimaplib").addFilter(_RedactAioimaplib())
-_LINES_PER_FEED = 256
+# aioimaplib's FetchCommand.FETCH_MESSAGE_DATA_RE: where a FETCH response starts.
+_FETCH_START = re.compile(rb"[0-9]+ FETCH \(")
 _MAX_TEXT = 200
 
 
@@ -129,10 +135,6 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             a connection meant to be plaintext).
     """
 
-    # aioimaplib's parser state, declared for the type checker.
-    incomplete_line: bytes
-    current_command: Any
-
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop, None)
         self.fault: asyncio.Future[ConnectionPoisoned] = loop.create_future()
@@ -147,6 +149,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self._switch: _Switch | None = None
         self._inflate: Any = None  # zlib decompressobj once COMPRESS=DEFLATE is on
         self._literal_chunks: list[bytes] = []  # sent one per '+' continuation
+        self._framer = Framer(self._on_line, self._on_literal)
+        self._cont: Any = None  # the command the next line continues, if any
+        self._fetch_cmd: Any = None  # the FETCH whose parentheses are open, and how deep
+        self._fetch_depth = 0
 
     # -- faults ----------------------------------------------------------------------
 
@@ -260,25 +266,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
 
     def _received(self, data: bytes) -> None:
         try:
-            start, size = 0, len(data)
-            while start < size:
-                cmd = self.current_command
-                if cmd is not None and not self.incomplete_line and cmd.wait_literal_data():
-                    # Inside a literal: its bytes are counted, not parsed; feed them whole
-                    # instead of splitting a message body into lines first.
-                    need = cmd._expected_size - len(cmd._resp_literal_data)
-                    end = min(size, start + need)
-                    self._feed(data[start:end] if start or end < size else data)
-                    start = end
-                    continue
-                end = start
-                for _ in range(_LINES_PER_FEED):
-                    end = data.find(b"\n", end) + 1
-                    if end == 0:
-                        end = size
-                        break
-                self._feed(data[start:end] if start or end < size else data)
-                start = end
+            self._framer.feed(data)
+            if self.pending_sync_command is not None:
+                # IDLE's buffered pushes reach its queue once per read, as in aioimaplib.
+                self.pending_sync_command.flush()
         except Exception as exc:  # anything the parser chokes on, e.g. aioimaplib's Abort
             self.fail(
                 ProtocolError(
@@ -287,16 +278,45 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
                 )
             )
 
-    def _feed(self, data: bytes) -> None:
-        try:
-            self._handle_responses(
-                self.incomplete_line + data, self._handle_line, self.current_command
-            )
-            self.incomplete_line = b""
-            self.current_command = None
-        except IncompleteRead as incomplete:
-            self.current_command = incomplete.cmd
-            self.incomplete_line = incomplete.data
+    def _on_line(self, line: bytes, literal: int | None) -> None:
+        """One line from the framer, dispatched as aioimaplib's ``_handle_responses`` did.
+
+        ``_cont`` is the command the line continues: the one whose literal came just
+        before, or a FETCH whose parentheses are still open (aioimaplib's rule, kept).
+        """
+        cont = self._cont
+        cmd = self._handle_line(line, cont)
+        fetch_open = isinstance(cmd, FetchCommand) and self._fetch_open(cmd, line, cont)
+        if literal is not None:
+            # aioimaplib files a literal nobody claims under a throwaway command.
+            self._cont = cmd if cmd is not None else Command("NIL", "unused", loop=self.loop)
+        elif cmd is None or isinstance(cmd, FetchCommand):
+            self._cont = cmd if fetch_open else None
+        else:
+            self._cont = cmd if cmd.wait_data() else None
+
+    def _on_literal(self, data: bytes) -> None:
+        cmd = self._cont
+        if cmd is not None:
+            cmd.append_to_resp(data)
+
+    def _fetch_open(self, cmd: Any, line: bytes, cont: Any) -> bool:
+        """aioimaplib's ``FetchCommand.wait_data`` kept up as lines come, not recounted.
+
+        Its rule: the parentheses of the command's lines since its last line starting
+        ``N FETCH (`` do not balance (literals not counted). It recounted every line of the
+        response on each call, quadratic in a batch.
+        """
+        # The line as aioimaplib filed it: an untagged line loses its "* ".
+        filed = line[2:] if cont is None and line.startswith(b"* ") else line
+        depth = filed.count(b"(") - filed.count(b")")
+        if cmd is self._fetch_cmd and not _FETCH_START.match(filed):
+            depth += self._fetch_depth
+        if depth:
+            self._fetch_cmd, self._fetch_depth = cmd, depth
+            return True
+        self._fetch_cmd, self._fetch_depth = None, 0
+        return False
 
     # -- STARTTLS / COMPRESS ------------------------------------------------------------
 
@@ -309,7 +329,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         handshake, an attacker's injected plaintext). Untagged lines before the reply are
         ignored; a ``BYE`` faults. No bound of its own: the caller's timeout covers it.
         """
-        if self._switch is not None or self.incomplete_line or self.pending_sync_command:
+        if self._switch is not None or self._framer.pending or self.pending_sync_command:
             raise RuntimeError(f"{name} needs an idle connection")
         tag = self.new_tag()
         self._switch = _Switch(tag.encode("ascii"), self.loop.create_future())

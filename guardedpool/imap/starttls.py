@@ -1,6 +1,7 @@
 """TLS on our own transport: implicit TLS and STARTTLS through one path.
 
-Both are ``loop.start_tls`` on the plain TCP transport the connector made, so the socket
+Both run :mod:`guardedpool.imap.tls` (``ssl.SSLObject`` on memory BIOs, no 256 KiB read
+buffer per connection) over the plain TCP transport the connector made, so the socket
 the pool identified (fd and inode) is the socket that carries TLS; the TLS transport's
 ``get_extra_info("socket")`` is that same socket, and aborting it aborts the TCP one.
 
@@ -16,7 +17,7 @@ STARTTLS (RFC 3501 section 6.2.1, RFC 9051 section 6.2.1) adds three rules:
   (an attacker could have stripped ``LOGINDISABLED`` or added a mechanism).
 
 Every wait here is bounded by the caller's ``connect_timeout``; the TLS handshake also
-gets it as ``ssl_handshake_timeout``.
+gets it as its own bound.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import ssl
 
 from ..errors import ConnectionLost, ProtocolError
 from .protocol import GuardedProtocol
+from .tls import TLSTransport, open_tls
 
 __all__ = ["starttls", "upgrade_tls"]
 
@@ -39,23 +41,18 @@ async def upgrade_tls(
     """Run the TLS handshake on ``protocol``'s transport and make the TLS transport its own.
 
     Raises ``ssl.SSLError`` (``SSLCertVerificationError`` for an untrusted certificate or
-    a wrong host name), ``ConnectionError`` or ``TimeoutError`` as ``loop.start_tls``
-    does; the plain transport is closed by asyncio then.
+    a wrong host name), ``ConnectionError`` or ``TimeoutError`` (after
+    ``handshake_timeout`` seconds); the plain transport is aborted then.
     """
     transport = protocol.transport
     if transport is None or transport.is_closing():
         raise ConnectionLost("connection closed before the TLS handshake")
-    loop = asyncio.get_running_loop()
-    secured = await loop.start_tls(
-        transport,
-        protocol,
-        context,
-        server_hostname=server_hostname,
-        ssl_handshake_timeout=handshake_timeout,
-    )
-    if secured is None:  # only for a protocol without TLS support: never here
-        raise ConnectionLost("TLS handshake gave no transport")
-    protocol.transport = secured
+    assert isinstance(transport, asyncio.Transport)
+
+    def attach(secured: TLSTransport) -> None:
+        protocol.transport = secured
+
+    await open_tls(transport, protocol, context, server_hostname, attach, handshake_timeout)
 
 
 async def starttls(

@@ -1,0 +1,388 @@
+"""N IDLE accounts in one process: the pool against bare asyncio connections.
+
+A scripted IMAPS server (TLS, LOGIN, SELECT, IDLE, DONE, NOOP, LOGOUT; certificates from
+trustme) runs in a child process. Two clients, each in a fresh process of its own,
+alternate round by round:
+
+* ``floor``: N ``asyncio.open_connection(ssl=...)`` that greet, LOGIN, SELECT and IDLE,
+  at most ``max_connecting`` (the pool's default, 8) connecting at once;
+* ``pool``: a :class:`GuardedPool` over :class:`IMAPConnector`, N accounts, each held in
+  ``guardedpool.imap.idle()`` (one connection per account, ``max_total`` = N).
+
+Measured per client, once all N are in IDLE: RSS per connection (RSS growth from before
+the first connect, over N, after ``gc.collect()``), idle CPU (process CPU time over a
+``--window`` of wall time, as % of a core), the longest loop stall in a second window as
+long (the lateness of a 1 ms ticker), the time to open all N, the time to close them (the pool:
+``pool.close()`` with every session still in IDLE; the floor: DONE + LOGOUT + close on
+each), WARNING records logged while closing, and the pool's ``audit()`` time.
+
+    python benchmarks/idle_scale.py --quick        # N = 200, 1 round
+    python benchmarks/idle_scale.py --n 1000       # 2 rounds
+    python benchmarks/idle_scale.py --n 10000 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _bench
+
+MAX_CONNECTING = 8  # PoolConfig's default, given to the floor as well
+
+
+# ---------------------------------------------------------------- the scripted server
+
+
+async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    caps = b"IMAP4rev1 IDLE"
+    try:
+        writer.write(b"* OK [CAPABILITY " + caps + b"] scripted ready\r\n")
+        idling: bytes | None = None
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            if idling is not None:
+                if line.strip().upper() == b"DONE":
+                    writer.write(idling + b" OK IDLE terminated\r\n")
+                    idling = None
+                continue
+            tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
+            verb = rest.split(b" ", 1)[0].upper()
+            if verb == b"CAPABILITY":
+                writer.write(b"* CAPABILITY " + caps + b"\r\n" + tag + b" OK done\r\n")
+            elif verb == b"LOGIN":
+                writer.write(tag + b" OK [CAPABILITY " + caps + b"] logged in\r\n")
+            elif verb in (b"SELECT", b"EXAMINE"):
+                writer.write(
+                    b"* 0 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 1] ok\r\n"
+                    b"* OK [UIDNEXT 1] ok\r\n* FLAGS (\\Seen)\r\n"
+                    + tag
+                    + b" OK [READ-WRITE] selected\r\n"
+                )
+            elif verb == b"IDLE":
+                idling = tag
+                writer.write(b"+ idling\r\n")
+            elif verb == b"LOGOUT":
+                writer.write(b"* BYE bye\r\n" + tag + b" OK logged out\r\n")
+                await writer.drain()
+                return
+            else:
+                writer.write(tag + b" OK done\r\n")
+    except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _serve(certdir: Path) -> None:
+    _bench.raise_nofile()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certdir / "cert.pem", certdir / "key.pem")
+    server = await asyncio.start_server(_session, "127.0.0.1", 0, ssl=ctx, backlog=4096)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    server.close()
+
+
+class ServerProcess:
+    def __init__(self, certdir: Path) -> None:
+        self.certdir = certdir
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def __enter__(self) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "serve", str(self.certdir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- measuring inside a client
+
+
+class StallProbe:
+    """A 1 ms ticker; ``worst`` is its largest lateness (the longest loop stall), seconds."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, loop.time() - before - 0.001)
+
+    def __enter__(self) -> StallProbe:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+class WarningCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+async def _idle_window(seconds: float) -> dict[str, float]:
+    """CPU over ``seconds`` with nothing else running, then the longest stall over as many
+    seconds with the 1 ms ticker (whose own wake-ups would swamp the CPU figure)."""
+    gc.collect()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    with StallProbe() as probe:
+        await asyncio.sleep(seconds)
+    return {"idle_cpu_pct_of_core": 100 * cpu / wall, "longest_stall_ms": 1000 * probe.worst}
+
+
+async def _floor_one(
+    port: int, ctx: ssl.SSLContext, i: int, gate: asyncio.Semaphore
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async with gate:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"),
+            60,
+        )
+        await reader.readline()
+        for tag, line in ((b"a1", f'LOGIN "u{i}" "pw"'.encode()), (b"a2", b"SELECT INBOX")):
+            writer.write(tag + b" " + line + b"\r\n")
+            while not (await reader.readline()).startswith(tag + b" "):
+                pass
+    writer.write(b"a3 IDLE\r\n")
+    await reader.readline()  # "+ idling"
+    return reader, writer
+
+
+async def _floor_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.write(b"DONE\r\na4 LOGOUT\r\n")
+        while not (await reader.readline()).startswith(b"a4 "):
+            pass
+    finally:
+        writer.close()
+
+
+async def run_floor(n: int, port: int, cafile: str, window: float) -> dict[str, Any]:
+    ctx = ssl.create_default_context(cafile=cafile)
+    gc.collect()
+    rss0 = _bench.rss_bytes()
+    gate = asyncio.Semaphore(MAX_CONNECTING)
+    t0 = time.perf_counter()
+    conns = await asyncio.gather(*(_floor_one(port, ctx, i, gate) for i in range(n)))
+    open_s = time.perf_counter() - t0
+    gc.collect()
+    rss = _bench.rss_bytes()
+    out: dict[str, Any] = {"open_all_s": open_s, "rss_per_conn_kb": (rss - rss0) / n / 1000}
+    out.update(await _idle_window(window))
+    warnings = WarningCounter()
+    logging.getLogger().addHandler(warnings)
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(_floor_close(r, w) for r, w in conns)), 120)
+    out["close_s"] = time.perf_counter() - t0
+    out["close_warnings"] = warnings.count
+    return out
+
+
+async def run_pool(n: int, port: int, cafile: str, window: float) -> dict[str, Any]:
+    from guardedpool import GuardedPool, PoolConfig
+    from guardedpool.imap import IMAPAccount, IMAPConnector
+    from guardedpool.imap.idle import idle
+
+    ctx = ssl.create_default_context(cafile=cafile)
+    accounts = {
+        f"u{i}": IMAPAccount(
+            host="127.0.0.1",
+            port=port,
+            username=f"u{i}",
+            password="pw",
+            ssl_context=ctx,
+            server_hostname="localhost",
+        )
+        for i in range(n)
+    }
+    config = PoolConfig(max_per_key=1, max_total=n, acquire_timeout=300.0)
+    pool: GuardedPool[Any] = GuardedPool(IMAPConnector(accounts), config)
+    gc.collect()
+    rss0 = _bench.rss_bytes()
+    pool.start()
+    sessions = [idle(pool, key) for key in accounts]
+    t0 = time.perf_counter()
+    for s in sessions:
+        await s.__aenter__()
+    iterators = [s.__aiter__() for s in sessions]
+
+    async def connected(it: Any) -> None:
+        event = await it.__anext__()
+        if event.kind != "CONNECTED":
+            raise RuntimeError(f"first IDLE event {event}")
+
+    await asyncio.wait_for(asyncio.gather(*(connected(it) for it in iterators)), 600)
+    open_s = time.perf_counter() - t0
+    gc.collect()
+    rss = _bench.rss_bytes()
+    out: dict[str, Any] = {"open_all_s": open_s, "rss_per_conn_kb": (rss - rss0) / n / 1000}
+    out.update(await _idle_window(window))
+    t0 = time.perf_counter()
+    report = await pool.audit()
+    out["audit_ms"] = 1000 * (time.perf_counter() - t0)
+    out["audit_findings"] = len(getattr(report, "findings", ()) or ())
+    warnings = WarningCounter()
+    logging.getLogger().addHandler(warnings)
+    t0 = time.perf_counter()
+    await asyncio.wait_for(pool.close(), 600)
+    out["close_s"] = time.perf_counter() - t0
+    out["close_warnings"] = warnings.count
+    for s in sessions:
+        await s.stop()
+    return out
+
+
+def client_main(kind: str, n: int, port: int, cafile: str, window: float) -> None:
+    _bench.raise_nofile()
+    runner = run_pool if kind == "pool" else run_floor
+    result = asyncio.run(runner(n, port, cafile, window))
+    result["peak_rss_mb"] = _bench_hwm_mb()
+    print(json.dumps(result), flush=True)
+
+
+def _bench_hwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------- the orchestrator
+
+
+def _client(kind: str, n: int, port: int, cafile: Path, window: float) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "client", kind, str(n), str(port), str(cafile), str(window)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} client failed: {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    import trustme
+
+    n = 200 if args.quick else args.n
+    rounds = args.rounds or (1 if args.quick else 2)
+    _bench.raise_nofile()
+    with tempfile.TemporaryDirectory() as tmp:
+        certdir = Path(tmp)
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", "127.0.0.1")
+        cert.private_key_pem.write_to_path(str(certdir / "key.pem"))
+        (certdir / "cert.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+        ca.cert_pem.write_to_path(str(certdir / "ca.pem"))
+        runs: dict[str, list[dict[str, Any]]] = {"floor": [], "pool": []}
+        with ServerProcess(certdir) as server:
+            for r in range(rounds):
+                order = ["floor", "pool"] if r % 2 == 0 else ["pool", "floor"]
+                for kind in order:
+                    _bench.log(f"round {r + 1}/{rounds}: {kind}, N = {n}")
+                    res = _client(kind, n, server.port, certdir / "ca.pem", args.window)
+                    res["round"] = r
+                    runs[kind].append(res)
+                    _bench.log(f"  {res}")
+                    time.sleep(1)  # let the server drop the closed sessions
+    keys = sorted({k for rs in runs.values() for r in rs for k in r if k != "round"})
+    table = {
+        kind: {k: _bench.median([r[k] for r in rs if k in r]) for k in keys if k in rs[0]}
+        for kind, rs in runs.items()
+    }
+    ratios = {
+        "rss_per_conn_pool_over_floor": _bench.ratio(
+            table["pool"]["rss_per_conn_kb"], table["floor"]["rss_per_conn_kb"]
+        ),
+        "open_all_pool_over_floor": _bench.median(
+            [
+                p["open_all_s"] / f["open_all_s"]
+                for p, f in zip(runs["pool"], runs["floor"], strict=True)
+            ]
+        ),
+    }
+    pool = table["pool"]
+    goals = {
+        "rss_per_conn_le_64_kb": pool["rss_per_conn_kb"] <= 64,
+        "idle_cpu_le_0_3_pct": pool["idle_cpu_pct_of_core"] <= 0.3,
+        "longest_stall_le_5_ms": pool["longest_stall_ms"] <= 5,
+        "open_all_le_1_2x_floor": ratios["open_all_pool_over_floor"] <= 1.2,
+        "close_le_2_s": pool["close_s"] <= 2,
+        "audit_le_50_ms": pool["audit_ms"] <= 50,
+    }
+    return {
+        "benchmark": "idle_scale",
+        "quick": args.quick,
+        "machine": _bench.machine(),
+        "load_average": os.getloadavg(),
+        "n": n,
+        "rounds": rounds,
+        "idle_window_s": args.window,
+        "results": table,
+        "ratios": ratios,
+        "goals_at_this_n": goals,
+        "runs": runs,
+    }
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        asyncio.run(_serve(Path(sys.argv[2])))
+        sys.exit(0)
+    if sys.argv[1:2] == ["client"]:
+        kind, n, port, cafile, window = sys.argv[2:7]
+        client_main(kind, int(n), int(port), cafile, float(window))
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 200, one round")
+    parser.add_argument("--n", type=int, default=1000, help="accounts (default 1000)")
+    parser.add_argument("--rounds", type=int, default=0, help="default 2 (quick: 1)")
+    parser.add_argument(
+        "--window", type=float, default=10.0, help="seconds of idle measured (default 10)"
+    )
+    _bench.emit(main(parser.parse_args()))
