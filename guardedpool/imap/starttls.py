@@ -37,8 +37,13 @@ async def upgrade_tls(
     context: ssl.SSLContext,
     server_hostname: str,
     handshake_timeout: float,
+    *,
+    after_starttls: bool = False,
 ) -> None:
     """Run the TLS handshake on ``protocol``'s transport and make the TLS transport its own.
+
+    ``after_starttls``: bytes from the server that do not open a TLS record are refused
+    with :class:`~guardedpool.errors.ProtocolError` (see :mod:`.tls`).
 
     Raises ``ssl.SSLError`` (``SSLCertVerificationError`` for an untrusted certificate or
     a wrong host name), ``ConnectionError`` or ``TimeoutError`` (after
@@ -52,7 +57,15 @@ async def upgrade_tls(
     def attach(secured: TLSTransport) -> None:
         protocol.transport = secured
 
-    await open_tls(transport, protocol, context, server_hostname, attach, handshake_timeout)
+    await open_tls(
+        transport,
+        protocol,
+        context,
+        server_hostname,
+        attach,
+        handshake_timeout,
+        after_starttls=after_starttls,
+    )
 
 
 async def starttls(
@@ -84,7 +97,7 @@ async def starttls(
             f"server sent {len(rest)} bytes after STARTTLS's OK, before the TLS handshake "
             f"(possible command injection); connection aborted"
         )
-    await upgrade_tls(protocol, context, server_hostname, handshake_timeout)
+    await upgrade_tls(protocol, context, server_hostname, handshake_timeout, after_starttls=True)
     protocol.capabilities = set()
     response = await protocol.call(protocol.capability_command())
     if str(response.result) != "OK":

@@ -21,6 +21,10 @@ nothing is kept between reads but OpenSSL's own state (a few kB).
 * Plaintext reaches the application protocol only after the handshake, and only after
   ``attach`` made :class:`TLSTransport` the protocol's transport, so a reply is never
   written in the clear.
+* After STARTTLS (``after_starttls=True``), the server's first bytes must open a TLS
+  record (a handshake or an alert, RFC 8446 section 5.1). Anything else is plaintext sent
+  after the tagged OK (the STARTTLS command-injection hole, arrived too late for the
+  protocol to see it): :class:`~guardedpool.errors.ProtocolError`, transport aborted.
 """
 
 from __future__ import annotations
@@ -31,11 +35,15 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import ProtocolError
+
 __all__ = ["TLSLayer", "TLSTransport", "open_tls"]
 
 # One SSL record carries at most 16 KiB of plaintext (RFC 8446 section 5.1); reading more
 # per call only makes OpenSSL's output buffer bigger, not the reads fewer.
 _RECORD = 16 * 1024
+# The content types a server's first TLS record can have: handshake (22), alert (21).
+_FIRST_RECORD_TYPES = frozenset({22, 21})
 
 
 class TLSLayer(asyncio.Protocol):
@@ -50,6 +58,8 @@ class TLSLayer(asyncio.Protocol):
             allows).
         attach: called with the :class:`TLSTransport` once the handshake is done, before
             any plaintext is delivered (the connector makes it the protocol's transport).
+        after_starttls: the upgrade of a plaintext session (see the module doc): bytes
+            from the server that do not open a TLS record are refused as injected.
     """
 
     def __init__(
@@ -59,8 +69,11 @@ class TLSLayer(asyncio.Protocol):
         context: ssl.SSLContext,
         server_hostname: str | None,
         attach: Callable[[TLSTransport], None],
+        *,
+        after_starttls: bool = False,
     ) -> None:
         self.plain = plain
+        self._check_first = after_starttls
         self.app = app
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -119,6 +132,17 @@ class TLSLayer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lost:
             return
+        if self._check_first and data:
+            self._check_first = False
+            if data[0] not in _FIRST_RECORD_TYPES:
+                self._fail_handshake(
+                    ProtocolError(
+                        "server sent bytes that are not TLS after STARTTLS's OK, during the "
+                        "TLS handshake (possible command injection); connection aborted"
+                    )
+                )
+                self.plain.abort()
+                return
         self._incoming.write(data)
         if not self._handshake.done():
             self._step_handshake()
@@ -277,6 +301,9 @@ async def open_tls(
     server_hostname: str | None,
     attach: Callable[[TLSTransport], None],
     timeout: float,
+    *,
+    after_starttls: bool = False,
 ) -> TLSTransport:
     """TLS on ``plain`` for ``app``, handshake bounded by ``timeout``: see :class:`TLSLayer`."""
-    return await TLSLayer(plain, app, context, server_hostname, attach).handshake(timeout)
+    layer = TLSLayer(plain, app, context, server_hostname, attach, after_starttls=after_starttls)
+    return await layer.handshake(timeout)

@@ -202,6 +202,36 @@ async def test_server_without_starttls_is_refused() -> None:
     assert not any(b"LOGIN" in line for line in srv.received)
 
 
+async def test_plaintext_injected_during_the_handshake_is_refused() -> None:
+    """The injection arriving late: after the client read the OK and sent its ClientHello,
+    the server answers with plaintext instead of a TLS record. That is refused as an
+    injection (ProtocolError, never retried), not taken for a transient TLS failure."""
+    caps = "IMAP4rev1 STARTTLS"
+
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet(caps)
+        line = await conn.serve(until=b"STARTTLS", caps=caps)
+        tag = line.split(b" ", 1)[0]
+        await conn.send(tag + b" OK Begin TLS negotiation now\r\n")
+        async with asyncio.timeout(3.0):
+            hello = await conn.reader.read(5)  # the ClientHello's record header
+        assert hello[:1] == b"\x16"
+        await conn.send(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] injected\r\n")
+        await conn.drain()
+
+    with no_new_sockets():
+        async with ScriptedIMAP(script) as srv:
+            account = IMAPAccount(
+                host="127.0.0.1", port=srv.port, username="u", password="p", starttls=True
+            )
+            with pytest.raises(ProtocolError) as err:
+                await IMAPConnector({"k": account}).open("k", CFG)
+            await settle()
+    assert "not TLS" in str(err.value) and "injection" in str(err.value)
+    assert not isinstance(err.value, ConnectError)  # never retried
+    assert not any(b"LOGIN" in line for line in srv.received)
+
+
 async def test_logindisabled_plaintext_never_sends_login() -> None:
     async def script(conn: ScriptConn) -> None:
         await conn.greet("IMAP4rev1 STARTTLS LOGINDISABLED")
