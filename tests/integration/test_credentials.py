@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import DovecotServer, Mode, ProxyFactory, make_message
+from harness.configs import IMAP, config
 from harness.scripted import CAPS, ScriptConn, ScriptedIMAP
 
 from examples.imap_sync.config import AccountConfig, parse_config
@@ -42,7 +43,6 @@ from guardedpool import (
     AuditPolicy,
     CertificateError,
     GuardedPool,
-    PoolConfig,
     PoolError,
     RetryPolicy,
 )
@@ -50,13 +50,11 @@ from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 from guardedpool.imap.idle import IdleSession
 from guardedpool.imap.protocol import quoted
 
-CFG = PoolConfig(
-    max_per_key=2,
+CFG = config(
+    IMAP,
     acquire_timeout=3.0,
     connect_timeout=1.0,
     op_timeout=0.5,
-    close_timeout=0.3,
-    housekeeping_interval=0.05,
     leak_threshold=0.2,  # so the audit report carries a borrower's stack too
     retry=RetryPolicy(initial=0.02, max_delay=0.1, jitter=0.01),
 )

@@ -10,23 +10,14 @@ import time
 from typing import Any
 
 import pytest
+from harness.configs import IN_MEMORY, config
 
 from guardedpool import AuthenticationError, ConnectionLost, GuardedPool, PoolConfig, PoolTimeout
-from guardedpool.config import RetryPolicy
 from guardedpool.fleet import BudgetUnavailable, Lease, LocalBudget, LostListener
 from guardedpool.records import ConnState
 from guardedpool.testing import MemoryConnection, MemoryConnector, books_disagree
 
-CFG = PoolConfig(
-    max_per_key=2,
-    max_total=8,
-    acquire_timeout=0.5,
-    connect_timeout=1.0,
-    close_timeout=0.2,
-    housekeeping_interval=0.01,
-    check_after=60.0,
-    retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01),
-)
+CFG = config(IN_MEMORY, max_total=8, acquire_timeout=0.5)
 
 
 def pool_with(
