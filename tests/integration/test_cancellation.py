@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import pytest
 from harness import DovecotServer, socket_fds, wait_for
+from harness.configs import IMAP, IN_MEMORY, config
 
 from guardedpool import (
     ConnectError,
@@ -51,14 +52,12 @@ By = Literal["suspension", "iteration"]
 K_MAX = 5000
 """A sweep that needs more points than this is itself a bug (an operation that never ends)."""
 
-IMAP_CFG = PoolConfig(
-    max_per_key=2,
-    acquire_timeout=5.0,
+IMAP_CFG = config(
+    IMAP,
     connect_timeout=3.0,
     op_timeout=2.0,
     close_timeout=0.5,
     check_after=3600.0,
-    housekeeping_interval=0.05,
     # every cancelled command poisons a connection: a reconnect loop by design, which the
     # per-key login limit (issue 13) would otherwise stop
     retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01, max_logins_per_minute=100_000),
@@ -196,9 +195,7 @@ def account(dovecot: DovecotServer, fresh_user: tuple[str, str]) -> IMAPAccount:
 
 
 def imap_pool(account: IMAPAccount, **changes: Any) -> GuardedPool[IMAPClient]:
-    base = {f: getattr(IMAP_CFG, f) for f in IMAP_CFG.__dataclass_fields__}
-    base.update(changes)
-    return GuardedPool(IMAPConnector({"k": account}), PoolConfig(**base))
+    return GuardedPool(IMAPConnector({"k": account}), config(IMAP_CFG, **changes))
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -423,13 +420,9 @@ async def test_pool_close_cancelled_then_closed_again(account: IMAPAccount) -> N
 
 # -- pool-only sweeps: in memory and over loopback -------------------------------------------
 
-MEM_CFG = PoolConfig(
-    max_per_key=2,
-    max_total=4,
+MEM_CFG = config(
+    IN_MEMORY,
     acquire_timeout=2.0,
-    connect_timeout=1.0,
-    close_timeout=0.2,
-    housekeeping_interval=0.01,
     check_after=0.0,
     retry=RetryPolicy(initial=0.002, max_delay=0.01, jitter=0.001, max_logins_per_minute=100_000),
 )
