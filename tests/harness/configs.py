@@ -13,7 +13,7 @@ from typing import Any
 
 from guardedpool import PoolConfig, RetryPolicy
 
-__all__ = ["FAST_RETRY", "IMAP", "IN_MEMORY", "QUIET", "config"]
+__all__ = ["FAST_RETRY", "IMAP", "IN_MEMORY", "QUIET", "SYNC", "config"]
 
 FAST_RETRY = RetryPolicy(initial=0.02, multiplier=2.0, max_delay=0.2, jitter=0.02)
 """Reconnect backoff in tens of milliseconds: faults heal within a test's bounds."""
@@ -43,6 +43,10 @@ IMAP = PoolConfig(
     retry=FAST_RETRY,
 )
 """The pool over Dovecot on loopback: bounds a loaded CI machine still meets."""
+
+SYNC = PoolConfig(connect_timeout=5.0, op_timeout=5.0, close_timeout=1.0)
+"""The example sync worker (``examples/imap_sync``) over Dovecot or the model server: roomy
+bounds for whole FETCH/APPEND rounds; everything else is ``PoolConfig``'s default."""
 
 
 def config(base: PoolConfig, **changes: Any) -> PoolConfig:

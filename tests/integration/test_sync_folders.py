@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 from harness import DovecotServer, make_message
+from harness.configs import SYNC, config
 
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.metrics import SyncCollector, make_registry, render
 from examples.imap_sync.push import PushSync
 from examples.imap_sync.store import Store
 from examples.imap_sync.worker import PassSummary, SyncWorker
-from guardedpool import GuardedPool, PoolConfig
+from guardedpool import GuardedPool
 from guardedpool.imap import (
     IMAPAccount,
     IMAPClient,
@@ -30,7 +31,7 @@ from guardedpool.imap import (
     parse_status,
 )
 
-CFG = PoolConfig(max_per_key=2, connect_timeout=5.0, op_timeout=10.0, close_timeout=2.0)
+CFG = config(SYNC, op_timeout=10.0, close_timeout=2.0)
 ODD = 'Tom\'s "box" 2024'
 # Human name -> messages appended to it.
 FOLDERS = {
@@ -233,7 +234,7 @@ async def test_a_continuous_worker_sees_the_rename_of_the_folder_it_has_selected
     even after the rename)."""
     key = account.key
     acc = AccountConfig(key, account.account, ("Old*", "New*"))
-    one = PoolConfig(max_per_key=1, connect_timeout=5.0, op_timeout=10.0, close_timeout=2.0)
+    one = config(CFG, max_per_key=1)
     async with GuardedPool(IMAPConnector({key: acc.account}), one) as pool:
         worker = SyncWorker(pool, store, [acc])
         summary = await worker.run_pass()  # its one connection now has Old Name selected

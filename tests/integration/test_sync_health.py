@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 from harness import DovecotServer, wait_for
+from harness.configs import SYNC, config
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.imap_sync.config import AccountConfig
@@ -22,13 +23,7 @@ from examples.imap_sync.worker import SyncWorker
 from guardedpool import GuardedPool, OperationTimeout, PoolConfig
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 
-CFG = PoolConfig(
-    connect_timeout=5.0,
-    op_timeout=5.0,
-    close_timeout=1.0,
-    housekeeping_interval=0.05,
-    leak_threshold=0.3,
-)
+CFG = config(SYNC, housekeeping_interval=0.05, leak_threshold=0.3)
 
 
 def new_user(dovecot: DovecotServer, count: int) -> AccountConfig:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from harness.configs import SYNC, config
 from harness.imap_model import Faults, ModelIMAP
 from harness.sync_histories import FaultPlan, History, histories, run_history
 from hypothesis import HealthCheck, given, settings
@@ -21,14 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.store import Store, flags_text
 from examples.imap_sync.worker import SyncWorker
-from guardedpool import GuardedPool, PoolConfig, RetryPolicy
+from guardedpool import GuardedPool, RetryPolicy
 from guardedpool.imap import IMAPAccount, IMAPConnector
 
-CFG = PoolConfig(
-    max_per_key=2,
-    connect_timeout=5.0,
-    op_timeout=5.0,
-    close_timeout=1.0,
+CFG = config(
+    SYNC,
     housekeeping_interval=0.1,
     retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.0),
 )

@@ -12,15 +12,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from harness.configs import SYNC
 from harness.imap_model import ModelIMAP
 
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.store import Store
 from examples.imap_sync.worker import PassSummary, SyncWorker
-from guardedpool import GuardedPool, PoolConfig
+from guardedpool import GuardedPool
 from guardedpool.imap import IMAPAccount, IMAPConnector
 
-CFG = PoolConfig(max_per_key=2, connect_timeout=5.0, op_timeout=5.0, close_timeout=1.0)
+CFG = SYNC
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from harness import DovecotServer, make_message
+from harness.configs import SYNC, config
 
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.mailbox import MailboxResult
@@ -29,13 +30,7 @@ from guardedpool.imap import (
     parse_search,
 )
 
-CFG = PoolConfig(
-    max_per_key=2,
-    connect_timeout=5.0,
-    op_timeout=10.0,
-    close_timeout=2.0,
-    housekeeping_interval=0.1,
-)
+CFG = config(SYNC, op_timeout=10.0, close_timeout=2.0, housekeeping_interval=0.1)
 
 
 def new_user(dovecot: DovecotServer, count: int = 0, **seed: object) -> AccountConfig:
