@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 
 from .mirror import SqlMirror, StoreError
-from .store import UnusableStore
+from .store import UnusableStore, opening
 
 __all__ = ["SCHEMA_VERSION", "PgStore", "StaleFence"]
 
@@ -139,23 +139,16 @@ class PgStore(SqlMirror):
             )
         except psycopg.Error as exc:
             raise UnusableStore(f"{_scrub(dsn)}: {type(exc).__name__}") from exc
-        try:
-            with db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(7262016)")  # one creator at a time
-                db.execute(_SCHEMA)
-                row = db.execute("SELECT version FROM imap_sync_meta").fetchone()
-                if row is None:
-                    db.execute("INSERT INTO imap_sync_meta VALUES (%s)", (SCHEMA_VERSION,))
-                elif row[0] != SCHEMA_VERSION:
-                    raise UnusableStore(
-                        f"{_scrub(dsn)}: schema version {row[0]}, expected {SCHEMA_VERSION}"
-                    )
-        except psycopg.Error as exc:
-            db.close()
-            raise UnusableStore(f"{_scrub(dsn)}: {exc}") from exc
-        except BaseException:
-            db.close()
-            raise
+        with opening(db, psycopg.Error, _scrub(dsn)), db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(7262016)")  # one creator at a time
+            db.execute(_SCHEMA)
+            row = db.execute("SELECT version FROM imap_sync_meta").fetchone()
+            if row is None:
+                db.execute("INSERT INTO imap_sync_meta VALUES (%s)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise UnusableStore(
+                    f"{_scrub(dsn)}: schema version {row[0]}, expected {SCHEMA_VERSION}"
+                )
         return cls(db, dsn)
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .mirror import MailboxState, NewMessage, SqlMirror, StoreError, flags_text
 
@@ -76,9 +76,27 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class UnusableStore(StoreError):
     """The store path cannot be opened as this worker's store: not a file SQLite can open
     or create, not a database, or another schema. Nothing was written to it."""
+
+
+@contextmanager
+def opening(db: Closable, error: type[Exception], where: str) -> Iterator[None]:
+    """The setup of a store just connected: if it fails, ``db`` is closed, and the
+    driver's ``error`` is raised as :class:`UnusableStore` (``where: error``)."""
+    try:
+        yield
+    except error as exc:
+        db.close()
+        raise UnusableStore(f"{where}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
 
 
 def _migrate_1_to_2(db: sqlite3.Connection) -> None:
@@ -112,7 +130,7 @@ class Store(SqlMirror):
             db = sqlite3.connect(p, isolation_level=None)  # we BEGIN/COMMIT ourselves
         except sqlite3.Error as exc:
             raise UnusableStore(f"{p}: {exc}") from exc
-        try:
+        with opening(db, sqlite3.Error, str(p)):
             # Read before anything writes: switching to WAL rewrites the file header, and
             # a file that is not ours must be refused exactly as it was found.
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -128,12 +146,6 @@ class Store(SqlMirror):
             if version == 1:
                 _migrate_1_to_2(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            db.close()
-            raise UnusableStore(f"{p}: {exc}") from exc
-        except BaseException:
-            db.close()
-            raise
         return cls(db, p)
 
     def close(self) -> None:
