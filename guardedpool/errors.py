@@ -11,7 +11,7 @@ an untrusted certificate will not.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 __all__ = [
     "AuthenticationError",
@@ -174,6 +174,28 @@ class ServerLimit(PoolError):
     code: str | None = None
     server_text: str = ""
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        delay: float | None = None,
+        code: str | None = None,
+        server_text: str = "",
+    ) -> None:
+        super().__init__(message)
+        self._limit(kind, delay, code, server_text)
+
+    def limit_fields(self) -> dict[str, Any]:
+        """``kind``, ``delay``, ``code`` and ``server_text``, as keyword arguments for
+        another :class:`ServerLimit` that retells this one."""
+        return {
+            "kind": self.kind,
+            "delay": self.delay,
+            "code": self.code,
+            "server_text": self.server_text,
+        }
+
     def _limit(self, kind: str, delay: float | None, code: str | None, server_text: str) -> None:
         self.kind = kind
         self.delay = delay
@@ -192,18 +214,6 @@ class ServerBusy(ServerLimit, ConnectError):
 
     transient = True
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        kind: str,
-        delay: float | None = None,
-        code: str | None = None,
-        server_text: str = "",
-    ) -> None:
-        super().__init__(message)
-        self._limit(kind, delay, code, server_text)
-
 
 class ServerBusyClosed(ServerLimit, ConnectionLost):
     """The server ended an established session (untagged ``BYE``) because of its limits.
@@ -214,27 +224,9 @@ class ServerBusyClosed(ServerLimit, ConnectionLost):
     limits.``
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        kind: str,
-        delay: float | None = None,
-        code: str | None = None,
-        server_text: str = "",
-    ) -> None:
-        super().__init__(message)
-        self._limit(kind, delay, code, server_text)
-
     def retold(self, message: str) -> Self:
         """The same refusal with another message (e.g. naming the command it ended)."""
-        return type(self)(
-            message,
-            kind=self.kind,
-            delay=self.delay,
-            code=self.code,
-            server_text=self.server_text,
-        )
+        return type(self)(message, **self.limit_fields())
 
 
 class CommandThrottled(ServerLimit, IMAPCommandError):
@@ -256,7 +248,8 @@ class CommandThrottled(ServerLimit, IMAPCommandError):
         delay: float | None = None,
         code: str | None = None,
     ) -> None:
-        super().__init__(command, result, text)
+        # IMAPCommandError's own initialiser: ServerLimit's takes a message and keywords.
+        IMAPCommandError.__init__(self, command, result, text)
         self._limit(kind, delay, code, text)
 
 

@@ -407,10 +407,7 @@ class IMAPConnector:
             if refusal.limited:
                 raise ServerBusy(
                     f"{message} (the server's {refusal.kind} limit, not the credentials)",
-                    kind=refusal.kind,
-                    delay=refusal.delay,
-                    code=refusal.code,
-                    server_text=refusal.text,
+                    **refusal.limit_fields(),
                 )
             if refusal.kind == "auth":
                 raise AuthenticationError(message)
@@ -492,10 +489,7 @@ class IMAPConnector:
         if refusal is not None and refusal.limited:
             return ServerBusy(
                 f"{message} (the server's {refusal.kind} limit)",
-                kind=refusal.kind,
-                delay=refusal.delay,
-                code=refusal.code,
-                server_text=refusal.text,
+                **refusal.limit_fields(),
             )
         return ConnectError(message)
 
@@ -533,10 +527,7 @@ class IMAPConnector:
         if isinstance(exc, ServerLimit):  # BYE for the server's limits before login was done
             return ServerBusy(
                 f"{where}: {exc} (at {stage})",
-                kind=exc.kind,
-                delay=exc.delay,
-                code=exc.code,
-                server_text=exc.server_text,
+                **exc.limit_fields(),
             )
         mistake = misconfiguration(
             exc,

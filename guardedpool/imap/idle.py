@@ -277,10 +277,7 @@ def _bye_error(raw: bytes, key: str) -> ConnectionPoisoned:
     if refusal.limited:
         return ServerBusyClosed(
             f"{message}: {refusal.text}",
-            kind=refusal.kind,
-            delay=refusal.delay,
-            code=refusal.code,
-            server_text=refusal.text,
+            **refusal.limit_fields(),
         )
     return ConnectionPoisoned(message)
 

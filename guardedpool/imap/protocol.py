@@ -391,10 +391,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
                 self.fail(
                     ServerBusyClosed(
                         f"server closed the session for its limits ({refusal.kind}): {_text(said)}",
-                        kind=refusal.kind,
-                        delay=refusal.delay,
-                        code=refusal.code,
-                        server_text=refusal.text,
+                        **refusal.limit_fields(),
                     )
                 )
             else:

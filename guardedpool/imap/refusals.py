@@ -46,7 +46,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "AUTH_CODES",
@@ -105,6 +105,11 @@ class Refusal:
     def limited(self) -> bool:
         """True for the server's own limits: ``"capacity"`` or ``"throttled"``."""
         return self.kind in ("capacity", "throttled")
+
+    def limit_fields(self) -> dict[str, Any]:
+        """The keyword arguments of a :class:`~guardedpool.errors.ServerLimit` for this
+        refusal: ``kind``, ``delay``, ``code``, ``server_text``."""
+        return {"kind": self.kind, "delay": self.delay, "code": self.code, "server_text": self.text}
 
 
 def _any(*patterns: str) -> re.Pattern[str]:
