@@ -15,7 +15,7 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pytest
 from harness.sockets import describe_sockets, socket_fds
@@ -54,6 +54,39 @@ def pytest_runtest_call(item: pytest.Item) -> None:
             item.obj = _bounded(item.obj, limit - ASYNC_MARGIN)
 
 
+class _Server(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> object: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _running(server: S) -> Iterator[S]:
+    """A fixture's body for one server: started, yielded, stopped however the test ended."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _starting(kind: Callable[..., S]) -> Iterator[Callable[..., S]]:
+    """A fixture's body for servers a test starts itself (``kind``'s keyword arguments);
+    every one is stopped at test end."""
+    servers: list[S] = []
+
+    def make(**kwargs: Any) -> S:
+        server = kind(**kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[DovecotServer]:
     """One real Dovecot for the whole session: plain + TLS ports, users alice..erin.
@@ -63,12 +96,7 @@ def dovecot() -> Iterator[DovecotServer]:
     """
     from harness.dovecot import DovecotServer
 
-    server = DovecotServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(DovecotServer())
 
 
 @pytest.fixture
@@ -80,17 +108,7 @@ def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
     """
     from harness.dovecot import DovecotServer
 
-    servers: list[DovecotServer] = []
-
-    def make(**kwargs: Any) -> DovecotServer:
-        server = DovecotServer(**kwargs)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+    yield from _starting(DovecotServer)
 
 
 @pytest.fixture(scope="session")
@@ -99,12 +117,7 @@ def redis_server() -> Iterator[RedisServer]:
     (see ``fleet_prefix``); a test that restarts or stops Redis uses ``redis_factory``."""
     from harness.redis import RedisServer
 
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(RedisServer())
 
 
 @pytest.fixture
@@ -113,17 +126,7 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
     test end."""
     from harness.redis import RedisServer
 
-    servers: list[RedisServer] = []
-
-    def make(**kwargs: Any) -> RedisServer:
-        server = RedisServer(**kwargs)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+    yield from _starting(RedisServer)
 
 
 @pytest.fixture(scope="session")
@@ -131,12 +134,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     """One real PostgreSQL for the session (started on first use, ~1.5 s): ``.dsn``."""
     from harness.postgres import PostgresServer
 
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(PostgresServer())
 
 
 @pytest.fixture

@@ -153,6 +153,14 @@ class LeaseBook:
         self.expire_due()
         self.arm()
 
+    def close_all(self, release: Callable[[Lease], None]) -> None:
+        """The budget is closing: every lease lost as ``closed`` (listeners hear it), then
+        given back through ``release``; the watchdog stops."""
+        for lease in self:
+            self.lose(lease, LostReason.CLOSED)
+            release(lease)
+        self.disarm()
+
     def disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -234,10 +234,7 @@ class LocalBudget:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        for lease in self._book:
-            self._book.lose(lease, LostReason.CLOSED)
-            self.release(lease)
-        self._book.disarm()
+        self._book.close_all(self.release)
 
     # -- extras ----------------------------------------------------------------------
 

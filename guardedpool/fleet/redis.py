@@ -297,10 +297,7 @@ class RedisBudget:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        for lease in self._book:
-            self._book.lose(lease, LostReason.CLOSED)
-            self.release(lease)
-        self._book.disarm()
+        self._book.close_all(self.release)
         if self._background:
             await asyncio.wait(set(self._background), timeout=self.op_timeout)
             for pending in set(self._background):
