@@ -2,10 +2,14 @@
 
 A :class:`Slot` is the unit of ``max_per_key`` / ``max_total``: it is taken when a connect
 is permitted and given back when the socket is verified gone. Its record's state moves
-along :data:`LEGAL` (in the spirit of h11's ``_state.py``), and :meth:`Books.move` is the
-only code that changes a state, a per-key count (``slots``, ``opening``, ``in_use``,
-``closing``, the idle stack), ``opened``/``closed`` or a pool total. An illegal move is a
-bug: it raises :class:`IllegalTransition` before anything is changed.
+along :data:`LEGAL` (in the spirit of h11's ``_state.py``), and :class:`Books` is the only
+code that changes a state, a per-key count (``slots``, ``opening``, ``in_use``,
+``closing``, the idle stack, ``acquires``), ``opened``/``closed`` or a pool total:
+:meth:`Books.move` for every move, and for the two moves of every acquire and release,
+:meth:`Books.lend` (IDLE -> IN_USE, with the borrow's facts) and :meth:`Books.give_back`
+(IN_USE -> IDLE), which write that move out in place (see :mod:`guardedpool.fastpath`,
+trick 3). An illegal move is a bug: it raises :class:`IllegalTransition` before anything
+is changed.
 
 ::
 
@@ -21,6 +25,7 @@ every step): per key ``slots == opening + idle + in_use + closing`` and
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -133,6 +138,61 @@ class Books(Generic[C]):
                 record.state = to
                 return
         self._move(slot, record, frm, to, reason)
+
+    def lend(self, slot: Slot[C], borrower: object, now: float, started: float) -> C:
+        """Hand ``slot``'s connection to ``borrower`` (a task) and return it: the state move
+        IDLE -> IN_USE (skipped when the pool already holds it IN_USE, for its hand-out
+        check), the borrow's facts on the record, and the key's acquire counts. ``started``:
+        when the acquire began (its wait is ``now - started`` seconds)."""
+        record = slot.record
+        ks = slot.keystate
+        if record.state is IDLE:  # move(slot, IN_USE), written out: the acquire fast path
+            idle = ks.idle
+            if idle[-1] is slot:
+                idle.pop()
+            else:
+                idle.remove(slot)
+            ks.in_use += 1
+            record.state = IN_USE
+        elif record.state is not IN_USE:
+            raise IllegalTransition(f"record {record.id} lent out while {record.state.value}")
+        conn = slot.conn
+        assert conn is not None
+        # The borrower as raw facts, formatted only when read (``record.borrower``).
+        record.borrowed_by = borrower
+        record.borrowed_at = record.last_used_at = now
+        try:
+            # whoever called acquire: past here, the pool's _take_ready or _acquire_slow,
+            # then Acquisition.__await__
+            frame = sys._getframe(3)
+        except ValueError:
+            record.borrowed_site = None
+        else:
+            record.borrowed_site, record.borrowed_lasti = frame.f_code, frame.f_lasti
+        ks.acquires += 1
+        if now != started:
+            waited = now - started
+            ks.acquire_wait_total += waited
+            if waited > ks.acquire_wait_max:
+                ks.acquire_wait_max = waited
+        return conn
+
+    def give_back(self, slot: Slot[C], now: float) -> None:
+        """The borrower gave ``slot``'s connection back at ``now``: IN_USE -> IDLE (on top
+        of the idle stack), the borrow's facts cleared. A connection to be retired goes
+        from there (IDLE -> CLOSING) before anything else can take it. Raises
+        :class:`IllegalTransition` if the slot is not IN_USE."""
+        record = slot.record
+        if record.state is not IN_USE:
+            raise IllegalTransition(f"record {record.id} given back while {record.state.value}")
+        # move(slot, IDLE), written out: the release fast path
+        ks = slot.keystate
+        ks.in_use -= 1
+        record.state = IDLE
+        ks.idle.append(slot)
+        record.borrowed_by = None
+        record.long_hold = False
+        record.last_used_at = now
 
     def _move(
         self,

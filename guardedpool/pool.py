@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -28,7 +27,7 @@ from . import policy
 from .acquisition import Acquisition, is_connection_fault
 from .audit.auditor import run_audit  # at import: an audit at the fd limit cannot import
 from .audit.target import PoolTarget
-from .books import Books, IllegalTransition, Slot
+from .books import Books, Slot
 from .closing import close_and_verify
 from .config import PoolConfig
 from .connector import Connector
@@ -306,12 +305,11 @@ class GuardedPool(Generic[C]):
             and (slot.lease is None or slot.lease.valid())
         ):
             return None
-        # Books.move(slot, IN_USE), inlined: fastpath trick 3 (IDLE -> IN_USE is legal).
-        ks.idle.pop()
-        ks.in_use += 1
-        slot.record.state = IN_USE
         slot.fresh = False
-        return self._hand_out(slot, now, now)
+        borrower = asyncio.current_task(self._loop) or _NO_TASK
+        conn: C = self._books.lend(slot, borrower, now, now)
+        self._borrowed[id(conn)] = slot
+        return conn
 
     async def _acquire_slow(self, key: str) -> C:
         if self._shut_down:
@@ -340,33 +338,10 @@ class GuardedPool(Generic[C]):
             if self._leases is not None and not self._leases.usable(slot):
                 self._retire(slot, CloseReason.ERROR, "fleet lease not valid")
                 continue
-            return self._hand_out(slot, now, started)
-
-    def _hand_out(self, slot: Slot[C], now: float, started: float) -> C:
-        """Record the borrower and the wait; the connection is the caller's from here."""
-        conn = slot.conn
-        assert conn is not None
-        record = slot.record
-        # The borrower as raw facts, formatted only when read (``record.borrower``).
-        record.borrowed_by = asyncio.current_task(self._loop) or _NO_TASK
-        record.borrowed_at = record.last_used_at = now
-        try:
-            # whoever called acquire: past here, _take_ready or _acquire_slow, then
-            # Acquisition.__await__
-            frame = sys._getframe(3)
-        except ValueError:
-            record.borrowed_site = None
-        else:
-            record.borrowed_site, record.borrowed_lasti = frame.f_code, frame.f_lasti
-        self._borrowed[id(conn)] = slot
-        ks = slot.keystate
-        ks.acquires += 1
-        if now != started:
-            waited = now - started
-            ks.acquire_wait_total += waited
-            if waited > ks.acquire_wait_max:
-                ks.acquire_wait_max = waited
-        return conn
+            borrower = asyncio.current_task(self._loop) or _NO_TASK
+            conn: C = self._books.lend(slot, borrower, now, started)
+            self._borrowed[id(conn)] = slot
+            return conn
 
     def _take_idle(self, ks: KeyState[C]) -> Slot[C] | None:
         """Take the most recently used healthy idle connection (now IN_USE), retiring stale
@@ -479,9 +454,6 @@ class GuardedPool(Generic[C]):
         now = self._clock()
         if self._leak_warned:
             self._leaks.returned(record, now)
-        record.borrowed_by = None
-        record.long_hold = False
-        record.last_used_at = now
         shutting_down = self._shut_down
         if shutting_down:
             self._returned.set()  # close() waits for borrowed connections to come back
@@ -498,17 +470,11 @@ class GuardedPool(Generic[C]):
             shutting_down,  # shutting_down
             not alive and self._logged_out is not None and self._logged_out(conn),  # logged_out
         )
+        self._books.give_back(slot, now)  # on top of the idle stack (fresh was cleared)
         if reason is not None:
-            self._retire(slot, reason)
+            self._retire(slot, reason)  # at once: nothing could take it in between
             return
-        # Books.move(slot, IDLE), inlined: fastpath trick 3 (IN_USE -> IDLE is legal; a
-        # borrowed connection is IN_USE until it is released). fresh was cleared at hand-out.
-        if record.state is not IN_USE:
-            raise IllegalTransition(f"record {record.id} released while {record.state.value}")
         ks = slot.keystate
-        ks.in_use -= 1
-        record.state = IDLE
-        ks.idle.append(slot)
         if ks.waiters:
             self._dispatch(ks)
 
