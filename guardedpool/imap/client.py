@@ -475,11 +475,12 @@ class IMAPClient(GuardedSession):
 
         async def start() -> Any:
             nonlocal idle_task
+            p.idle_ready.clear()
             idle_task = asyncio.ensure_future(p.idle())
             idle_task.add_done_callback(consume)
             self._inflight.add(idle_task)
             idle_task.add_done_callback(self._inflight.discard)
-            ack = asyncio.ensure_future(p.wait_for_idle_response())
+            ack = asyncio.ensure_future(p.idle_ready.wait())
             try:
                 await asyncio.wait({idle_task, ack}, return_when=asyncio.FIRST_COMPLETED)
             finally:

@@ -1,7 +1,13 @@
 """The aioimaplib edge: its client protocol with the known bugs made harmless.
 
-This is the only module that imports aioimaplib (2.0.x; the overrides below follow that
-version's internals, which is why the dependency is pinned below 3). What it changes:
+This is the only module that imports aioimaplib (2.0.x, pinned below 3). It uses only
+aioimaplib's public names: its command objects (``Command``, their ``append_to_resp``,
+``close``, ``wait``), the protocol's public methods and attributes (``execute``,
+``welcome``, ``login``, ``pending_sync_command``, ``pending_async_commands``,
+``literal_data``, ``tasks``...) and its module constants. It overrides none of aioimaplib's
+private methods: server data reaches commands through our own framing and line routing
+(:meth:`GuardedProtocol._route_line`), which is aioimaplib's dispatch re-stated with the
+fixes below. What it changes:
 
 * A dropped connection, an untagged ``BYE`` outside LOGOUT and any exception while
   parsing server data set :attr:`GuardedProtocol.fault` (and abort the transport at once)
@@ -23,8 +29,10 @@ version's internals, which is why the dependency is pinned below 3). What it cha
   instead of aioimaplib's ``_handle_responses``, which recursed once per line (one large
   read of short lines overflowed the stack), copied the rest of a read at every line,
   and recounted every line of a FETCH response at each line (quadratic in a batch).
-  Lines go to aioimaplib's line handler as before; literals are appended to their
+  Lines are routed as aioimaplib routed them (greeting, tagged completion, continued
+  command, untagged response, continuation request); literals are appended to their
   command as ``bytes``.
+* The ``+`` that acknowledges IDLE sets :attr:`GuardedProtocol.idle_ready`.
 """
 
 from __future__ import annotations
@@ -42,11 +50,14 @@ from aioimaplib.aioimaplib import (
     AUTH,
     CONNECTED,
     SELECTED,
+    Abort,
     Command,
+    Error,
     FetchCommand,
     IMAP4ClientProtocol,
     message_data_re,
     quoted,
+    tagged_status_response_re,
 )
 
 from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError, ServerBusyClosed
@@ -133,7 +144,13 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             if any (see :mod:`guardedpool.imap.refusals`).
         first_bytes: the first few bytes the server sent (to recognise a TLS record on
             a connection meant to be plaintext).
+        idle_ready: set when the server answers IDLE with its ``+`` continuation request
+            (RFC 2177); clear it before sending IDLE.
     """
+
+    # aioimaplib's public attributes that this class assigns (aioimaplib is untyped)
+    pending_sync_command: Any  # the synchronous command in flight, if any
+    literal_data: bytes | None  # APPEND's message, until the server's "+" asks for it
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop, None)
@@ -143,6 +160,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.logging_out = False
         self.refusal: Refusal | None = None
         self.first_bytes = b""
+        self.idle_ready = asyncio.Event()
         self._secrets: tuple[str, ...] = ()
         self._sasl_initial: str | None = None
         self._sasl_error_reply = ""
@@ -285,7 +303,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         before, or a FETCH whose parentheses are still open (aioimaplib's rule, kept).
         """
         cont = self._cont
-        cmd = self._handle_line(line, cont)
+        cmd = self._route_line(line, cont)
         fetch_open = isinstance(cmd, FetchCommand) and self._fetch_open(cmd, line, cont)
         if literal is not None:
             # aioimaplib files a literal nobody claims under a throwaway command.
@@ -370,7 +388,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             return
         switch.buf = buf
 
-    # -- aioimaplib overrides ----------------------------------------------------------
+    # -- aioimaplib's public methods, overridden ----------------------------------------
 
     def send(self, line: str, scrub: str | None = None) -> None:
         data = f"{line}\r\n".encode()
@@ -382,8 +400,28 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.transport.write(data)
         self.sent += 1
 
-    def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
-        if self.state != CONNECTED and not self.logging_out and _BYE.match(line):
+    # -- routing server lines (RFC 3501 section 7) -------------------------------------
+
+    def _route_line(self, line: bytes, current_cmd: Any) -> Any:
+        """Send one server line where it belongs; return the command it was filed under.
+
+        In order: the greeting (while CONNECTED); an untagged ``BYE`` outside LOGOUT (a
+        fault, classified: a server limit is :class:`ServerBusyClosed`); a tagged status
+        (RFC 3501 section 7.1) completes its command; a line that continues
+        ``current_cmd`` (after its literal, or inside an open FETCH) is appended to it; an
+        untagged response (section 7) goes to the command that asked for it; a
+        continuation request (section 7.5) to :meth:`_continue_request`. The same order as
+        aioimaplib 2.0's own dispatch, which is not called. Raises aioimaplib's ``Abort``
+        for a tagged line no command is waiting for (the caller turns it into a fault).
+        """
+        if not line:
+            return None
+        if self.state == CONNECTED:
+            task = asyncio.ensure_future(self.welcome(line))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return None
+        if not self.logging_out and _BYE.match(line):
             # A server that hangs up on LOGIN may quote it: redact before anything quotes us.
             said = self.redact(line[2:].decode("utf-8", "replace"))
             refusal = self.classify_bye(line)
@@ -397,7 +435,46 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             else:
                 self.fail(ProtocolError(f"server said {_text(said)}"))
             return None
-        return super()._handle_line(line, current_cmd)
+        if tagged_status_response_re.match(line):
+            self._tagged_done(line)
+            return None
+        if current_cmd is not None:
+            current_cmd.append_to_resp(line)
+            return current_cmd
+        if line.startswith(b"*"):
+            return self._untagged(line)
+        if line.startswith(b"+"):
+            self._continue_request(line)
+            return None
+        wire_log.debug("ignored line of unknown kind %r", line[:_MAX_TEXT])
+        return None
+
+    def _tagged_done(self, line: bytes) -> None:
+        """A tagged status line: complete the command with that tag (RFC 3501 section 7.1)."""
+        tag_bytes, _, response = line.partition(b" ")
+        tag = tag_bytes.decode("ascii", "replace")
+        sync = self.pending_sync_command
+        if sync is not None:
+            if sync.tag != tag:
+                raise Abort(
+                    f"tagged response {_text(line)!r} while {sync.name} {sync.tag} is pending"
+                )
+            command = sync
+            self.pending_sync_command = None
+        else:
+            waiting = [
+                (name, c)
+                for name, c in self.pending_async_commands.items()
+                if c is not None and c.tag == tag
+            ]
+            if not waiting:
+                raise Abort(f"tagged response {_text(line)!r} for no pending command")
+            if len(waiting) > 1:
+                raise Error(f"two pending commands share the tag {tag}")
+            name, command = waiting[0]
+            del self.pending_async_commands[name]
+        result, _, text = response.partition(b" ")
+        command.close(text, result=result.decode("ascii", "replace"))
 
     def classify_bye(self, line: bytes) -> Refusal:
         """Classify an untagged ``BYE`` line (remembered as :attr:`refusal`)."""
@@ -407,8 +484,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.refusal = classify_refusal(text, status="BYE", phase=phase)
         return self.refusal
 
-    def _untagged_response(self, line: bytes) -> Any:
-        # aioimaplib 2.0.3 with its `line.replace(b'* ', b'')` fixed to strip the prefix only.
+    def _untagged(self, line: bytes) -> Any:
+        """An untagged response (RFC 3501 section 7): filed, without its ``* `` prefix
+        only, under the pending synchronous command, else under the asynchronous command
+        its name belongs to, else (unsolicited) under a pending NOOP, as aioimaplib does."""
         if line.startswith(b"* "):
             line = line[2:]
         if self.pending_sync_command is not None:
@@ -431,7 +510,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             wire_log.debug("ignored untagged response %r", line[:_MAX_TEXT])
         return command
 
-    def _continuation(self, line: bytes) -> None:
+    def _continue_request(self, line: bytes) -> None:
+        """A continuation request (RFC 3501 section 7.5): the next literal, the SASL
+        answer, the APPEND message, IDLE's acknowledgement (:attr:`idle_ready`), or a
+        line of the pending command."""
         if self._literal_chunks:
             # The server is ready for a synchronising literal (RFC 3501 section 7.5).
             self.transport.write(self._literal_chunks.pop(0))
@@ -452,7 +534,20 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             # aioimaplib would log the LOGIN command (with the password) here.
             self.fail(ProtocolError("server sent a continuation request during LOGIN"))
             return
-        super()._continuation(line)
+        if cmd is None:
+            wire_log.debug("ignored continuation request %r: no command pending", line[:_MAX_TEXT])
+        elif name == "APPEND":
+            if self.literal_data is None:
+                self.fail(ProtocolError("server asked for APPEND's message twice"))
+                return
+            self.transport.write(self.literal_data)
+            self.transport.write(b"\r\n")
+            self.literal_data = None
+        elif name == "IDLE":
+            self.idle_ready.set()
+        else:
+            cmd.append_to_resp(line)
+            cmd.flush()
 
     async def welcome(self, command: bytes) -> None:
         if _BYE.match(command):

@@ -123,7 +123,7 @@ def test_fetch_continuation_matches_aioimaplib(lines: list[bytes]) -> None:
         protocol.pending_async_commands["FETCH"] = ours
         cont = None
         for line in lines:
-            cmd = protocol._handle_line(line, cont)
+            cmd = protocol._route_line(line, cont)
             if cmd is None:
                 cont = None
                 continue
