@@ -1,5 +1,7 @@
 """Real-server test harness: throwaway Dovecot, Redis and PostgreSQL servers, a
-fault-injecting proxy, socket counting, and one way to wait for a condition.
+fault-injecting proxy, socket counting, and one way to wait for a condition. The pool
+configurations tests start from live in ``harness.configs`` (``from harness.configs import
+IMAP, config``).
 
 Names are imported on first use (PEP 562), so a test that needs no Dovecot (every unit
 test, and ``conftest.py``'s socket-leak check) runs without Dovecot or ``trustme``

@@ -43,9 +43,10 @@ from hypothesis import strategies as st
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.store import Store, flags_text
 from examples.imap_sync.worker import SyncWorker
-from guardedpool import GuardedPool, PoolConfig, RetryPolicy
+from guardedpool import GuardedPool
 from guardedpool.imap import IMAPAccount, IMAPConnector
 
+from .configs import FAST_RETRY, SYNC, config
 from .imap_model import FLAG_CHOICES, QUIRKS, Faults, ModelIMAP, ModelMailbox
 
 __all__ = ["FaultPlan", "History", "Stats", "histories", "run_history"]
@@ -53,14 +54,11 @@ __all__ = ["FaultPlan", "History", "Stats", "histories", "run_history"]
 KEY = "m"
 BOX = "INBOX"
 
-POOL = PoolConfig(
-    max_per_key=2,
+POOL = config(
+    SYNC,
     acquire_timeout=10.0,
-    connect_timeout=5.0,
-    op_timeout=5.0,
-    close_timeout=1.0,
     housekeeping_interval=0.1,
-    retry=RetryPolicy(initial=0.005, max_delay=0.02, jitter=0.0),
+    retry=config(FAST_RETRY, initial=0.005, max_delay=0.02, jitter=0.0),
 )
 
 

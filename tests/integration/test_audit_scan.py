@@ -24,13 +24,14 @@ from typing import TypeVar
 
 import pytest
 from harness import wait_for
+from harness.configs import DEFAULTS, config
 
 from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan, scan_procfs, verify
 from guardedpool.audit.rows import Address
 from guardedpool.audit.scan import PROBE_BEYOND, Backend
 from guardedpool.audit.scan_lsof import parse_lsof, run_lsof
 from guardedpool.audit.scan_psutil import psutil_rows
-from guardedpool.config import AuditPolicy, PoolConfig
+from guardedpool.config import PoolConfig
 from guardedpool.records import ConnectionRecord, ConnState, SocketIdentity
 from guardedpool.sockets import identify, tcp_state
 
@@ -240,13 +241,14 @@ async def sockets() -> AsyncIterator[Sockets]:
 
 
 def target_for(server: Server, **audit: object) -> FakeTarget:
-    config = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         idle_timeout=100.0,
         leak_threshold=30.0,
         housekeeping_interval=0.1,
-        audit=AuditPolicy(**audit),  # type: ignore[arg-type]
+        audit=config(DEFAULTS.audit, **audit),
     )
-    return FakeTarget(config, frozenset({server.address}))
+    return FakeTarget(cfg, frozenset({server.address}))
 
 
 # --------------------------------------------------------------------------- OS views

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 from harness import DovecotServer, Mode, ProxyFactory, socket_fds
+from harness.configs import DEFAULTS, FAST_RETRY, config
 from harness.scripted import ScriptConn, ScriptedIMAP
 
 from guardedpool import (
@@ -165,13 +166,14 @@ def test_pool_rejects_a_config_that_is_not_a_pool_config() -> None:
 
 # -- 2. unknown keys --------------------------------------------------------------------------
 
-CFG = PoolConfig(
+CFG = config(
+    DEFAULTS,
     acquire_timeout=3.0,
     connect_timeout=1.0,
     op_timeout=0.5,
     close_timeout=0.3,
     check_after=3600.0,
-    retry=RetryPolicy(initial=0.02, max_delay=0.1, jitter=0.01),
+    retry=config(FAST_RETRY, max_delay=0.1, jitter=0.01),
 )
 
 
@@ -300,7 +302,7 @@ async def test_transient_errors_end_in_a_pool_timeout_naming_the_cause(
     PoolTimeout that carries the last connect error: bounded, and it says why."""
     pool: GuardedPool[IMAPClient] = GuardedPool(
         IMAPConnector({"k": plain("127.0.0.1", free_port())}),
-        dataclasses.replace(CFG, acquire_timeout=0.5),
+        config(CFG, acquire_timeout=0.5),
     )
     async with pool:
         start = time.monotonic()

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import pytest
 from harness import DovecotServer, socket_fds, wait_for
-from harness.configs import IMAP, IN_MEMORY, config
+from harness.configs import DEFAULTS, FAST_RETRY, IMAP, IN_MEMORY, config
 
 from guardedpool import (
     ConnectError,
@@ -41,7 +41,6 @@ from guardedpool import (
     GuardedPool,
     PoolClosed,
     PoolConfig,
-    RetryPolicy,
 )
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 from guardedpool.imap.idle import IdleSession
@@ -60,7 +59,9 @@ IMAP_CFG = config(
     check_after=3600.0,
     # every cancelled command poisons a connection: a reconnect loop by design, which the
     # per-key login limit (issue 13) would otherwise stop
-    retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01, max_logins_per_minute=100_000),
+    retry=config(
+        FAST_RETRY, initial=0.01, max_delay=0.05, jitter=0.01, max_logins_per_minute=100_000
+    ),
 )
 
 
@@ -424,7 +425,9 @@ MEM_CFG = config(
     IN_MEMORY,
     acquire_timeout=2.0,
     check_after=0.0,
-    retry=RetryPolicy(initial=0.002, max_delay=0.01, jitter=0.001, max_logins_per_minute=100_000),
+    retry=config(
+        IN_MEMORY.retry, initial=0.002, max_delay=0.01, jitter=0.001, max_logins_per_minute=100_000
+    ),
 )
 
 
@@ -480,7 +483,7 @@ async def test_memory_waiter_cancelled_while_connection_handed_over() -> None:
     the connection is either handed to it (and it has it) or back in the pool."""
 
     async def case(k: int) -> bool:
-        pool = GuardedPool(MemoryConnector(), PoolConfig(max_per_key=1, max_total=1))
+        pool = GuardedPool(MemoryConnector(), config(DEFAULTS, max_per_key=1, max_total=1))
         async with pool:
             held = await pool.acquire("a")
 

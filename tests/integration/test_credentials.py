@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import DovecotServer, Mode, ProxyFactory, make_message
-from harness.configs import IMAP, config
+from harness.configs import DEFAULTS, FAST_RETRY, IMAP, config
 from harness.scripted import CAPS, ScriptConn, ScriptedIMAP
 
 from examples.imap_sync.config import AccountConfig, parse_config
@@ -40,11 +39,9 @@ from examples.imap_sync.metrics import SyncCollector, make_registry
 from examples.imap_sync.store import Store
 from examples.imap_sync.worker import SyncWorker
 from guardedpool import (
-    AuditPolicy,
     CertificateError,
     GuardedPool,
     PoolError,
-    RetryPolicy,
 )
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 from guardedpool.imap.idle import IdleSession
@@ -56,7 +53,7 @@ CFG = config(
     connect_timeout=1.0,
     op_timeout=0.5,
     leak_threshold=0.2,  # so the audit report carries a borrower's stack too
-    retry=RetryPolicy(initial=0.02, max_delay=0.1, jitter=0.01),
+    retry=config(FAST_RETRY, max_delay=0.1, jitter=0.01),
 )
 
 
@@ -277,9 +274,9 @@ async def test_credentials_appear_nowhere(
         connector = IMAPConnector(accounts)
         # Real work gets generous bounds (a loaded CI box must not fail it); the servers
         # that are meant to fail get short ones, since transient failures retry until then.
-        roomy = dataclasses.replace(CFG, acquire_timeout=5.0, connect_timeout=2.0, op_timeout=3.0)
+        roomy = config(CFG, acquire_timeout=5.0, connect_timeout=2.0, op_timeout=3.0)
         pool: GuardedPool[IMAPClient] = GuardedPool(connector, roomy)
-        fast = dataclasses.replace(CFG, acquire_timeout=1.5, connect_timeout=1.0)  # NO: ~0.5 s
+        fast = config(CFG, acquire_timeout=1.5, connect_timeout=1.0)  # NO: ~0.5 s
         bad: GuardedPool[IMAPClient] = GuardedPool(connector, fast)
         evidence.add(connector, roomy, fast, *accounts.values())
 
@@ -383,8 +380,8 @@ async def test_audit_touches_only_what_the_pool_owns(
     account = IMAPAccount(
         host=dovecot.host, port=dovecot.port, username="bob", password="bob-pw", tls=False
     )
-    config = dataclasses.replace(CFG, audit=AuditPolicy(close_orphans=close_orphans))
-    pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({"k": account}), config)
+    cfg = config(CFG, audit=config(DEFAULTS.audit, close_orphans=close_orphans))
+    pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({"k": account}), cfg)
     reader, writer = await asyncio.open_connection(dovecot.host, dovecot.port)
     other_port = socket.create_connection((dovecot.host, dovecot.tls_port))
     pair = socket.socketpair()

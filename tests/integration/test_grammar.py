@@ -11,16 +11,16 @@ import time
 
 import pytest
 from harness import DovecotServer, ProxyFactory, make_message
+from harness.configs import DEFAULTS, config
 from harness.scripted import ScriptConn, ScriptedIMAP
 
 from guardedpool import GuardedPool
-from guardedpool.config import PoolConfig
 from guardedpool.errors import IMAPCommandError, OperationTimeout
 from guardedpool.imap import IMAPAccount, IMAPConnector, parse_fetch, parse_search
 from guardedpool.sockets import identify, is_open
 
 T = 1.0
-CFG = PoolConfig(connect_timeout=3.0, op_timeout=T, close_timeout=T)
+CFG = config(DEFAULTS, connect_timeout=3.0, op_timeout=T, close_timeout=T)
 PAYLOAD = b"hello\x00world!"
 
 

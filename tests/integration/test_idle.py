@@ -10,26 +10,17 @@ import asyncio
 import time
 
 from harness import DovecotServer, FaultProxy, ProxyFactory, make_message
+from harness.configs import FAST_RETRY, IMAP, config
 
-from guardedpool import GuardedPool, PoolConfig, RetryPolicy
+from guardedpool import GuardedPool
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 from guardedpool.imap.idle import IdleEvent, IdleSession, idle
 
-RETRY = RetryPolicy(initial=0.02, max_delay=0.1, jitter=0.02)
+CFG = config(IMAP, op_timeout=0.5, retry=config(FAST_RETRY, max_delay=0.1))
 
 
-def make_pool(account: IMAPAccount, **config: object) -> GuardedPool[IMAPClient]:
-    base: dict[str, object] = dict(
-        max_per_key=2,
-        acquire_timeout=5.0,
-        connect_timeout=2.0,
-        op_timeout=0.5,
-        close_timeout=0.3,
-        retry=RETRY,
-        housekeeping_interval=0.05,
-    )
-    base.update(config)
-    return GuardedPool(IMAPConnector({"u": account}), PoolConfig(**base))  # type: ignore[arg-type]
+def make_pool(account: IMAPAccount, **changes: object) -> GuardedPool[IMAPClient]:
+    return GuardedPool(IMAPConnector({"u": account}), config(CFG, **changes))
 
 
 async def next_event(session: IdleSession, kinds: set[str], within: float) -> IdleEvent:

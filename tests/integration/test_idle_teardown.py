@@ -13,8 +13,9 @@ import logging
 
 import pytest
 from harness import DovecotServer
+from harness.configs import DEFAULTS, config
 
-from guardedpool import GuardedPool, PoolConfig
+from guardedpool import GuardedPool
 from guardedpool.imap import IMAPAccount, IMAPConnector
 from guardedpool.imap.idle import idle
 
@@ -31,7 +32,7 @@ def test_teardown_without_close_says_cancelled_not_timed_out(
     )
 
     async def main() -> None:
-        pool = GuardedPool(IMAPConnector({"u": account}), PoolConfig(op_timeout=2.0))
+        pool = GuardedPool(IMAPConnector({"u": account}), config(DEFAULTS, op_timeout=2.0))
         session = idle(pool, "u")
         await session.__aenter__()
         async with asyncio.timeout(10):

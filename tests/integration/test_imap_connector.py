@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 from harness import DovecotServer, Mode, ProxyFactory, make_message, socket_fds
+from harness.configs import DEFAULTS, config
 
-from guardedpool.config import PoolConfig
 from guardedpool.errors import (
     AuthenticationError,
     CertificateError,
@@ -57,7 +57,7 @@ from guardedpool.records import SocketIdentity
 from guardedpool.sockets import identify, is_open
 
 T = 0.5  # the bound under test
-CFG = PoolConfig(connect_timeout=1.0, op_timeout=T, close_timeout=T)
+CFG = config(DEFAULTS, connect_timeout=1.0, op_timeout=T, close_timeout=T)
 # Tag prefixes are four letters (aioimaplib: int2ap of 4096..65535), so the first command,
 # "ABCD0 CAPABILITY\r\n", is 18 bytes: stalling after it stalls LOGIN.
 CAPABILITY_LINE = 18
@@ -326,7 +326,7 @@ async def test_xoauth2_against_dovecot(oauth_dovecot: tuple[DovecotServer, bytes
     connector = IMAPConnector(
         {"good": account(_jwt("alice", key)), "bad": account(_jwt("alice", b"x"))}
     )
-    cfg = PoolConfig(connect_timeout=5.0, op_timeout=T)
+    cfg = config(DEFAULTS, connect_timeout=5.0, op_timeout=T)
     client = await connector.open("good", cfg)
     assert client.state == "AUTH"
     await client.select()
@@ -630,7 +630,7 @@ async def test_xoauth2_error_challenge_is_answered(
             host="127.0.0.1", port=srv.port, username="u@x", oauth2_token=token, tls=False
         )
         with within(1.0), pytest.raises(AuthenticationError) as err:
-            await IMAPConnector({"k": account}).open("k", PoolConfig(connect_timeout=5.0))
+            await IMAPConnector({"k": account}).open("k", config(DEFAULTS, connect_timeout=5.0))
     assert "AUTHENTICATIONFAILED" in str(err.value)
     text = "\n".join(r.getMessage() for r in caplog.records) + str(err.value)
     assert "SECRET" not in text

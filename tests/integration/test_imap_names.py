@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from harness import DovecotServer, make_message
+from harness.configs import DEFAULTS, config
 from harness.scripted import ScriptConn, ScriptedIMAP
 
-from guardedpool.config import PoolConfig
 from guardedpool.errors import IMAPCommandError
 from guardedpool.imap import (
     IMAPAccount,
@@ -17,7 +17,7 @@ from guardedpool.imap import (
     parse_status,
 )
 
-CFG = PoolConfig(connect_timeout=2.0, op_timeout=2.0, close_timeout=2.0)
+CFG = config(DEFAULTS, connect_timeout=2.0, op_timeout=2.0, close_timeout=2.0)
 
 
 @pytest.fixture

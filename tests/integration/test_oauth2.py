@@ -18,11 +18,11 @@ from collections.abc import Iterator
 
 import pytest
 from harness import DovecotServer, socket_fds
+from harness.configs import DEFAULTS, config
 from harness.oauth import TokenServer
 from harness.scripted import ScriptConn, ScriptedIMAP
 
 from guardedpool import GuardedPool
-from guardedpool.config import PoolConfig
 from guardedpool.errors import (
     AuthenticationError,
     ConnectError,
@@ -32,7 +32,7 @@ from guardedpool.errors import (
 from guardedpool.imap import IMAPAccount, IMAPConnector
 
 LIFETIME = 2.0
-CFG = PoolConfig(connect_timeout=3.0, op_timeout=2.0, close_timeout=1.0)
+CFG = config(DEFAULTS, connect_timeout=3.0, op_timeout=2.0, close_timeout=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ async def test_a_hanging_provider_is_bounded_by_connect_timeout(
         await never.wait()
         return "unreachable"
 
-    cfg = PoolConfig(connect_timeout=0.5)
+    cfg = config(DEFAULTS, connect_timeout=0.5)
     started = time.monotonic()
     with no_new_sockets(), pytest.raises(ConnectTimeout) as err:
         await IMAPConnector({"k": account(server, hangs)}).open("k", cfg)

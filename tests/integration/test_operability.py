@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 from harness import DovecotServer, Mode, ProxyFactory
-from harness.configs import FAST_RETRY
+from harness.configs import DEFAULTS, FAST_RETRY, QUIET, config
 
 from guardedpool import (
     ConnectionLost,
     GuardedPool,
-    PoolConfig,
     PoolTimeout,
 )
 from guardedpool.audit.classify import STRAGGLER_GRACE
@@ -36,7 +35,8 @@ async def test_a_silent_peer_fails_its_hand_out_check_and_a_replacement_is_opene
     # op_timeout == acquire_timeout, as reproduced: the check must not take the whole budget.
     proxy = await fault_proxy()
     connector = IMAPConnector({"a": account(proxy.host, proxy.port, "bob", dovecot.users["bob"])})
-    cfg = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         acquire_timeout=4.0,
         op_timeout=4.0,
         check_timeout=0.3,
@@ -62,7 +62,8 @@ async def test_pool_timeout_names_the_failed_check(
 ) -> None:
     proxy = await fault_proxy()
     connector = IMAPConnector({"a": account(proxy.host, proxy.port, "bob", dovecot.users["bob"])})
-    cfg = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         acquire_timeout=1.0,
         connect_timeout=0.3,
         check_timeout=0.2,
@@ -87,7 +88,7 @@ async def test_an_imap_logout_by_the_borrower_is_closed_as_logged_out(
     connector = IMAPConnector(
         {"a": account(dovecot.host, dovecot.port, "bob", dovecot.users["bob"])}
     )
-    async with GuardedPool(connector, PoolConfig(check_after=3600.0)) as pool:
+    async with GuardedPool(connector, config(DEFAULTS, check_after=3600.0)) as pool:
         async with pool.acquire("a") as conn:
             await conn.logout()
         closed = pool.stats()["keys"]["a"]["closed"]
@@ -118,15 +119,13 @@ async def test_one_life_logged_at_debug_says_everything_and_no_secret(
     def clock() -> float:
         return time.monotonic() + offset[0]
 
-    cfg = PoolConfig(
+    cfg = config(
+        QUIET,  # no round, check or heartbeat during the test: the audit finds it all
         acquire_timeout=5.0,
         connect_timeout=2.0,
         close_timeout=0.5,
-        check_after=3600.0,
-        heartbeat_interval=None,
         idle_timeout=60.0,
         leak_threshold=30.0,
-        housekeeping_interval=3600.0,  # no round during the test: the audit finds it all
         retry=FAST_RETRY,
     )
     caplog.set_level(logging.DEBUG, logger="guardedpool")

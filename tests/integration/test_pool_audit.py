@@ -9,18 +9,21 @@ from collections.abc import Callable
 import aioimaplib
 import pytest
 from harness import DovecotServer, ProxyFactory
-from harness.configs import QUIET
+from harness.configs import DEFAULTS, QUIET, config
 
-from guardedpool import AuditPolicy, GuardedPool, PoolConfig, PoolError
+from guardedpool import GuardedPool, PoolConfig, PoolError
 from guardedpool.audit import Action, Kind
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 from guardedpool.testing import LineConnector, LineServer
 
+LEAKY = config(DEFAULTS, leak_threshold=0.1, housekeeping_interval=0.02, check_after=3600.0)
+"""Leak suspects after 0.1 s, found by a housekeeping round every 0.02 s; no NOOP checks."""
+
 
 async def test_two_pools_to_one_server_do_not_report_each_other() -> None:
     async with LineServer() as server:
-        first = GuardedPool(LineConnector({"a": server.address}), PoolConfig())
-        second = GuardedPool(LineConnector({"b": server.address}), PoolConfig())
+        first = GuardedPool(LineConnector({"a": server.address}), DEFAULTS)
+        second = GuardedPool(LineConnector({"b": server.address}), DEFAULTS)
         async with first, second:
             held = [await first.acquire("a"), await second.acquire("b")]
             for pool in (first, second):
@@ -42,7 +45,7 @@ async def test_two_pools_to_one_server_do_not_report_each_other() -> None:
 
 async def test_clean_pool_reports_healthy_with_process_figures() -> None:
     async with LineServer() as server:
-        pool = GuardedPool(LineConnector({"a": server.address}), PoolConfig())
+        pool = GuardedPool(LineConnector({"a": server.address}), DEFAULTS)
         async with pool:
             async with pool.acquire("a") as conn:
                 await conn.ping()
@@ -120,8 +123,7 @@ async def test_leak_suspect_carries_the_borrowers_task_and_stack(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with LineServer() as server:
-        cfg = PoolConfig(leak_threshold=0.1, housekeeping_interval=0.02, check_after=3600.0)
-        pool = GuardedPool(LineConnector({"a": server.address}), cfg)
+        pool = GuardedPool(LineConnector({"a": server.address}), LEAKY)
         async with pool:
 
             async def forgetful_worker() -> None:
@@ -146,8 +148,7 @@ async def test_each_borrow_is_its_own_leak_suspect(caplog: pytest.LogCaptureFixt
     # The same connection held too long twice: warned twice, "returned" logged twice, and a
     # short borrow in between logs nothing.
     async with LineServer() as server:
-        cfg = PoolConfig(leak_threshold=0.1, housekeeping_interval=0.02, check_after=3600.0)
-        pool = GuardedPool(LineConnector({"a": server.address}), cfg)
+        pool = GuardedPool(LineConnector({"a": server.address}), LEAKY)
         async with pool:
             caplog.set_level(logging.INFO, logger="guardedpool")
 
@@ -164,7 +165,7 @@ async def test_each_borrow_is_its_own_leak_suspect(caplog: pytest.LogCaptureFixt
 
 async def test_reclaim_aborts_a_connection_held_too_long() -> None:
     async with LineServer() as server:
-        cfg = PoolConfig(leak_threshold=0.05, reclaim_after=0.1, housekeeping_interval=0.02)
+        cfg = config(DEFAULTS, leak_threshold=0.05, reclaim_after=0.1, housekeeping_interval=0.02)
         pool = GuardedPool(LineConnector({"a": server.address}), cfg)
         async with pool:
             conn = await pool.acquire("a")
@@ -176,8 +177,11 @@ async def test_reclaim_aborts_a_connection_held_too_long() -> None:
 
 async def test_periodic_audit_logs_findings(caplog: pytest.LogCaptureFixture) -> None:
     async with LineServer() as server:
-        cfg = PoolConfig(
-            leak_threshold=0.05, housekeeping_interval=0.02, audit=AuditPolicy(interval=0.05)
+        cfg = config(
+            DEFAULTS,
+            leak_threshold=0.05,
+            housekeeping_interval=0.02,
+            audit=config(DEFAULTS.audit, interval=0.05),
         )
         pool = GuardedPool(LineConnector({"a": server.address}), cfg)
         caplog.set_level(logging.WARNING, logger="guardedpool")
@@ -193,8 +197,7 @@ async def test_a_declared_long_hold_is_not_a_leak_suspect_until_released(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with LineServer() as server:
-        cfg = PoolConfig(leak_threshold=0.1, housekeeping_interval=0.02, check_after=3600.0)
-        pool = GuardedPool(LineConnector({"a": server.address, "b": server.address}), cfg)
+        pool = GuardedPool(LineConnector({"a": server.address, "b": server.address}), LEAKY)
         async with pool:
             caplog.set_level(logging.INFO, logger="guardedpool")
             declared = await pool.acquire("a")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from harness import DovecotServer, socket_fds
+from harness.configs import DEFAULTS, FAST_RETRY, config
 from harness.provider import ProviderIMAP
 from harness.scripted import ScriptConn, ScriptedIMAP
 
@@ -28,7 +29,6 @@ from guardedpool import (
     GuardedPool,
     PoolConfig,
     PoolTimeout,
-    RetryPolicy,
 )
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 
@@ -85,13 +85,14 @@ async def borrow_for(pool: GuardedPool[IMAPClient], key: str, seconds: float) ->
 
 
 def drop_config(**retry: Any) -> PoolConfig:
-    return PoolConfig(
+    return config(
+        DEFAULTS,
         acquire_timeout=0.5,
         connect_timeout=2.0,
         op_timeout=1.0,
         close_timeout=0.3,
         check_after=3600.0,
-        retry=RetryPolicy(initial=0.02, max_delay=5.0, jitter=0.0, **retry),
+        retry=config(FAST_RETRY, max_delay=5.0, jitter=0.0, **retry),
     )
 
 
@@ -126,7 +127,7 @@ async def test_a_throttled_select_holds_the_key_back_then_reuses_the_connection(
     text = "Request is throttled. Suggested Backoff Time: 300 milliseconds"
     baseline = set(socket_fds().values())
     async with ProviderIMAP("BAD", text, at="select", times=1) as srv:
-        cfg = PoolConfig(acquire_timeout=5.0, connect_timeout=2.0, op_timeout=2.0)
+        cfg = config(DEFAULTS, acquire_timeout=5.0, connect_timeout=2.0, op_timeout=2.0)
         pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({"k": account(srv.port)}), cfg)
         async with pool:
             with pytest.raises(CommandThrottled):
@@ -156,7 +157,9 @@ async def test_dovecot_cap_of_2_with_max_per_key_4_settles_at_2_without_a_storm(
     # Dovecot counts a session once its process has registered with anvil, so logins that
     # arrive together can all pass its check (4 of 4 did here, now and then): the test
     # connects one at a time, for a server cap that holds.
-    cfg = PoolConfig(max_per_key=4, max_connecting=1, acquire_timeout=1.0, connect_timeout=5.0)
+    cfg = config(
+        DEFAULTS, max_per_key=4, max_connecting=1, acquire_timeout=1.0, connect_timeout=5.0
+    )
     baseline = set(socket_fds().values())
     before = server.log_path.read_text(errors="replace").count(REFUSED)
     pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({"k": user}), cfg)

@@ -10,13 +10,14 @@ import asyncio
 import os
 
 from harness import wait_for
+from harness.configs import DEFAULTS, config
 
-from guardedpool import GuardedPool, PoolConfig
+from guardedpool import GuardedPool
 from guardedpool.sockets import is_open
 from guardedpool.testing import LineConnection, LineConnector, LineServer
 
-CFG = PoolConfig(
-    max_per_key=2,
+CFG = config(
+    DEFAULTS,
     max_total=50,
     acquire_timeout=2.0,
     connect_timeout=1.0,
@@ -88,7 +89,7 @@ async def test_replacement_waits_until_the_old_socket_is_gone() -> None:
     async with LineServer() as server:
         pool = GuardedPool(
             LeakyConnector({"a": server.address}),
-            PoolConfig(max_per_key=1, close_timeout=0.2, acquire_timeout=3.0),
+            config(DEFAULTS, max_per_key=1, close_timeout=0.2, acquire_timeout=3.0),
         )
         async with pool:
             conn1 = await pool.acquire("a")
@@ -109,7 +110,7 @@ async def test_peer_closed_idle_connection_is_never_handed_out() -> None:
     async with LineServer() as server:
         pool = GuardedPool(
             LineConnector({"a": server.address}),
-            PoolConfig(check_after=3600.0, housekeeping_interval=3600.0),
+            config(DEFAULTS, check_after=3600.0, housekeeping_interval=3600.0),
         )
         async with pool:
             async with pool.acquire("a") as c1:
@@ -126,7 +127,9 @@ async def test_silent_peer_fails_the_check_within_op_timeout() -> None:
     async with LineServer(silent=True) as server:
         pool = GuardedPool(
             LineConnector({"a": server.address}),
-            PoolConfig(op_timeout=0.2, check_after=0.0, acquire_timeout=0.8, close_timeout=0.2),
+            config(
+                DEFAULTS, op_timeout=0.2, check_after=0.0, acquire_timeout=0.8, close_timeout=0.2
+            ),
         )
         async with pool:
             async with pool.acquire("a"):  # fresh: no check needed
@@ -143,7 +146,8 @@ async def test_heartbeat_retires_a_dead_idle_connection() -> None:
     async with LineServer() as server:
         pool = GuardedPool(
             LineConnector({"a": server.address}),
-            PoolConfig(
+            config(
+                DEFAULTS,
                 heartbeat_interval=0.05,
                 housekeeping_interval=0.02,
                 op_timeout=0.2,
@@ -160,7 +164,7 @@ async def test_heartbeat_retires_a_dead_idle_connection() -> None:
 async def test_max_connecting_bounds_a_burst() -> None:
     async with LineServer() as server:
         keys = {f"k{i}": server.address for i in range(60)}
-        pool = GuardedPool(LineConnector(keys), PoolConfig(max_connecting=4, max_total=100))
+        pool = GuardedPool(LineConnector(keys), config(DEFAULTS, max_connecting=4, max_total=100))
         async with pool:
 
             async def one(key: str) -> None:

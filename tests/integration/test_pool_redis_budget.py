@@ -10,14 +10,15 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from harness import DovecotServer, FaultProxy, ProxyFactory, RedisServer
+from harness.configs import DEFAULTS, config
 
-from guardedpool import ConnectionPoisoned, GuardedPool, PoolConfig, PoolTimeout
+from guardedpool import ConnectionPoisoned, GuardedPool, PoolTimeout
 from guardedpool.fleet import RedisBudget
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 
 pytestmark = pytest.mark.timeout(60)
 
-CFG = PoolConfig(max_per_key=4, acquire_timeout=1.5, connect_timeout=5.0, op_timeout=5.0)
+CFG = config(DEFAULTS, max_per_key=4, acquire_timeout=1.5, connect_timeout=5.0, op_timeout=5.0)
 KEY = "acct"
 
 

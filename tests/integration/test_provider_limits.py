@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from harness import DovecotServer, socket_fds
+from harness.configs import DEFAULTS, FAST_RETRY, config
 from harness.provider import Point, ProviderIMAP
 from harness.scripted import ScriptConn, ScriptedIMAP
 from harness.wordings import WORDINGS, Wording
@@ -29,10 +30,8 @@ from guardedpool import (
     ConnectionPoisoned,
     GuardedPool,
     IMAPCommandError,
-    PoolConfig,
     PoolTimeout,
     ProtocolError,
-    RetryPolicy,
     ServerBusy,
     ServerBusyClosed,
     ServerLimit,
@@ -41,13 +40,14 @@ from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 from guardedpool.imap.idle import idle
 from guardedpool.imap.refusals import Refusal, classify_refusal
 
-CFG = PoolConfig(
+CFG = config(
+    DEFAULTS,
     acquire_timeout=3.0,
     connect_timeout=2.0,
     op_timeout=2.0,
     close_timeout=0.5,
     check_after=3600.0,
-    retry=RetryPolicy(initial=0.02, max_delay=0.1, jitter=0.01, max_throttle_delay=0.2),
+    retry=config(FAST_RETRY, max_delay=0.1, jitter=0.01, max_throttle_delay=0.2),
 )
 PASSWORD = "pr0vider-s3cret"
 
@@ -208,10 +208,13 @@ async def test_gmail_capacity_refusal_is_retried_not_an_authentication_error() -
     text = "[ALERT] Too many simultaneous connections. (Failure)"
     baseline = set(socket_fds().values())
     async with ProviderIMAP("NO", text, at="login") as srv:
-        config = PoolConfig(
-            acquire_timeout=0.5, connect_timeout=1.0, retry=RetryPolicy(initial=0.02, jitter=0.01)
+        cfg = config(
+            DEFAULTS,
+            acquire_timeout=0.5,
+            connect_timeout=1.0,
+            retry=config(DEFAULTS.retry, initial=0.02, jitter=0.01),
         )
-        pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({"k": account(srv.port)}), config)
+        pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({"k": account(srv.port)}), cfg)
         async with pool:
             with pytest.raises(PoolTimeout) as info:
                 await pool.acquire("k")
@@ -323,8 +326,8 @@ async def test_a_mistake_fails_the_acquire_at_once_naming_it(
     if row == "host name that does not exist":
         resolver_says_no_such_name("nonexistent.invalid")
     baseline = set(socket_fds().values())
-    config = PoolConfig(acquire_timeout=20.0, connect_timeout=2.0)
-    pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({"k": make(dovecot)}), config)
+    cfg = config(DEFAULTS, acquire_timeout=20.0, connect_timeout=2.0)
+    pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({"k": make(dovecot)}), cfg)
     async with pool:
         with pytest.raises(ConfigurationError) as info:
             await pool.acquire("k")

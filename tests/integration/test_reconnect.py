@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -19,16 +18,14 @@ from typing import Any
 
 import pytest
 from harness import DovecotServer, FaultProxy, Mode, ProxyFactory, wait_for
-from harness.configs import FAST_RETRY
+from harness.configs import DEFAULTS, FAST_RETRY, QUIET, config
 
 from guardedpool import (
     AuthenticationError,
     ConnectionPoisoned,
     GuardedPool,
     OperationTimeout,
-    PoolConfig,
     PoolTimeout,
-    RetryPolicy,
 )
 from guardedpool.imap import IMAPAccount, IMAPConnector
 from guardedpool.sockets import is_open
@@ -48,7 +45,7 @@ async def test_wrong_password_is_one_login_per_acquire(
     proxy = await fault_proxy()
     pool = GuardedPool(
         IMAPConnector({"a": via(proxy, "alice", "not-the-password")}),
-        PoolConfig(acquire_timeout=5.0, connect_timeout=3.0, retry=FAST_RETRY),
+        config(DEFAULTS, acquire_timeout=5.0, connect_timeout=3.0, retry=FAST_RETRY),
     )
     async with pool:
         for _ in range(3):
@@ -71,12 +68,11 @@ async def test_transient_failures_back_off_fire_the_callback_and_recover(
     fired: list[tuple[str, str]] = []
     pool = GuardedPool(
         IMAPConnector({"a": via(proxy, "alice", dovecot.users["alice"])}),
-        PoolConfig(
+        config(
+            DEFAULTS,
             acquire_timeout=0.6,
             connect_timeout=1.0,
-            retry=RetryPolicy(
-                initial=0.05, multiplier=2.0, max_delay=0.2, jitter=0.0, reconnect_deadline=0.3
-            ),
+            retry=config(FAST_RETRY, initial=0.05, jitter=0.0, reconnect_deadline=0.3),
         ),
         on_reconnect_failed=lambda key, exc: fired.append((key, type(exc).__name__)),
     )
@@ -113,7 +109,8 @@ async def test_old_socket_is_closed_before_the_slot_reconnects(
     accounts = {f"k{i}": via(p, "bob", dovecot.users["bob"]) for i, p in enumerate(proxies)}
     pool = GuardedPool(
         IMAPConnector(accounts),
-        PoolConfig(
+        config(
+            DEFAULTS,
             max_per_key=1,
             acquire_timeout=10.0,
             connect_timeout=3.0,
@@ -122,7 +119,7 @@ async def test_old_socket_is_closed_before_the_slot_reconnects(
             check_after=3600.0,
             # 100 forced reconnects per key in seconds: the test wants that loop, which the
             # per-key login limit and the backoff's reset_after (issue 13) exist to stop.
-            retry=dataclasses.replace(FAST_RETRY, max_logins_per_minute=10_000, reset_after=0.0),
+            retry=config(FAST_RETRY, max_logins_per_minute=10_000, reset_after=0.0),
         ),
     )
     rnd = random.Random(7)
@@ -168,7 +165,8 @@ async def test_half_open_peer_is_found_by_the_heartbeat_and_replaced(
     dovecot: DovecotServer, fault_proxy: ProxyFactory
 ) -> None:
     proxy = await fault_proxy()
-    cfg = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         heartbeat_interval=0.3,
         op_timeout=0.3,
         close_timeout=0.2,
@@ -195,8 +193,7 @@ async def test_close_wait_connection_is_never_handed_out(
     dovecot: DovecotServer, fault_proxy: ProxyFactory
 ) -> None:
     proxy = await fault_proxy()
-    cfg = PoolConfig(check_after=3600.0, housekeeping_interval=3600.0, heartbeat_interval=None)
-    pool = GuardedPool(IMAPConnector({"a": via(proxy, "dave", dovecot.users["dave"])}), cfg)
+    pool = GuardedPool(IMAPConnector({"a": via(proxy, "dave", dovecot.users["dave"])}), QUIET)
     async with pool:
         async with pool.acquire("a") as first:
             await first.noop()
@@ -220,7 +217,8 @@ async def test_server_restart_reconnects_without_a_storm(
     }
     pool = GuardedPool(
         IMAPConnector(accounts),
-        PoolConfig(
+        config(
+            DEFAULTS,
             max_per_key=2,
             max_total=400,
             max_connecting=cap,
@@ -229,7 +227,7 @@ async def test_server_restart_reconnects_without_a_storm(
             op_timeout=2.0,
             close_timeout=0.5,
             check_after=3600.0,
-            retry=RetryPolicy(initial=0.05, max_delay=1.0, jitter=0.2),
+            retry=config(FAST_RETRY, initial=0.05, max_delay=1.0, jitter=0.2),
         ),
     )
 

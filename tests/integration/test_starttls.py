@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trustme
 from harness import DovecotServer, FaultProxy, Mode, ProxyFactory, socket_fds
+from harness.configs import DEFAULTS, config
 from harness.scripted import ScriptConn, ScriptedIMAP
 
 from guardedpool import GuardedPool
-from guardedpool.config import PoolConfig
 from guardedpool.errors import (
     AuthenticationError,
     ConnectError,
@@ -31,7 +31,7 @@ from guardedpool.errors import (
 from guardedpool.imap import IMAPAccount, IMAPConnector, parse_fetch, parse_select
 from guardedpool.sockets import identify, is_open
 
-CFG = PoolConfig(connect_timeout=1.5, op_timeout=1.0, close_timeout=1.0)
+CFG = config(DEFAULTS, connect_timeout=1.5, op_timeout=1.0, close_timeout=1.0)
 
 
 @contextlib.contextmanager

@@ -12,12 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+from harness.configs import DEFAULTS, config
+
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.embedded import EmbeddedIMAPServer
 from examples.imap_sync.seed import append_messages, expunge_first, flag_first
 from examples.imap_sync.store import Store
 from examples.imap_sync.worker import SyncWorker
-from guardedpool import GuardedPool, PoolConfig
+from guardedpool import GuardedPool
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +49,7 @@ def test_demo_command_tells_the_story() -> None:
 
 
 async def test_worker_without_condstore(tmp_path: Path) -> None:
-    cfg = PoolConfig(connect_timeout=5.0, op_timeout=5.0, housekeeping_interval=0.1)
+    cfg = config(DEFAULTS, connect_timeout=5.0, op_timeout=5.0, housekeeping_interval=0.1)
     async with EmbeddedIMAPServer() as server:
         accounts = []
         for key in ("ann", "ben"):

@@ -20,7 +20,7 @@ from examples.imap_sync.leaky import LeakyIMAPConnector
 from examples.imap_sync.metrics import SyncCollector, make_registry
 from examples.imap_sync.store import Store
 from examples.imap_sync.worker import SyncWorker
-from guardedpool import GuardedPool, OperationTimeout, PoolConfig
+from guardedpool import GuardedPool, OperationTimeout
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 
 CFG = config(SYNC, housekeeping_interval=0.05, leak_threshold=0.3)
@@ -162,13 +162,7 @@ async def test_healthz_stays_200_in_idle_mode_past_leak_threshold(
     in IDLE across rounds (renew_after=1 s); with leak_threshold=1.5 s, /healthz is still 200
     at 3.5 s, because a hold that renews its rounds is no leak suspect."""
     acc = new_user(dovecot, 2)
-    cfg = PoolConfig(
-        connect_timeout=5.0,
-        op_timeout=5.0,
-        close_timeout=1.0,
-        housekeeping_interval=0.05,
-        leak_threshold=1.5,
-    )
+    cfg = config(CFG, leak_threshold=1.5)
     pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({acc.key: acc.account}), cfg)
     stop = asyncio.Event()
     with Store.open(tmp_path / "h.sqlite3") as store:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from harness.configs import SYNC, config
+from harness.configs import FAST_RETRY, SYNC, config
 from harness.imap_model import Faults, ModelIMAP
 from harness.sync_histories import FaultPlan, History, histories, run_history
 from hypothesis import HealthCheck, given, settings
@@ -22,13 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.store import Store, flags_text
 from examples.imap_sync.worker import SyncWorker
-from guardedpool import GuardedPool, RetryPolicy
+from guardedpool import GuardedPool
 from guardedpool.imap import IMAPAccount, IMAPConnector
 
 CFG = config(
     SYNC,
     housekeeping_interval=0.1,
-    retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.0),
+    retry=config(FAST_RETRY, initial=0.01, max_delay=0.05, jitter=0.0),
 )
 
 

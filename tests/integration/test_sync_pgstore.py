@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from harness import DovecotServer, PostgresServer
+from harness.configs import DEFAULTS
 
 from examples.imap_sync.pgstore import PgStore, StaleFence
 from examples.imap_sync.store import NewMessage, StoreError, UnusableStore
@@ -123,7 +124,7 @@ async def test_the_worker_syncs_dovecot_into_postgres(
 ) -> None:
     from examples.imap_sync.config import AccountConfig
     from examples.imap_sync.worker import SyncWorker
-    from guardedpool import GuardedPool, PoolConfig
+    from guardedpool import GuardedPool
     from guardedpool.imap import IMAPAccount, IMAPConnector
 
     user, password = fresh_user
@@ -133,7 +134,7 @@ async def test_the_worker_syncs_dovecot_into_postgres(
     )
     accounts = [AccountConfig("acct", account, ("INBOX",))]
     with PgStore.open(pg_dsn) as store:
-        pool = GuardedPool(IMAPConnector({"acct": account}), PoolConfig(max_per_key=2))
+        pool = GuardedPool(IMAPConnector({"acct": account}), DEFAULTS)
         async with pool:
             worker = SyncWorker(pool, store, accounts, batch_size=5)
             summary = await worker.run_pass()

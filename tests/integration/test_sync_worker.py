@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from harness import DovecotServer, make_message
-from harness.configs import SYNC, config
+from harness.configs import DEFAULTS, FAST_RETRY, SYNC, config
 
 from examples.imap_sync.config import AccountConfig
 from examples.imap_sync.mailbox import MailboxResult
 from examples.imap_sync.store import Store, flags_text
 from examples.imap_sync.worker import PassSummary, SyncWorker
-from guardedpool import GuardedPool, PoolConfig, RetryPolicy
+from guardedpool import GuardedPool
 from guardedpool.imap import (
     IMAPAccount,
     IMAPClient,
@@ -272,7 +272,7 @@ async def test_idle_mode_needs_two_connections_per_key(
 ) -> None:
     acc = new_user(dovecot)
     pool: GuardedPool[IMAPClient] = GuardedPool(
-        IMAPConnector({acc.key: acc.account}), PoolConfig(max_per_key=1)
+        IMAPConnector({acc.key: acc.account}), config(DEFAULTS, max_per_key=1)
     )
     async with pool:
         worker = SyncWorker(pool, store, [acc])
@@ -352,14 +352,12 @@ async def test_idle_mode_watches_inbox_when_its_first_list_fails(
         tls=False,
     )
     acc = AccountConfig("alice", account, ("*",))
-    cfg = PoolConfig(
-        max_per_key=2,
+    cfg = config(
+        SYNC,
         acquire_timeout=1.0,
         connect_timeout=1.0,
-        op_timeout=5.0,
-        close_timeout=1.0,
         housekeeping_interval=0.1,
-        retry=RetryPolicy(initial=0.05, max_delay=0.2, jitter=0.05),
+        retry=config(FAST_RETRY, initial=0.05, jitter=0.05),
     )
     server.pause()
     passes: asyncio.Queue[PassSummary] = asyncio.Queue()

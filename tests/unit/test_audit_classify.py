@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from harness.configs import DEFAULTS, config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,10 +20,11 @@ from guardedpool.audit.classify import (
     classify,
 )
 from guardedpool.audit.rows import OsSocket
-from guardedpool.config import AuditPolicy, PoolConfig
+from guardedpool.config import PoolConfig
 from guardedpool.records import ConnectionRecord, ConnState, SocketIdentity
 
-CFG = PoolConfig(
+CFG = config(
+    DEFAULTS,
     idle_timeout=100.0,
     max_lifetime=1000.0,
     leak_threshold=30.0,
@@ -124,10 +126,15 @@ IDLE, IN_USE, OPENING, CLOSING, CLOSED = (
     ConnState.CLOSED,
 )
 LONG_AGO = NOW - 60
-NO_FORCE = PoolConfig(
-    idle_timeout=100.0, leak_threshold=30.0, audit=AuditPolicy(force_close_stragglers=False)
+NO_FORCE = config(
+    DEFAULTS,
+    idle_timeout=100.0,
+    leak_threshold=30.0,
+    audit=config(DEFAULTS.audit, force_close_stragglers=False),
 )
-CLOSE_ORPHANS = PoolConfig(idle_timeout=100.0, audit=AuditPolicy(close_orphans=True))
+CLOSE_ORPHANS = config(
+    DEFAULTS, idle_timeout=100.0, audit=config(DEFAULTS.audit, close_orphans=True)
+)
 
 TABLE: dict[str, tuple[Case, list[tuple[Kind, Plan]]]] = {
     # healthy: nothing to say
@@ -369,14 +376,17 @@ def scenario(draw: st.DrawFn) -> Case:
         remote = draw(st.sampled_from([ENDPOINT, ("127.0.0.1", 994), None]))
         rows.append(row(inode=inode, remote=remote, state=draw(OS_STATES)))
     rows.extend(draw(st.lists(non_tcp_rows(), max_size=3)))
-    config = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         idle_timeout=100.0,
         leak_threshold=30.0,
-        audit=AuditPolicy(
-            force_close_stragglers=draw(st.booleans()), close_orphans=draw(st.booleans())
+        audit=config(
+            DEFAULTS.audit,
+            force_close_stragglers=draw(st.booleans()),
+            close_orphans=draw(st.booleans()),
         ),
     )
-    return Case(live, grave, draw(st.permutations(rows)), quiet, config)
+    return Case(live, grave, draw(st.permutations(rows)), quiet, cfg)
 
 
 @st.composite

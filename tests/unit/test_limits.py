@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from harness.configs import DEFAULTS, config
 
 from guardedpool import (
     AuthenticationError,
@@ -17,8 +18,10 @@ from guardedpool import (
 from guardedpool.limits import LOGIN_WINDOW, KeyLimits, limit_stats, login_limit, reached_login
 from guardedpool.reconnect import KeyBackoff, record_short_life
 
-CFG = PoolConfig(
-    max_per_key=4, retry=RetryPolicy(max_throttle_delay=300.0, capacity_cooldown=100.0)
+CFG = config(
+    DEFAULTS,
+    max_per_key=4,
+    retry=config(DEFAULTS.retry, max_throttle_delay=300.0, capacity_cooldown=100.0),
 )
 O365 = "Request is throttled. Suggested Backoff Time: 299961 milliseconds"
 

@@ -9,20 +9,21 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from harness.configs import DEFAULTS, IN_MEMORY, config
 
 from guardedpool import (
     AuthenticationError,
     CommandThrottled,
     ConnectionLost,
     GuardedPool,
-    PoolConfig,
     PoolTimeout,
-    RetryPolicy,
     ServerBusy,
 )
 from guardedpool.testing import MemoryConnection, MemoryConnector, books_disagree
 
 O365 = "Request is throttled. Suggested Backoff Time: 299961 milliseconds"
+RETRY = config(IN_MEMORY.retry, jitter=0.0)
+"""The in-memory backoff without jitter: the injected clock meets each delay exactly."""
 
 
 class Clock:
@@ -43,16 +44,14 @@ class Clock:
 def make(
     *, max_per_key: int = 2, acquire_timeout: float = 0.3, **retry: object
 ) -> tuple[GuardedPool[MemoryConnection], MemoryConnector, Clock]:
-    retry.setdefault("initial", 0.01)
-    retry.setdefault("max_delay", 0.05)
-    retry.setdefault("jitter", 0.0)
-    cfg = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         max_per_key=max_per_key,
         max_total=10,
         acquire_timeout=acquire_timeout,
         check_after=3600.0,
         housekeeping_interval=0.05,
-        retry=RetryPolicy(**retry),  # type: ignore[arg-type]
+        retry=config(RETRY, **retry),
     )
     connector = MemoryConnector()
     clock = Clock()
@@ -250,11 +249,12 @@ async def test_a_limit_of_one_login_a_minute_waits_for_the_window_without_spinni
 
 
 async def test_a_throttled_key_is_not_forgotten_until_the_throttle_ends() -> None:
-    cfg = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         acquire_timeout=0.1,
         housekeeping_interval=0.01,
         forget_keys_after=0.01,
-        retry=RetryPolicy(initial=0.01, max_delay=0.02, jitter=0.0),
+        retry=config(RETRY, max_delay=0.02),
     )
     connector = MemoryConnector()
     clock = Clock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from harness.configs import DEFAULTS, config
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +21,8 @@ from guardedpool import (
 )
 from guardedpool.records import CloseReason, ConnectionRecord, ConnState
 
-CFG = PoolConfig(
+CFG = config(
+    DEFAULTS,
     idle_timeout=100.0,
     max_lifetime=1000.0,
     check_after=10.0,

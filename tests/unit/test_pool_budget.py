@@ -5,7 +5,6 @@ of a timed-out acquire, and lost leases aborting their connections."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from typing import Any
 
@@ -57,7 +56,7 @@ async def test_two_pools_share_the_cap_and_the_timeout_names_the_budget() -> Non
 async def test_the_lease_is_released_only_once_the_socket_is_closed() -> None:
     budget = LocalBudget(1)
     a, ca = pool_with(budget)
-    b, cb = pool_with(budget, dataclasses.replace(CFG, acquire_timeout=3.0))
+    b, cb = pool_with(budget, config(CFG, acquire_timeout=3.0))
     samples: list[int] = []
     async with a, b:
         conn = await a.acquire("k")

@@ -7,14 +7,13 @@ behaviours over real sockets live in tests/integration.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import logging
 import random
 from typing import Any
 
 import pytest
-from harness.configs import IN_MEMORY
+from harness.configs import DEFAULTS, IN_MEMORY, config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,20 +26,20 @@ from guardedpool import (
     PoolConfig,
     PoolError,
     PoolTimeout,
-    RetryPolicy,
     UnknownKey,
 )
 from guardedpool.records import ConnState
 from guardedpool.testing import MemoryConnection, MemoryConnector, books_disagree
 
-FAST = IN_MEMORY
+ONE = config(DEFAULTS, max_per_key=1, max_total=1)
+"""One slot in the whole pool: a second borrower waits."""
 
 
 def make(
-    config: PoolConfig = FAST, **kw: Any
+    cfg: PoolConfig = IN_MEMORY, **kw: Any
 ) -> tuple[GuardedPool[MemoryConnection], MemoryConnector]:
     connector = MemoryConnector(**kw)
-    return GuardedPool(connector, config), connector
+    return GuardedPool(connector, cfg), connector
 
 
 async def test_reuses_idle_connection_lifo() -> None:
@@ -55,7 +54,7 @@ async def test_reuses_idle_connection_lifo() -> None:
 
 
 async def test_waiters_are_served_fifo() -> None:
-    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=2.0))
+    pool, _ = make(config(ONE, acquire_timeout=2.0))
     order: list[int] = []
     async with pool:
         holder = await pool.acquire("a")
@@ -75,7 +74,7 @@ async def test_waiters_are_served_fifo() -> None:
 
 
 async def test_acquire_timeout_names_key_and_bound() -> None:
-    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=0.1))
+    pool, _ = make(config(ONE, acquire_timeout=0.1))
     async with pool:
         held = await pool.acquire("inbox-7")
         with pytest.raises(PoolTimeout, match="inbox-7") as info:
@@ -87,7 +86,7 @@ async def test_acquire_timeout_names_key_and_bound() -> None:
 
 
 async def test_cancelled_waiter_is_never_handed_a_connection() -> None:
-    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0))
+    pool, _ = make(config(ONE, acquire_timeout=5.0))
     async with pool:
         held = await pool.acquire("a")
         task = asyncio.ensure_future(pool.acquire("a"))
@@ -103,7 +102,7 @@ async def test_cancelled_waiter_is_never_handed_a_connection() -> None:
 
 
 async def test_connection_handed_to_a_cancelled_waiter_is_not_lost() -> None:
-    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0))
+    pool, _ = make(config(ONE, acquire_timeout=5.0))
     async with pool:
         held = await pool.acquire("a")
         task = asyncio.ensure_future(pool.acquire("a"))
@@ -128,11 +127,11 @@ async def test_wrong_password_one_attempt_per_acquire() -> None:
     # 7 logins within a second: room for them under the per-key login limit (issue 13;
     # test_limits.py checks that the default holds the 7th back).
     pool, connector = make(
-        PoolConfig(
-            max_per_key=2,
+        config(
+            DEFAULTS,
             max_total=4,
             acquire_timeout=1.0,
-            retry=RetryPolicy(initial=0.01, max_delay=0.05, jitter=0.01, max_logins_per_minute=7),
+            retry=config(IN_MEMORY.retry, max_logins_per_minute=7),
         )
     )
     connector.fail_keys["a"] = AuthenticationError("LOGIN rejected")
@@ -150,9 +149,10 @@ async def test_wrong_password_one_attempt_per_acquire() -> None:
 
 async def test_transient_failures_retry_then_recover() -> None:
     fired: list[tuple[str, str]] = []
-    cfg = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         acquire_timeout=3.0,
-        retry=RetryPolicy(initial=0.01, max_delay=0.02, jitter=0.0, reconnect_deadline=0.05),
+        retry=config(IN_MEMORY.retry, max_delay=0.02, jitter=0.0, reconnect_deadline=0.05),
     )
     connector = MemoryConnector()
     pool = GuardedPool(
@@ -222,7 +222,11 @@ async def test_borrower_is_the_task_and_the_line_that_acquired() -> None:
 
 async def test_timeout_carries_the_last_connect_error() -> None:
     pool, connector = make(
-        PoolConfig(acquire_timeout=0.2, retry=RetryPolicy(initial=0.01, max_delay=0.02))
+        config(
+            DEFAULTS,
+            acquire_timeout=0.2,
+            retry=config(DEFAULTS.retry, initial=0.01, max_delay=0.02),
+        )
     )
     connector.fail_keys["a"] = ConnectError("connection refused")
     async with pool:
@@ -265,7 +269,7 @@ async def test_dead_idle_connection_is_never_handed_out() -> None:
 
 
 async def test_housekeeping_retires_idle_connections() -> None:
-    pool, connector = make(PoolConfig(idle_timeout=0.05, housekeeping_interval=0.01))
+    pool, connector = make(config(DEFAULTS, idle_timeout=0.05, housekeeping_interval=0.01))
     async with pool:
         async with pool.acquire("a"):
             pass
@@ -278,7 +282,7 @@ async def test_housekeeping_retires_idle_connections() -> None:
 
 
 async def test_lifetime_is_jittered_and_enforced_on_release() -> None:
-    cfg = PoolConfig(max_lifetime=0.05, lifetime_jitter=0.5, housekeeping_interval=10.0)
+    cfg = config(DEFAULTS, max_lifetime=0.05, lifetime_jitter=0.5, housekeeping_interval=10.0)
     pool, _ = make(cfg)
     async with pool:
         async with pool.acquire("a") as c1:
@@ -289,7 +293,7 @@ async def test_lifetime_is_jittered_and_enforced_on_release() -> None:
 
 
 async def test_max_total_evicts_idle_connection_of_another_key() -> None:
-    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=1.0))
+    pool, _ = make(config(ONE, acquire_timeout=1.0))
     async with pool:
         async with pool.acquire("a"):
             pass
@@ -300,9 +304,7 @@ async def test_max_total_evicts_idle_connection_of_another_key() -> None:
 
 
 async def test_close_wakes_waiters_and_is_idempotent() -> None:
-    pool, connector = make(
-        PoolConfig(max_per_key=1, max_total=1, acquire_timeout=5.0, close_timeout=0.1)
-    )
+    pool, connector = make(config(ONE, acquire_timeout=5.0, close_timeout=0.1))
     await pool.__aenter__()
     held = await pool.acquire("a")
     waiter = asyncio.ensure_future(pool.acquire("a"))
@@ -358,8 +360,8 @@ def test_caps_and_books_hold_under_random_work(ops: list[tuple[str, int, str]], 
 
 async def _random_work(ops: list[tuple[str, int, str]], seed: int) -> None:
     rnd = random.Random(seed)
-    cfg = PoolConfig(
-        max_per_key=2,
+    cfg = config(
+        DEFAULTS,
         max_total=3,
         acquire_timeout=0.5,
         close_timeout=0.05,
@@ -459,7 +461,7 @@ async def test_stats_keys_are_stable_and_json_ready() -> None:
 
 
 async def test_reset_peaks_starts_a_new_window() -> None:
-    pool, _ = make(PoolConfig(max_per_key=1, max_total=1, acquire_timeout=1.0))
+    pool, _ = make(config(ONE, acquire_timeout=1.0))
     async with pool:
         held = await pool.acquire("a")
         waiter = asyncio.ensure_future(pool.acquire("a"))
@@ -491,7 +493,7 @@ async def test_unknown_keys_leave_no_state_and_are_no_connect_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A generous acquire_timeout: a loaded machine must not turn UnknownKey into a timeout.
-    pool, _ = make(dataclasses.replace(FAST, acquire_timeout=20.0), known={"a"})
+    pool, _ = make(config(IN_MEMORY, acquire_timeout=20.0), known={"a"})
     caplog.set_level(logging.DEBUG, logger="guardedpool")
     async with pool:
         async with pool.acquire("a"):
@@ -509,7 +511,8 @@ async def test_unknown_keys_leave_no_state_and_are_no_connect_failure(
 
 
 async def test_quiet_keys_are_forgotten_and_their_counters_kept_in_the_totals() -> None:
-    cfg = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         max_per_key=1,
         max_total=50,
         idle_timeout=0.05,
@@ -542,11 +545,12 @@ async def test_quiet_keys_are_forgotten_and_their_counters_kept_in_the_totals() 
 
 
 async def test_a_failing_key_is_not_forgotten_while_its_backoff_runs() -> None:
-    cfg = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         acquire_timeout=0.1,
         housekeeping_interval=0.01,
         forget_keys_after=0.01,
-        retry=RetryPolicy(initial=5.0, max_delay=5.0, jitter=0.0),
+        retry=config(DEFAULTS.retry, initial=5.0, max_delay=5.0, jitter=0.0),
     )
     pool, connector = make(cfg)
     connector.fail_keys["a"] = ConnectError("refused")
