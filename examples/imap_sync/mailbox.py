@@ -19,7 +19,9 @@ what is still missing, whatever order the server answered in and wherever it sto
 6. :func:`fetch_missing`: server UIDs not stored, ascending, in batches of explicit UID
    sets, ``UID FETCH set (UID FLAGS RFC822.SIZE BODY.PEEK[])``. The answer is read per UID
    (:mod:`.fetched`); each batch stores what arrived whole (UID, FLAGS, body) in one
-   transaction. A UID asked for that did not arrive whole is *undelivered*.
+   transaction, run on a worker thread (the store is thread-safe, see :mod:`.mirror`)
+   so that the loop serves other mailboxes meanwhile; the pass waits for it before the
+   next batch. A UID asked for that did not arrive whole is *undelivered*.
 7. :func:`verify`: every undelivered UID is asked about again, ``UID SEARCH UID set``.
    Still listed: the pass fails (SyncError) and the next one fetches it again. Not
    listed: proven expunged. Then the stored UIDs must equal the server's as of step 4,
@@ -34,6 +36,7 @@ poisons the connection and propagates, and the next pass starts over from the st
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -238,7 +241,9 @@ async def fetch_missing(
     """Step 6: fetch and store ``missing`` (ascending) in batches; returns the undelivered.
 
     Each batch's messages that arrived whole (UID, FLAGS and body) are stored in one
-    transaction; the store raises its ``last_uid`` from those messages alone.
+    transaction; the store raises its ``last_uid`` from those messages alone. The
+    transaction runs on a worker thread and the pass awaits it before the next batch: a
+    pass cancelled meanwhile leaves it to commit whole or not at all, like any other.
     """
     undelivered: set[int] = set()
     for batch in batches(missing, batch_size):
@@ -251,7 +256,9 @@ async def fetch_missing(
             if (d := got.get(uid)) is not None and d.flags is not None and d.body is not None
         ]
         undelivered |= asked - {m.uid for m in messages}
-        inserted = at.store.store_batch(at.account, at.mailbox, at.uidvalidity, messages)
+        inserted = await asyncio.to_thread(
+            at.store.store_batch, at.account, at.mailbox, at.uidvalidity, messages
+        )
         size = sum(len(m.raw) for m in messages)
         result.new += inserted
         result.bytes += size

@@ -118,6 +118,7 @@ class Store(SqlMirror):
     _GREATEST = "MAX"
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        super().__init__()
         self._db = db
         self.path = path
 
@@ -127,7 +128,9 @@ class Store(SqlMirror):
         this process loses nothing (WAL), a power cut may lose or corrupt the file."""
         p = Path(path)
         try:
-            db = sqlite3.connect(p, isolation_level=None)  # we BEGIN/COMMIT ourselves
+            # We BEGIN/COMMIT ourselves; any thread may use the connection, one at a time
+            # (SqlMirror's lock).
+            db = sqlite3.connect(p, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise UnusableStore(f"{p}: {exc}") from exc
         with opening(db, sqlite3.Error, str(p)):
@@ -148,7 +151,7 @@ class Store(SqlMirror):
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return cls(db, p)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._db.close()
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
