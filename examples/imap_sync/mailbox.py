@@ -247,24 +247,53 @@ async def fetch_missing(
     """
     undelivered: set[int] = set()
     for batch in batches(missing, batch_size):
-        asked = set(batch)
-        resp = await imap.uid_fetch(uid_set(batch), FETCH_NEW)
-        got = delivered(parse_fetch(resp.lines), asked)
-        messages = [
-            NewMessage(uid, d.flags, d.body)
-            for uid in batch
-            if (d := got.get(uid)) is not None and d.flags is not None and d.body is not None
-        ]
-        undelivered |= asked - {m.uid for m in messages}
-        inserted = await asyncio.to_thread(
-            at.store.store_batch, at.account, at.mailbox, at.uidvalidity, messages
-        )
-        size = sum(len(m.raw) for m in messages)
-        result.new += inserted
-        result.bytes += size
+        done = await fetch_batch(imap, at, batch)
+        undelivered |= done.undelivered
+        result.new += done.new
+        result.bytes += done.bytes
         if on_batch is not None:
-            on_batch(len(messages), size)
+            on_batch(done.stored, done.bytes)
     return undelivered
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """What one batch did: messages ``stored`` (``new`` of them not stored before),
+    their ``bytes``, and the UIDs asked for that did not arrive whole."""
+
+    stored: int
+    new: int
+    bytes: int
+    undelivered: set[int]
+
+
+async def fetch_batch(imap: IMAPClient, at: Target, batch: Sequence[int]) -> BatchDone:
+    """One batch of step 6: ``UID FETCH``, then one transaction on a worker thread.
+
+    Only counts come back, so that no body outlives its batch: the answer is dropped
+    before the transaction runs, the messages when it is done.
+    """
+    messages = await fetch_whole(imap, batch)
+    inserted = await asyncio.to_thread(
+        at.store.store_batch, at.account, at.mailbox, at.uidvalidity, messages
+    )
+    return BatchDone(
+        stored=len(messages),
+        new=inserted,
+        bytes=sum(len(m.raw) for m in messages),
+        undelivered=set(batch) - {m.uid for m in messages},
+    )
+
+
+async def fetch_whole(imap: IMAPClient, batch: Sequence[int]) -> list[NewMessage]:
+    """``UID FETCH`` ``batch``: the messages that arrived whole (UID, FLAGS, body)."""
+    resp = await imap.uid_fetch(uid_set(batch), FETCH_NEW)
+    got = delivered(parse_fetch(resp.lines), set(batch))
+    return [
+        NewMessage(uid, d.flags, d.body)
+        for uid in batch
+        if (d := got.get(uid)) is not None and d.flags is not None and d.body is not None
+    ]
 
 
 async def verify(
