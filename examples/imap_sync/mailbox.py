@@ -19,9 +19,9 @@ what is still missing, whatever order the server answered in and wherever it sto
 6. :func:`fetch_missing`: server UIDs not stored, ascending, in batches of explicit UID
    sets, ``UID FETCH set (UID FLAGS RFC822.SIZE BODY.PEEK[])``. The answer is read per UID
    (:mod:`.fetched`); each batch stores what arrived whole (UID, FLAGS, body) in one
-   transaction, run on a worker thread (the store is thread-safe, see :mod:`.mirror`)
-   so that the loop serves other mailboxes meanwhile; the pass waits for it before the
-   next batch. A UID asked for that did not arrive whole is *undelivered*.
+   transaction, run on the store's own thread (see :mod:`.mirror`) so that the loop
+   reads other mailboxes meanwhile; the pass waits for it before the next batch. A UID
+   asked for that did not arrive whole is *undelivered*.
 7. :func:`verify`: every undelivered UID is asked about again, ``UID SEARCH UID set``.
    Still listed: the pass fails (SyncError) and the next one fetches it again. Not
    listed: proven expunged. Then the stored UIDs must equal the server's as of step 4,
@@ -242,8 +242,8 @@ async def fetch_missing(
 
     Each batch's messages that arrived whole (UID, FLAGS and body) are stored in one
     transaction; the store raises its ``last_uid`` from those messages alone. The
-    transaction runs on a worker thread and the pass awaits it before the next batch: a
-    pass cancelled meanwhile leaves it to commit whole or not at all, like any other.
+    transaction runs on the store's thread and the pass awaits it before the next batch:
+    a pass cancelled meanwhile leaves it to commit whole or not at all, like any other.
     """
     undelivered: set[int] = set()
     for batch in batches(missing, batch_size):
@@ -268,14 +268,14 @@ class BatchDone:
 
 
 async def fetch_batch(imap: IMAPClient, at: Target, batch: Sequence[int]) -> BatchDone:
-    """One batch of step 6: ``UID FETCH``, then one transaction on a worker thread.
+    """One batch of step 6: ``UID FETCH``, then one transaction on the store's thread.
 
     Only counts come back, so that no body outlives its batch: the answer is dropped
     before the transaction runs, the messages when it is done.
     """
     messages = await fetch_whole(imap, batch)
-    inserted = await asyncio.to_thread(
-        at.store.store_batch, at.account, at.mailbox, at.uidvalidity, messages
+    inserted = await asyncio.get_running_loop().run_in_executor(
+        at.store.executor, at.store.store_batch, at.account, at.mailbox, at.uidvalidity, messages
     )
     return BatchDone(
         stored=len(messages),

@@ -10,11 +10,11 @@ deleting a set of UIDs, keeping the retired table, moving messages with their ma
 The invariants these methods keep are described in :mod:`.store`.
 
 A store may be called from more than one thread: the worker writes each batch of new
-messages on a worker thread (:func:`asyncio.to_thread`), so that SQLite's work, which
-releases the GIL, runs on another core while the event loop reads the next batch. Every
-operation therefore holds the store's lock (:meth:`SqlMirror._serial`) for its whole
-transaction or query: one connection, one user at a time, whatever the thread. A caller
-that finds the lock held waits at most :attr:`SqlMirror.lock_timeout` seconds.
+messages on the store's own thread (:attr:`SqlMirror.executor`), so that the database's
+work, which releases the GIL, runs on another core while the event loop reads the next
+batch. Every operation therefore holds the store's lock (:meth:`SqlMirror._serial`) for
+its whole transaction or query: one connection, one user at a time, whatever the thread.
+A caller that finds the lock held waits at most :attr:`SqlMirror.lock_timeout` seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -81,6 +82,10 @@ class SqlMirror:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        #: The store's own thread (one), for the writes the event loop should not wait
+        #: on: ``loop.run_in_executor(store.executor, store.store_batch, ...)``. One
+        #: thread, so they run in the order submitted; :meth:`close` waits for them.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
     @contextmanager
     def _serial(self) -> Iterator[None]:
@@ -140,7 +145,8 @@ class SqlMirror:
         to ``key``: make its messages follow. Nothing by default (``ON UPDATE CASCADE``)."""
 
     def close(self) -> None:
-        """Close the connection, once any operation in progress in another thread ended."""
+        """Close the connection, once the writes submitted to :attr:`executor` are done."""
+        self.executor.shutdown(wait=True)
         with self._serial():
             self._close()
 
