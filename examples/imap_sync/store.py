@@ -139,7 +139,11 @@ class Store(SqlMirror):
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, 1, SCHEMA_VERSION):
                 raise UnusableStore(f"{p}: schema version {version}, expected {SCHEMA_VERSION}")
-            db.execute("PRAGMA page_size=65536")  # only takes on a new file
+            # Only takes on a new file. 16 KiB: a body of a few KB to tens of KB fills its
+            # page well (64 KiB pages left the file 1.4x the bodies), and the overflow
+            # chains of large ones stay short (4 KiB pages cost ~50% more CPU per byte);
+            # see benchmarks/README.md, "the store's pages".
+            db.execute("PRAGMA page_size=16384")
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode fsyncs at checkpoints only, never per commit.
             db.execute(f"PRAGMA synchronous={'NORMAL' if fsync else 'OFF'}")
