@@ -12,7 +12,8 @@ Journal modes: ``wal`` is the store's; ``persist`` (a rollback journal kept betw
 transactions) is measured as the alternative that writes a page appended to the file
 once. ``--fsync`` opens the store with ``fsync=True`` (its default: ``synchronous=NORMAL``).
 
-    python benchmarks/store_pages.py --inboxes 5 --rounds 3
+    python benchmarks/store_pages.py --inboxes 10 --rounds 5
+    python benchmarks/store_pages.py --quick      # 2 inboxes, 1 round
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def run_one(
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        args.inboxes, args.rounds = 2, 1
     corpus = _corpus.Corpus(Path(args.workdir), args.seed, args.corpus_inboxes, 1000).ensure()
     boxes = {
         a: [path.read_bytes() for path, _ in corpus.files(a)]
@@ -114,8 +117,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--inboxes", type=int, default=5, help="corpus inboxes stored")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2 inboxes, 1 round")
+    parser.add_argument("--inboxes", type=int, default=10, help="corpus inboxes stored")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="JOURNAL:PAGE_SIZE,...")
     parser.add_argument("--fsync", action="store_true", help="the store's fsync=True")
     parser.add_argument("--seed", type=int, default=1)
