@@ -40,7 +40,8 @@ corpus.
 Reported per tool and phase (median over rounds): wall seconds, messages/s, MB/s, bytes
 written to storage (``/proc/PID/io`` ``write_bytes``: SQLite's WAL writes every body twice),
 peak RSS (the tool's own high-water mark; for many processes, the largest sum seen, sampled
-every 0.05 s) and the ratios worker vs others.
+every 0.05 s), CPU seconds (``cpu_s``: user + system of the tool's processes, from
+``wait4``; less noisy than wall time on a shared machine) and the ratios worker vs others.
 Targets: the worker at least as fast as mbsync on the full and the incremental sync, and
 >= 3x faster than offlineimap3.
 
@@ -136,6 +137,7 @@ def measure(
 ) -> dict[str, Any]:
     """Start every command at once; wall time until the last exits; memory, sampled.
 
+    ``cpu_s`` is the processes' user + system CPU seconds (wait4's rusage).
     Memory is read from /proc every 0.05 s: ``peak_rss_mb`` is the largest sum of the
     processes' current RSS seen (for one process: its own high-water mark, ``VmHWM``,
     which is exact); ``sum_of_peaks_mb`` adds up each process's ``VmHWM`` (an upper
@@ -152,6 +154,7 @@ def measure(
     hwm: dict[int, int] = {}
     written: dict[int, int] = {}
     codes: dict[int, int] = {}
+    cpu = 0.0
     peak_sum = 0
     timed_out = False
     try:
@@ -166,8 +169,9 @@ def measure(
                 wrote = _write_bytes(pid)
                 if wrote is not None:
                     written[pid] = max(written.get(pid, 0), wrote)
-                done_pid, status, _ = os.wait4(pid, os.WNOHANG)
+                done_pid, status, usage = os.wait4(pid, os.WNOHANG)
                 if done_pid:
+                    cpu += usage.ru_utime + usage.ru_stime
                     code = os.waitstatus_to_exitcode(status)
                     codes[pid] = code
                     running.pop(pid).returncode = code
@@ -198,6 +202,9 @@ def measure(
         # Last seen (every 0.05 s) per process: the final writes of a process that exits
         # between two samples are missed; an estimate, good to a few MB.
         "storage_write_mb": sum(written.values()) / 2**20,
+        # user + system CPU seconds of the processes (and their waited-for children),
+        # from wait4: less noisy than wall time on a shared machine.
+        "cpu_s": cpu,
     }
     if timed_out:
         res["timed_out"] = True
@@ -675,6 +682,7 @@ def summarize(
                 "msgs_per_s": msgs[phase] / wall if msgs[phase] else None,
                 "peak_rss_mb": _bench.median([r["peak_rss_mb"] for r in ok]),
                 "storage_write_mb": _bench.median([r.get("storage_write_mb", 0.0) for r in ok]),
+                "cpu_s": _bench.median([r.get("cpu_s", 0.0) for r in ok]),
                 "processes": ok[0]["processes"],
             }
             if phase == "full":
@@ -786,7 +794,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     res["round"] = r
                     runs[tool].setdefault(phase, []).append(res)
                     _bench.log(
-                        f"  {res['wall_s']:.2f}s, peak {res['peak_rss_mb']:.0f} MB, "
+                        f"  {res['wall_s']:.2f}s, cpu {res['cpu_s']:.2f}s, "
+                        f"peak {res['peak_rss_mb']:.0f} MB, "
                         f"check {'ok' if res['check']['ok'] else res['check']}"
                         + (
                             f", FAILED: {res.get('log_tail', '')[-300:]}"

@@ -19,7 +19,9 @@ what is still missing, whatever order the server answered in and wherever it sto
 6. :func:`fetch_missing`: server UIDs not stored, ascending, in batches of explicit UID
    sets, ``UID FETCH set (UID FLAGS RFC822.SIZE BODY.PEEK[])``. The answer is read per UID
    (:mod:`.fetched`); each batch stores what arrived whole (UID, FLAGS, body) in one
-   transaction. A UID asked for that did not arrive whole is *undelivered*.
+   transaction, run on the store's own thread (see :mod:`.mirror`) so that the loop
+   reads other mailboxes meanwhile; the pass waits for it before the next batch. A UID
+   asked for that did not arrive whole is *undelivered*.
 7. :func:`verify`: every undelivered UID is asked about again, ``UID SEARCH UID set``.
    Still listed: the pass fails (SyncError) and the next one fetches it again. Not
    listed: proven expunged. Then the stored UIDs must equal the server's as of step 4,
@@ -34,6 +36,7 @@ poisons the connection and propagates, and the next pass starts over from the st
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -238,26 +241,59 @@ async def fetch_missing(
     """Step 6: fetch and store ``missing`` (ascending) in batches; returns the undelivered.
 
     Each batch's messages that arrived whole (UID, FLAGS and body) are stored in one
-    transaction; the store raises its ``last_uid`` from those messages alone.
+    transaction; the store raises its ``last_uid`` from those messages alone. The
+    transaction runs on the store's thread and the pass awaits it before the next batch:
+    a pass cancelled meanwhile leaves it to commit whole or not at all, like any other.
     """
     undelivered: set[int] = set()
     for batch in batches(missing, batch_size):
-        asked = set(batch)
-        resp = await imap.uid_fetch(uid_set(batch), FETCH_NEW)
-        got = delivered(parse_fetch(resp.lines), asked)
-        messages = [
-            NewMessage(uid, d.flags, d.body)
-            for uid in batch
-            if (d := got.get(uid)) is not None and d.flags is not None and d.body is not None
-        ]
-        undelivered |= asked - {m.uid for m in messages}
-        inserted = at.store.store_batch(at.account, at.mailbox, at.uidvalidity, messages)
-        size = sum(len(m.raw) for m in messages)
-        result.new += inserted
-        result.bytes += size
+        done = await fetch_batch(imap, at, batch)
+        undelivered |= done.undelivered
+        result.new += done.new
+        result.bytes += done.bytes
         if on_batch is not None:
-            on_batch(len(messages), size)
+            on_batch(done.stored, done.bytes)
     return undelivered
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """What one batch did: messages ``stored`` (``new`` of them not stored before),
+    their ``bytes``, and the UIDs asked for that did not arrive whole."""
+
+    stored: int
+    new: int
+    bytes: int
+    undelivered: set[int]
+
+
+async def fetch_batch(imap: IMAPClient, at: Target, batch: Sequence[int]) -> BatchDone:
+    """One batch of step 6: ``UID FETCH``, then one transaction on the store's thread.
+
+    Only counts come back, so that no body outlives its batch: the answer is dropped
+    before the transaction runs, the messages when it is done.
+    """
+    messages = await fetch_whole(imap, batch)
+    inserted = await asyncio.get_running_loop().run_in_executor(
+        at.store.executor, at.store.store_batch, at.account, at.mailbox, at.uidvalidity, messages
+    )
+    return BatchDone(
+        stored=len(messages),
+        new=inserted,
+        bytes=sum(len(m.raw) for m in messages),
+        undelivered=set(batch) - {m.uid for m in messages},
+    )
+
+
+async def fetch_whole(imap: IMAPClient, batch: Sequence[int]) -> list[NewMessage]:
+    """``UID FETCH`` ``batch``: the messages that arrived whole (UID, FLAGS, body)."""
+    resp = await imap.uid_fetch(uid_set(batch), FETCH_NEW)
+    got = delivered(parse_fetch(resp.lines), set(batch))
+    return [
+        NewMessage(uid, d.flags, d.body)
+        for uid in batch
+        if (d := got.get(uid)) is not None and d.flags is not None and d.body is not None
+    ]
 
 
 async def verify(

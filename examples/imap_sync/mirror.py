@@ -8,12 +8,21 @@ fencing check each write transaction makes first (:meth:`SqlMirror._fence`, noth
 default), and the few statements that differ (the ``MAX``/``GREATEST`` of two values,
 deleting a set of UIDs, keeping the retired table, moving messages with their mailbox).
 The invariants these methods keep are described in :mod:`.store`.
+
+A store may be called from more than one thread: the worker writes each batch of new
+messages on the store's own thread (:attr:`SqlMirror.executor`), so that the database's
+work, which releases the GIL, runs on another core while the event loop reads the next
+batch. Every operation therefore holds the store's lock (:meth:`SqlMirror._serial`) for
+its whole transaction or query: one connection, one user at a time, whatever the thread.
+A caller that finds the lock held waits at most :attr:`SqlMirror.lock_timeout` seconds.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -64,6 +73,33 @@ class SqlMirror:
     #: The SQL function that returns the larger of two values.
     _GREATEST: ClassVar[str]
 
+    #: Seconds an operation waits for another thread's operation on this store to end
+    #: before it raises :class:`StoreError` (a batch of large messages takes seconds).
+    lock_timeout: ClassVar[float] = 60.0
+
+    #: What the store is, for messages (a file path, a scrubbed DSN).
+    path: object
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        #: The store's own thread (one), for the writes the event loop should not wait
+        #: on: ``loop.run_in_executor(store.executor, store.store_batch, ...)``. One
+        #: thread, so they run in the order submitted; :meth:`close` waits for them.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    @contextmanager
+    def _serial(self) -> Iterator[None]:
+        """Hold the store for one operation (see the module docstring); raises
+        :class:`StoreError` after :attr:`lock_timeout` seconds of waiting."""
+        if not self._lock.acquire(timeout=self.lock_timeout):
+            raise StoreError(
+                f"{self.path}: busy in another thread for over {self.lock_timeout:g} s"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     # -- the dialect -------------------------------------------------------------------
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> Cursor:
@@ -78,9 +114,14 @@ class SqlMirror:
         """Check (and record) the right to write ``account``, first thing in a write
         transaction; raise :class:`StoreError` to refuse it. Nothing by default."""
 
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        """The rows of one query."""
+    def _select(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one query (called holding the lock)."""
         return list(self._run(sql, args).fetchall())
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one query, holding the lock."""
+        with self._serial():
+            return self._select(sql, args)
 
     def _delete_uids(self, account: str, name: str, uidvalidity: int, uids: Iterable[int]) -> int:
         """Delete the messages with ``uids``; returns how many were deleted."""
@@ -95,11 +136,21 @@ class SqlMirror:
     def _ensure_retired_table(self) -> None:
         """Make sure ``retired_mailboxes`` exists. Nothing by default (in the schema)."""
 
+    def _retired_table(self) -> None:
+        with self._serial():
+            self._ensure_retired_table()
+
     def _move_messages(self, account: str, name: str, key: str) -> None:
         """Inside :meth:`retire_mailbox`'s transaction, before the mailbox row is renamed
         to ``key``: make its messages follow. Nothing by default (``ON UPDATE CASCADE``)."""
 
     def close(self) -> None:
+        """Close the connection, once the writes submitted to :attr:`executor` are done."""
+        self.executor.shutdown(wait=True)
+        with self._serial():
+            self._close()
+
+    def _close(self) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
@@ -113,7 +164,7 @@ class SqlMirror:
     @contextmanager
     def _tx(self, account: str | None = None) -> Iterator[None]:
         """One write transaction, fenced for ``account``: all of it commits, or none."""
-        with self._transaction():
+        with self._serial(), self._transaction():
             if account is not None:
                 self._fence(account)
             yield
@@ -294,7 +345,7 @@ class SqlMirror:
 
     def known_mailboxes(self, account: str) -> dict[str, int | None]:
         """Mailboxes of ``account`` the store syncs into (not retired): name -> UIDVALIDITY."""
-        self._ensure_retired_table()
+        self._retired_table()
         rows = self._read(
             "SELECT name, uidvalidity FROM mailboxes WHERE account=? AND name NOT IN "
             "(SELECT name FROM retired_mailboxes WHERE account=?)",
@@ -316,7 +367,7 @@ class SqlMirror:
         """
         if state not in ("gone", "renamed"):
             raise ValueError(f"state must be 'gone' or 'renamed', got {state!r}")
-        self._ensure_retired_table()
+        self._retired_table()
         with self._tx(account):
             n = self._run(
                 "SELECT COUNT(*) FROM retired_mailboxes WHERE account=? AND original=?",
@@ -341,7 +392,7 @@ class SqlMirror:
 
     def retired(self, account: str) -> list[tuple[str, str, str, str | None]]:
         """``account``'s retired copies: (key, original name, state, renamed_to)."""
-        self._ensure_retired_table()
+        self._retired_table()
         rows = self._read(
             "SELECT name, original, state, renamed_to FROM retired_mailboxes "
             "WHERE account=? ORDER BY retired_at",

@@ -123,6 +123,7 @@ class PgStore(SqlMirror):
     _GREATEST = "GREATEST"
 
     def __init__(self, db: psycopg.Connection[Any], dsn: str) -> None:
+        super().__init__()
         self._db = db
         self.path = _scrub(dsn)  # what the SQLite store calls its path: for messages
         self._fences: dict[str, int] = {}
@@ -151,7 +152,7 @@ class PgStore(SqlMirror):
                 )
         return cls(db, dsn)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._db.close()
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
@@ -160,7 +161,7 @@ class PgStore(SqlMirror):
     def _transaction(self) -> AbstractContextManager[object]:
         return self._db.transaction()
 
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+    def _select(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """Each read is its own short transaction."""
         with self._db.transaction():
             return list(self._run(sql, args).fetchall())
@@ -179,8 +180,9 @@ class PgStore(SqlMirror):
 
     def fence_seen(self, account: str) -> int:
         """The highest fencing token the store has seen for ``account`` (0: none)."""
-        row = self._run("SELECT fence FROM fences WHERE account=?", (account,)).fetchone()
-        self._db.commit()
+        with self._serial():
+            row = self._run("SELECT fence FROM fences WHERE account=?", (account,)).fetchone()
+            self._db.commit()
         return 0 if row is None else int(row[0])
 
     def _fence(self, account: str) -> None:

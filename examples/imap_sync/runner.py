@@ -15,6 +15,7 @@ import signal
 import socket
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -23,13 +24,17 @@ from guardedpool.fleet import Budget
 from guardedpool.imap import IMAPClient, IMAPConnector
 
 from .config import ConfigError, SyncConfig
-from .health import HealthServer, listen_socket, make_app
-from .metrics import SyncCollector, make_registry
 from .progress import RichObserver, summary_table
 from .stores import MailStore, open_store
 from .worker import PassSummary, SyncWorker
 
+if TYPE_CHECKING:
+    from .health import HealthServer
+
 __all__ = ["run_sync"]
+
+# The health endpoint (aiohttp, prometheus_client) is imported only where it is served:
+# a ``run --once`` never serves it, and the import costs a sizeable share of a short run.
 
 
 async def run_sync(config: SyncConfig, *, once: bool, console: Console) -> int:
@@ -104,6 +109,8 @@ async def _run(
 def _health_socket(config: SyncConfig) -> socket.socket | None:
     if config.health_bind is None:
         return None
+    from .health import listen_socket
+
     host, port = config.health_bind
     try:
         return listen_socket(host, port)
@@ -140,6 +147,9 @@ async def _continuous(
     health: HealthServer | None = None
     try:
         if config.health_bind is not None and sock is not None:
+            from .health import HealthServer, make_app
+            from .metrics import SyncCollector, make_registry
+
             registry = make_registry(
                 SyncCollector(pool.stats, lambda: worker.counters, lambda: worker.mailbox_views)
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
 from typing import Protocol
 
 from guardedpool.fleet import Lease
@@ -34,7 +35,12 @@ def is_postgres_url(value: str) -> bool:
 
 class MailStore(Protocol):
     """The calls :mod:`.mailbox`, :mod:`.folders` and :mod:`.worker` make. Every write is
-    one transaction; see :class:`.store.Store` for each method's contract."""
+    one transaction; see :class:`.store.Store` for each method's contract. Any thread may
+    call them (one at a time: the store serialises); ``executor`` is the store's own
+    thread, where :mod:`.mailbox` writes its batches (see :mod:`.mirror`)."""
+
+    @property
+    def executor(self) -> Executor: ...
 
     def ensure_account(self, key: str, host: str, username: str) -> None: ...
     def mark_success(self, key: str, when: float | None = None) -> None: ...
@@ -95,6 +101,10 @@ class FencedStore:
     def __init__(self, store: FencingStore, owns: Callable[[str], Lease | None]) -> None:
         self.inner = store
         self._owns = owns
+
+    @property
+    def executor(self) -> Executor:
+        return self.inner.executor
 
     def _check(self, account: str) -> None:
         lease = self._owns(account)

@@ -53,6 +53,7 @@ def test_schema_and_wal(tmp_path: Path) -> None:
     with Store.open(tmp_path / "x.sqlite3") as s:
         mode = s._db.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
+        assert s._db.execute("PRAGMA page_size").fetchone()[0] == 32768
     with Store.open(tmp_path / "x.sqlite3"):  # reopening an existing store is fine
         pass
 

@@ -1,0 +1,90 @@
+"""The store used from two threads: batches written on the store's own thread
+(``Store.executor``) while the event loop's thread reads and writes other mailboxes.
+
+Every operation holds the store's lock for its whole transaction, so a read never sees
+half a batch and two transactions never interleave on the one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from examples.imap_sync.store import NewMessage, Store, StoreError
+
+
+def msgs(first: int, n: int, size: int = 20_000) -> list[NewMessage]:
+    return [
+        NewMessage(uid, ("\\Seen",), bytes([uid % 251]) * size) for uid in range(first, first + n)
+    ]
+
+
+def test_batches_on_the_store_thread_interleave_with_reads_and_writes(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.sqlite3", fsync=False) as store:
+        store.ensure_account("a", "127.0.0.1", "a")
+        for box in ("A", "B"):
+            store.mailbox("a", box)
+            store.reset_mailbox("a", box, 1)
+
+        async def main() -> list[int]:
+            loop = asyncio.get_running_loop()
+            seen: list[int] = []
+            for i in range(20):
+                pending = loop.run_in_executor(
+                    store.executor, store.store_batch, "a", "A", 1, msgs(1 + 50 * i, 50)
+                )
+                # Meanwhile, on the loop's thread: reads, and writes to another mailbox.
+                while not pending.done():
+                    uids = store.uids("a", "A", 1)
+                    assert len(uids) % 50 == 0, "a read saw half a batch"
+                    seen.append(len(uids))
+                    store.update_flags("a", "B", 1, {})
+                    await asyncio.sleep(0)
+                assert await pending == 50
+            return seen
+
+        seen = asyncio.run(main())
+        assert store.uids("a", "A", 1) == list(range(1, 1001))
+        assert seen == sorted(seen)
+        assert store.mailbox("a", "A").last_uid == 1000
+
+
+def test_close_waits_for_the_batches_submitted(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = Store.open(path, fsync=False)
+    store.ensure_account("a", "127.0.0.1", "a")
+    store.mailbox("a", "A")
+    store.reset_mailbox("a", "A", 1)
+    futures = [
+        store.executor.submit(store.store_batch, "a", "A", 1, msgs(1 + 20 * i, 20))
+        for i in range(10)
+    ]
+    store.close()
+    assert [f.result(timeout=0) for f in futures] == [20] * 10
+    with Store.open(path) as again:
+        assert len(again.uids("a", "A", 1)) == 200
+
+
+def test_a_store_held_too_long_by_another_thread_raises(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.sqlite3") as store:
+        store.lock_timeout = 0.05  # type: ignore[misc]
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with store._serial():
+                held.set()
+                release.wait(timeout=10)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        try:
+            assert held.wait(timeout=10)
+            with pytest.raises(StoreError, match="busy in another thread"):
+                store.totals()
+        finally:
+            release.set()
+            t.join(timeout=10)
+        assert store.totals() == {}
