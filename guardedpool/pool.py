@@ -32,6 +32,7 @@ from .books import Books, IllegalTransition, Slot
 from .closing import close_and_verify
 from .config import PoolConfig
 from .connector import Connector
+from .deadlines import Deadlines, attention_at, recheck_after
 from .errors import PoolClosed, PoolError, PoolTimeout, ServerLimit, UnknownKey
 from .fastpath import IDLE, IN_USE
 from .keystate import KeyState, Waiter, aggregate
@@ -51,7 +52,9 @@ __all__ = ["GuardedPool"]
 
 log = logging.getLogger("guardedpool.pool")
 
-_HOUSEKEEPING_CHUNK = 512  # connections looked at between two turns of the event loop
+_HOUSEKEEPING_CHUNK = 64  # due items handled between two looks at the time
+_ROUND_SLICE = 0.002  # seconds of housekeeping work between two turns of the event loop
+_MIN_SLEEP_SHARE = 0.25  # rounds come at most 1 / this many times per housekeeping_interval
 _MAX_HEARTBEATS = 256  # NOOPs in flight from housekeeping; the rest wait a round
 
 C = TypeVar("C")
@@ -144,6 +147,11 @@ class GuardedPool(Generic[C]):
         )
         # One wake-up per key held back by the server's limits (guardedpool.limits).
         self._wakes: dict[KeyState[C], asyncio.TimerHandle] = {}
+        # Housekeeping's due times (guardedpool.deadlines): one entry per live connection;
+        # keys that may be quiet, with the due time of their one valid entry.
+        self._due: Deadlines[Slot[C]] = Deadlines()
+        self._key_due: Deadlines[KeyState[C]] = Deadlines()
+        self._key_due_at: dict[KeyState[C], float] = {}
         self.audit_target: PoolTarget[C] = PoolTarget(
             config, self._books, connector, clock, self._retire
         )
@@ -428,6 +436,7 @@ class GuardedPool(Generic[C]):
             return
         waiter.cancel()
         ks.drop_waiter(waiter)
+        self._key_may_be_quiet(ks)
 
     async def _noop_check(self, slot: Slot[C], timeout: float, kind: str) -> str | None:
         """NOOP a connection that no caller holds (``kind``: "hand-out" or "heartbeat"),
@@ -611,9 +620,9 @@ class GuardedPool(Generic[C]):
             conn = await self._reconnector.connect(
                 ks.key,
                 ks.connect_backoff(),
-                wanted=lambda: not self._shut_down
-                and ks.live_waiters() > 0
-                and self._may_connect(ks),
+                wanted=lambda: (
+                    not self._shut_down and ks.live_waiters() > 0 and self._may_connect(ks)
+                ),
                 note=lambda exc: self._connect_failed(ks, record, exc, started[0]),
                 admit=lambda: self._admit(ks, started),
             )
@@ -660,6 +669,7 @@ class GuardedPool(Generic[C]):
             },
         )
         self._opened(slot)
+        self._watch(slot, now)  # housekeeping's first look (none if retired already)
         if ks.limits is not None:
             ks.limits.accepted(len(ks.idle) + ks.in_use)
         ks.connect_finished()
@@ -911,6 +921,7 @@ class GuardedPool(Generic[C]):
         self._books.move(slot, ConnState.CLOSED)
         if self._leases is not None:
             self._leases.give_back(slot)  # the socket is verified gone (or never existed)
+        self._key_may_be_quiet(slot.keystate)
 
     def _lease_lost(self, slot: Slot[C]) -> None:
         """The fleet budget lost ``slot``'s lease: the connection must not be used again.
@@ -937,11 +948,22 @@ class GuardedPool(Generic[C]):
 
     async def _housekeeping(self) -> None:
         interval = self.config.housekeeping_interval
+        loop = asyncio.get_running_loop()
         while not self._shut_down:
-            await asyncio.sleep(interval)
+            # Until the earliest due time, but no sooner than a share of the interval
+            # (coalesced: 10,000 spread-out due times are not 10,000 wake-ups) and no
+            # later than the interval (the audit, the graveyard, what was pushed meanwhile).
+            earliest = self._due.earliest()
+            delay = interval
+            if earliest is not None:
+                delay = min(interval, max(earliest - self._clock(), interval * _MIN_SLEEP_SHARE))
+            await asyncio.sleep(delay)
             try:
+                deadline = loop.time() + _ROUND_SLICE
                 for _ in self._housekeeping_round():
-                    await asyncio.sleep(0)  # a turn for the loop between chunks
+                    if loop.time() >= deadline:
+                        await asyncio.sleep(0)  # a turn for the loop between chunks
+                        deadline = loop.time() + _ROUND_SLICE
                 await self._maybe_audit()
             except Exception:
                 log.exception("guardedpool: housekeeping round failed")
@@ -952,64 +974,136 @@ class GuardedPool(Generic[C]):
             pass
 
     def _housekeeping_round(self) -> Iterator[None]:
-        """Retire what is due, start heartbeats, flag leaks, prune the graveyard.
+        """Retire what is due, start heartbeats, flag leaks, forget quiet keys, prune the
+        graveyard: only the connections and keys whose due time has come
+        (:mod:`guardedpool.deadlines`).
 
-        A generator that yields every ``_HOUSEKEEPING_CHUNK`` connections so that 10,000
-        of them do not stall the event loop in one go; each record's state is checked
-        again after a yield, since anything may have happened to it meanwhile.
+        A generator that yields every ``_HOUSEKEEPING_CHUNK`` items so that a burst of due
+        work does not stall the event loop in one go; the caller turns the loop when a
+        slice of time is spent. Each record's state is read when it is handled.
         """
         now = self._clock()
         cfg = self.config
-        seen = 0
-        for ks in list(self._keys.values()):
-            if ks.quiet(now):
-                if ks.quiet_since is None:
-                    ks.quiet_since = now
-                elif now - ks.quiet_since >= cfg.forget_keys_after:
-                    self._forget(ks)
-                continue
-            ks.quiet_since = None
-            for slot in list(ks.idle):
-                seen += 1
-                if seen % _HOUSEKEEPING_CHUNK == 0:
-                    yield
-                    now = self._clock()
-                record = slot.record
-                if record.state is not IDLE:
-                    continue  # handed out or retired while we yielded
-                reason = policy.retire_when_idle(record, now, cfg)
-                if reason is None and not self._connector.is_alive(slot.conn):  # type: ignore[arg-type]
-                    reason = CloseReason.ERROR
-                if reason is not None:
-                    self._retire(slot, reason)
-                elif (
-                    policy.heartbeat_due(record, now, cfg)
-                    and len(self._heartbeats) < _MAX_HEARTBEATS
-                ):
-                    self._books.move(slot, IN_USE)
-                    name = f"guardedpool-heartbeat-{ks.key}"
-                    self._spawn(self._heartbeat(slot), name, self._heartbeats)
-        borrowed = list(self._borrowed.values())
-        for record in self._leaks.sweep((s.record for s in borrowed), now):
-            slot = self._books.live[record.id]
-            if slot.conn is not None:
-                borrower = borrower_of(record)
-                log.warning(
-                    "guardedpool: reclaiming connection %d of key %r: lent out for %.1f s "
-                    "(reclaim_after %g s) to %s; aborted under its borrower",
-                    record.id,
-                    record.key,
-                    now - record.borrowed_at,
-                    cfg.reclaim_after,
-                    borrower_text(borrower),
-                    extra={"key": record.key, "conn_id": record.id, **borrower_fields(borrower)},
-                )
-                record.note(now, Event.RECLAIMED)
-                self._connector.abort(slot.conn)
+        recheck = recheck_after(cfg, len(self._books.live))
+        while True:
+            batch = self._due.pop_due(now, _HOUSEKEEPING_CHUNK)
+            for _, slot in batch:
+                try:
+                    self._attend(slot, now, recheck)
+                except Exception:
+                    log.exception(
+                        "guardedpool: housekeeping of connection %d of key %r failed",
+                        slot.record.id,
+                        slot.record.key,
+                        extra={"key": slot.record.key, "conn_id": slot.record.id},
+                    )
+                    self._due.push(now + cfg.housekeeping_interval, slot)
+            if len(batch) < _HOUSEKEEPING_CHUNK:
+                break
+            yield
+            now = self._clock()
+        while True:
+            keys = self._key_due.pop_due(now, _HOUSEKEEPING_CHUNK)
+            for due, ks in keys:
+                if self._key_due_at.get(ks) == due:  # else a stale entry: a later one holds
+                    del self._key_due_at[ks]
+                    self._attend_key(ks, now)
+            if len(keys) < _HOUSEKEEPING_CHUNK:
+                break
+            yield
+            now = self._clock()
         ttl = cfg.audit.graveyard_ttl
         grave = self._books.graveyard
         while grave and grave[0].closed_at is not None and now - grave[0].closed_at > ttl:
             grave.popleft()
+
+    def _watch(self, slot: Slot[C], now: float, recheck: tuple[float, float] | None = None) -> None:
+        """Schedule housekeeping's next look at a live connection (one entry each)."""
+        if recheck is None:
+            recheck = recheck_after(self.config, len(self._books.live))
+        record = slot.record
+        due = attention_at(record, now, self.config, recheck, warned=record.id in self._leak_warned)
+        if due is not None:
+            self._due.push(due, slot)
+
+    def _attend(self, slot: Slot[C], now: float, recheck: tuple[float, float]) -> None:
+        """Housekeeping's look at one connection whose due time came."""
+        record = slot.record
+        cfg = self.config
+        state = record.state
+        if state is IDLE:
+            reason = policy.retire_when_idle(record, now, cfg)
+            if reason is None and not self._connector.is_alive(slot.conn):  # type: ignore[arg-type]
+                reason = CloseReason.ERROR
+            if reason is not None:
+                self._retire(slot, reason)
+                return  # retired: no entry any more
+            if policy.heartbeat_due(record, now, cfg):
+                if len(self._heartbeats) >= _MAX_HEARTBEATS:
+                    self._due.push(now + cfg.housekeeping_interval, slot)  # wait a round
+                    return
+                self._books.move(slot, IN_USE)
+                name = f"guardedpool-heartbeat-{record.key}"
+                self._spawn(self._heartbeat(slot), name, self._heartbeats)
+        elif state is IN_USE:
+            if record.borrowed_by is not None:
+                for due in self._leaks.sweep((record,), now):
+                    self._reclaim(due, now)
+        else:
+            return  # retired: its entry ends here
+        self._watch(slot, now, recheck)
+
+    def _reclaim(self, record: ConnectionRecord, now: float) -> None:
+        """Abort a connection held past ``reclaim_after`` under its borrower."""
+        slot = self._books.live[record.id]
+        if slot.conn is None:
+            return
+        borrower = borrower_of(record)
+        log.warning(
+            "guardedpool: reclaiming connection %d of key %r: lent out for %.1f s "
+            "(reclaim_after %g s) to %s; aborted under its borrower",
+            record.id,
+            record.key,
+            now - record.borrowed_at,
+            self.config.reclaim_after,
+            borrower_text(borrower),
+            extra={"key": record.key, "conn_id": record.id, **borrower_fields(borrower)},
+        )
+        record.note(now, Event.RECLAIMED)
+        self._connector.abort(slot.conn)
+
+    def _watch_key(self, ks: KeyState[C], at: float) -> None:
+        """Look at ``ks`` at ``at``: it may have become quiet (no slot left, a waiter gone).
+        One valid entry per key; an earlier one already scheduled stands."""
+        scheduled = self._key_due_at.get(ks)
+        if scheduled is not None and scheduled <= at:
+            return
+        self._key_due_at[ks] = at
+        self._key_due.push(at, ks)
+
+    def _attend_key(self, ks: KeyState[C], now: float) -> None:
+        """Forget a key quiet for ``forget_keys_after``; else look again when it may be."""
+        if self._keys.get(ks.key) is not ks:
+            return  # forgotten already
+        if ks.quiet(now):
+            if ks.quiet_since is None:
+                ks.quiet_since = now
+            if now - ks.quiet_since >= self.config.forget_keys_after:
+                self._forget(ks)
+            else:
+                self._watch_key(ks, ks.quiet_since + self.config.forget_keys_after)
+            return
+        ks.quiet_since = None
+        if ks.slots == 0:
+            # Waiters, a backoff or a server limit still in progress: look again later.
+            self._watch_key(ks, now + self.config.housekeeping_interval)
+        # With a slot, the close of its last one schedules the next look.
+
+    def _key_may_be_quiet(self, ks: KeyState[C]) -> None:
+        """``ks`` lost its last slot or a waiter: quiet from the next look on, maybe."""
+        if ks.slots == 0:
+            ks.quiet_since = None
+            self._watch_key(ks, self._clock())
 
     async def _heartbeat(self, slot: Slot[C]) -> None:
         if await self._noop_check(slot, self._check_bound, "heartbeat") is None:

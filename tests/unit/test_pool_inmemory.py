@@ -583,3 +583,26 @@ async def test_a_connection_the_borrower_logged_out_has_its_own_close_reason() -
             conn.alive = False  # died under its borrower: still poisoned
         closed = pool.stats()["keys"]["a"]["closed"]
         assert (closed["logged_out"], closed["poisoned"]) == (1, 1)
+
+
+async def test_housekeeping_looks_only_at_what_is_due() -> None:
+    """Issue 15: a round costs what is due, not what is open. 300 connections held long on
+    purpose (IDLE sessions) and 300 idle ones: a round right after they opened finds
+    nothing due and pops nothing; each live connection has exactly one due time."""
+    cfg = PoolConfig(max_per_key=1, max_total=600, housekeeping_interval=3600.0)
+    pool, _ = make(cfg)
+    async with pool:
+        held = [await pool.acquire(f"h{i}") for i in range(300)]
+        for conn in held:
+            pool.declare_long_hold(conn)
+        for i in range(300):
+            async with pool.acquire(f"i{i}"):
+                pass
+        assert len(pool._due) == len(pool._books.live) == 600
+        earliest = pool._due.earliest()
+        assert earliest is not None and earliest > pool.clock()
+        pool._housekeep_once()
+        assert len(pool._due) == 600 and pool._due.earliest() == earliest
+        assert not books_disagree(pool)
+        for conn in held:
+            pool.release(conn)
