@@ -155,9 +155,25 @@ class WarningCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.count = 0
+        self.samples: list[str] = []  # the first few, to say what the warnings were
 
     def emit(self, record: logging.LogRecord) -> None:
         self.count += 1
+        if len(self.samples) < 3:
+            self.samples.append(f"{record.name}: {record.getMessage()}"[:300])
+
+
+class SummaryCatcher(logging.Handler):
+    """Keeps the pool's one summary line of close() (its counts by outcome)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("guardedpool: pool closed"):
+            self.text = message
 
 
 async def _idle_window(seconds: float) -> dict[str, float]:
@@ -265,10 +281,16 @@ async def run_pool(n: int, port: int, cafile: str, window: float) -> dict[str, A
     out["audit_findings"] = len(getattr(report, "findings", ()) or ())
     warnings = WarningCounter()
     logging.getLogger().addHandler(warnings)
+    summary = SummaryCatcher()
+    pool_log = logging.getLogger("guardedpool.pool")
+    pool_log.addHandler(summary)
+    pool_log.setLevel(logging.INFO)  # the summary line only: the handler filters
     t0 = time.perf_counter()
     await asyncio.wait_for(pool.close(), 600)
     out["close_s"] = time.perf_counter() - t0
     out["close_warnings"] = warnings.count
+    out["close_warning_samples"] = warnings.samples
+    out["close_summary"] = summary.text
     for s in sessions:
         await s.stop()
     return out
@@ -323,6 +345,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         with ServerProcess(certdir) as server:
             for r in range(rounds):
                 order = ["floor", "pool"] if r % 2 == 0 else ["pool", "floor"]
+                if args.only:
+                    order = [args.only]
                 for kind in order:
                     _bench.log(f"round {r + 1}/{rounds}: {kind}, N = {n}")
                     res = _client(kind, n, server.port, certdir / "ca.pem", args.window)
@@ -330,9 +354,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     runs[kind].append(res)
                     _bench.log(f"  {res}")
                     time.sleep(1)  # let the server drop the closed sessions
+    if args.only:
+        return {"benchmark": "idle_scale", "n": n, "only": args.only, "runs": runs}
     keys = sorted({k for rs in runs.values() for r in rs for k in r if k != "round"})
     table = {
-        kind: {k: _bench.median([r[k] for r in rs if k in r]) for k in keys if k in rs[0]}
+        kind: {
+            k: _bench.median([r[k] for r in rs if k in r])
+            for k in keys
+            if isinstance(rs[0].get(k), (int, float))
+        }
         for kind, rs in runs.items()
     }
     ratios = {
@@ -382,6 +412,12 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="N = 200, one round")
     parser.add_argument("--n", type=int, default=1000, help="accounts (default 1000)")
     parser.add_argument("--rounds", type=int, default=0, help="default 2 (quick: 1)")
+    parser.add_argument(
+        "--only",
+        choices=("floor", "pool"),
+        default=None,
+        help="run one client only (development: no ratios, no goals)",
+    )
     parser.add_argument(
         "--window", type=float, default=10.0, help="seconds of idle measured (default 10)"
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import sys
 import time
@@ -42,6 +43,7 @@ from .limits import LOGIN_WINDOW, KeyLimits, limit_stats, login_limit, reached_l
 from .logs import error_text
 from .reconnect import Reconnector, record_short_life
 from .records import CloseReason, ConnectionRecord, ConnState, Event
+from .shutdown import ShutdownTally
 from .sockets import identify
 
 if TYPE_CHECKING:
@@ -138,6 +140,9 @@ class GuardedPool(Generic[C]):
         self._loop: asyncio.AbstractEventLoop | None = None  # bound by start(); see fastpath
         self._shut_down = False  # close() was called
         self._close_task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # see when_closing()
+        self._goodbye_until = math.inf  # pool clock: when close()'s goodbyes must end
+        self._tally: ShutdownTally | None = None  # what close() did, for its summary
         self._returned = asyncio.Event()
         self._last_audit: float | None = None
         self._leases: LeaseHook[C] | None = (
@@ -218,21 +223,53 @@ class GuardedPool(Generic[C]):
     async def close(self) -> None:
         """Close every connection and wake every waiter with :class:`PoolClosed`.
 
-        Idempotent and bounded: connections still checked out get ``close_timeout`` to be
-        returned, then they are aborted; every close is itself bounded by ``close_timeout``.
+        Idempotent and bounded: long holders learn of it at once (:meth:`when_closing`);
+        connections still checked out get ``close_timeout`` to be returned, then they are
+        aborted; the goodbyes (LOGOUT) all run at once and end by ``shutdown_timeout``
+        after the call (a goodbye cut short or skipped still ends in a verified close).
+        Logs one summary line (counts by outcome; WARNING only when a borrower lost its
+        connection or a socket was not verified gone), the per-connection detail at DEBUG.
         """
         if self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self._shutdown())
         await asyncio.shield(self._close_task)
 
+    def when_closing(self) -> asyncio.Future[None]:
+        """A future that completes (with None) once :meth:`close` is called.
+
+        For long holders, such as an IDLE session: wait on it alongside your own wait
+        (``asyncio.wait({..., pool.when_closing()}, ...)``) and give the connection back
+        at once, so that ``close()`` need not wait ``close_timeout`` for it. One future,
+        shared by every caller: never cancel it (wait on it, or on a shield of it).
+        Call it from the event loop that runs the pool.
+        """
+        fut = self._closing
+        if fut is None or fut.cancelled():
+            fut = self._closing = asyncio.get_running_loop().create_future()
+            if self._shut_down:
+                fut.set_result(None)
+        return fut
+
     async def _shutdown(self) -> None:
         self._shut_down = True
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        cfg = self.config
+        self._goodbye_until = self._clock() + cfg.shutdown_timeout
+        self._tally = tally = ShutdownTally()
         log.info("guardedpool: closing the pool: %r", self, extra={"pool": repr(self)})
-        for ks in self._keys.values():
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)  # long holders give their connections back
+        retired = 0
+        for ks in list(self._keys.values()):
             while (waiter := ks.next_waiter()) is not None:
                 waiter.set_exception(PoolClosed(f"the pool closed while waiting for {ks.key!r}"))
             for slot in list(ks.idle):
-                self._retire(slot, CloseReason.SHUTDOWN)
+                if slot.record.state is IDLE:
+                    self._retire(slot, CloseReason.SHUTDOWN)
+                    retired += 1
+                    if retired % _HOUSEKEEPING_CHUNK == 0:
+                        await asyncio.sleep(0)  # 10,000 retirements are not one loop stall
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         for handle in self._wakes.values():
@@ -241,7 +278,7 @@ class GuardedPool(Generic[C]):
             task.cancel()
         if self._borrowed:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.close_timeout):
+                async with asyncio.timeout(cfg.close_timeout):
                     while self._borrowed:
                         self._returned.clear()
                         await self._returned.wait()
@@ -249,20 +286,20 @@ class GuardedPool(Generic[C]):
                 del self._borrowed[id(slot.conn)]
                 record = slot.record
                 borrower = borrower_of(record)
-                log.warning(
+                tally.aborted_lent += 1
+                log.debug(
                     "guardedpool: connection %d of key %r still lent out %g s (close_timeout) "
                     "after close() to %s; aborting it",
                     record.id,
                     record.key,
-                    self.config.close_timeout,
+                    cfg.close_timeout,
                     borrower_text(borrower),
                     extra={"key": record.key, "conn_id": record.id, **borrower_fields(borrower)},
                 )
                 self._retire(slot, CloseReason.SHUTDOWN)
         # Closing tasks may spawn more (an open finishing as we cancel it is retired): wait
         # until none is left, within one overall bound.
-        loop = asyncio.get_running_loop()
-        end = loop.time() + self.config.close_timeout + self.config.connect_timeout + 2.0
+        end = loop.time() + cfg.close_timeout + cfg.connect_timeout + 2.0
         while True:
             tasks = {t for t in (*self._opens, *self._closes, *self._heartbeats) if not t.done()}
             if self._housekeeper is not None and not self._housekeeper.done():
@@ -283,7 +320,12 @@ class GuardedPool(Generic[C]):
             await asyncio.wait(tasks, timeout=remaining)
         if self._leases is not None:
             self._leases.unsubscribe()
-        log.info("guardedpool: pool closed", extra={"pool": repr(self)})
+        log.log(
+            tally.level,
+            "guardedpool: pool closed: %s",
+            tally.text(loop.time() - began, cfg.shutdown_timeout),
+            extra={"pool": repr(self), **tally.fields()},
+        )
 
     # ----------------------------------------------------------------- acquire / release
 
@@ -399,35 +441,70 @@ class GuardedPool(Generic[C]):
     async def _wait(
         self, ks: KeyState[C], deadline: float, started: float, failed_check: str | None = None
     ) -> Slot[C]:
+        """Wait as a waiter of ``ks`` until ``deadline`` (pool clock), or later while the
+        key's connect is queued behind ``max_connecting`` and the queue moves (see
+        :meth:`_queued_until`). Raises :class:`PoolTimeout` (or the budget's) at the end."""
         waiter: Waiter[C] = asyncio.get_running_loop().create_future()
         ks.add_waiter(waiter)
         if self._leases is not None:
             self._leases.waiting_until(waiter, deadline)
-        timer: asyncio.Timeout | None = None
         try:
             self._dispatch(ks)  # inside the try: whatever it raises, the waiter leaves
-            async with asyncio.timeout(deadline - self._clock()) as timer:
-                return await waiter
-        except BaseException as exc:
+            while True:
+                remaining = deadline - self._clock()
+                if remaining > 0:
+                    await asyncio.wait((waiter,), timeout=remaining)  # never cancels it
+                if waiter.done():
+                    return waiter.result()  # a slot, or what the pool failed it with
+                later = self._queued_until(ks, started)
+                if later <= self._clock():
+                    raise self._timed_out(ks, started, failed_check)
+                deadline = later
+        except BaseException:
             self._abandon(ks, waiter)
-            if isinstance(exc, TimeoutError) and timer is not None and timer.expired():
-                ks.timeouts += 1
-                last = ks.last_error()
-                if self._leases is not None and self._leases.waiting.get(ks.key):
-                    raise budget_timeout(
-                        ks.key, self._clock() - started, last, failed_check=failed_check
-                    ) from last
-                raise PoolTimeout(
-                    ks.key,
-                    self._clock() - started,
-                    last,
-                    failed_check=failed_check,
-                    **self._limit_words(ks),
-                ) from last
             raise
         finally:
             if self._leases is not None:
                 self._leases.done_waiting(waiter)
+
+    def _queued_until(self, ks: KeyState[C], started: float) -> float:
+        """How long a waiter of ``ks`` that started at ``started`` may wait on, past its
+        ``acquire_timeout``: while a connect for the key is queued behind
+        ``max_connecting`` (or under way), ``acquire_timeout`` after the pool's last
+        successful connect, and never past ``queue_timeout`` after ``started``.
+
+        Why: 10,000 acquires at once with ``max_connecting`` 8 make a queue that takes
+        longer than ``acquire_timeout`` to drain even when every connect succeeds; a caller
+        should not fail while the pool is making progress toward it. A queue that does not
+        move (no connect succeeded for ``acquire_timeout``: the server is down or hangs)
+        still fails its callers at ``acquire_timeout``, as before.
+        """
+        reconnector = self._reconnector
+        progress = reconnector.progress_at
+        if progress is None or not reconnector.pending(ks.key):
+            return -math.inf
+        cfg = self.config
+        return min(
+            progress + cfg.acquire_timeout, started + max(cfg.queue_timeout, cfg.acquire_timeout)
+        )
+
+    def _timed_out(self, ks: KeyState[C], started: float, failed_check: str | None) -> PoolError:
+        """The error of a waiter of ``ks`` whose wait ran out (counted in the stats)."""
+        ks.timeouts += 1
+        last = ks.last_error()
+        error: PoolError
+        if self._leases is not None and self._leases.waiting.get(ks.key):
+            error = budget_timeout(ks.key, self._clock() - started, last, failed_check=failed_check)
+        else:
+            error = PoolTimeout(
+                ks.key,
+                self._clock() - started,
+                last,
+                failed_check=failed_check,
+                **self._limit_words(ks),
+            )
+        error.__cause__ = last
+        return error
 
     def _abandon(self, ks: KeyState[C], waiter: Waiter[C]) -> None:
         """A waiter gave up (timeout, cancellation, error): never lose what it was handed."""
@@ -875,7 +952,8 @@ class GuardedPool(Generic[C]):
         self._books.move(slot, ConnState.CLOSING, reason)
         record.retired_at = now
         record.note(now, Event.RETIRE, f"{reason.value} {detail}".strip())
-        log.info(
+        log.log(
+            logging.DEBUG if reason is CloseReason.SHUTDOWN else logging.INFO,  # close() sums up
             "guardedpool: retiring connection %d of key %r: %s (%s)",
             record.id,
             record.key,
@@ -892,15 +970,24 @@ class GuardedPool(Generic[C]):
             # Its fleet lease ran out (a pause past the TTL, Redis lost it): the fleet no
             # longer counts this connection, so not even a LOGOUT goes out on it.
             graceful = False
+        bound = self.config.close_timeout
+        if self._shut_down:
+            # Every goodbye of a closing pool ends by one deadline (shutdown_timeout).
+            bound = min(bound, self._goodbye_until - self._clock())
+            if bound <= 0:
+                graceful = False
         try:
-            record.os_closed = await close_and_verify(
+            closed = await close_and_verify(
                 self._connector,
                 slot.conn,
                 record,
                 graceful=graceful,
-                close_timeout=self.config.close_timeout,
+                close_timeout=max(bound, 0.001),
                 clock=self._clock,
             )
+            record.os_closed = closed.os_closed
+            if self._tally is not None:
+                self._tally.closed(closed.goodbye, closed.os_closed)
         finally:
             slot.conn = None
             self._free_slot(slot, Event.CLOSED)

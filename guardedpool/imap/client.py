@@ -500,8 +500,11 @@ class IMAPClient(GuardedSession):
             self._idle_command = p.pending_sync_command
             self._done_sent = False
 
-    async def wait_server_push(self, timeout: float | None = None) -> builtins.list[bytes]:
-        """Wait up to ``timeout`` (default ``op_timeout``) for lines pushed during IDLE.
+    async def wait_server_push(
+        self, timeout: float | None = None, *, until: asyncio.Future[Any] | None = None
+    ) -> builtins.list[bytes]:
+        """Wait up to ``timeout`` (default ``op_timeout``) for lines pushed during IDLE,
+        or until the future ``until`` (if given) is done, whichever comes first.
 
         Returns the next batch (see :func:`~guardedpool.imap.parse.parse_idle_push`), or
         ``[]`` when nothing came in time: silence is not a fault. A lost connection or a
@@ -509,7 +512,8 @@ class IMAPClient(GuardedSession):
         of the server's limits). A server that ends IDLE itself poisons the connection; when
         it ended it with a ``NO``/``BAD`` of its limits (throttled...),
         :class:`~guardedpool.errors.CommandThrottled` says so. Cancelling this wait does not
-        poison the connection.
+        poison the connection. ``until`` (e.g. ``pool.when_closing()``) is only waited on,
+        never cancelled; when it ends the wait, the result is ``[]`` as for silence.
         """
         idle = self._idle
         if idle is None:
@@ -518,10 +522,11 @@ class IMAPClient(GuardedSession):
         p = self._protocol
         bound = self._bound(timeout)
         get = asyncio.ensure_future(p.idle_queue.get())
+        waits: set[asyncio.Future[Any]] = {get, p.fault, idle}
+        if until is not None:
+            waits.add(until)
         try:
-            await asyncio.wait(
-                {get, p.fault, idle}, timeout=bound, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not get.done():
                 get.cancel()
