@@ -57,7 +57,7 @@ from .compress import start_compression
 from .diagnose import PROBE, context_problem, misconfiguration
 from .parse import response_code
 from .protocol import GuardedProtocol
-from .refusals import Status, classify_refusal
+from .refusals import Refusal, Status, classify_refusal
 from .rfc2971 import send_id
 from .sasl import choose_oauth_mechanism, oauth_exchange
 from .starttls import starttls, upgrade_tls
@@ -251,7 +251,8 @@ class IMAPConnector:
             # let it, so no socket outlives a failed open.
             await asyncio.sleep(0)
             first = made[-1].first_bytes if made else b""
-            error = self._classify(exc, key, account, stage, config, first, bool(probed))
+            bye = made[-1].refusal if made else None
+            error = self._classify(exc, key, account, stage, config, first, bool(probed), bye)
             if error is None:
                 raise
             log.info(
@@ -515,8 +516,12 @@ class IMAPConnector:
         config: PoolConfig,
         first_bytes: bytes = b"",
         probed: bool = False,
+        bye: Refusal | None = None,
     ) -> PoolError | None:
-        """The typed error for a failed open, or None to re-raise ``exc`` unchanged."""
+        """The typed error for a failed open, or None to re-raise ``exc`` unchanged.
+
+        ``bye``: the server's untagged BYE, classified, if one came before the failure.
+        """
         where = self._where(key, account)
         if isinstance(exc, ConnectError):
             return exc
@@ -551,6 +556,13 @@ class IMAPConnector:
         if isinstance(exc, ssl.SSLError):
             return ConnectError(f"{where}: TLS failed ({exc.reason or type(exc).__name__})")
         if isinstance(exc, ConnectionPoisoned):  # lost or garbled during greeting/login
+            if bye is not None and bye.limited:
+                # A BYE for the server's limits, then the hang-up: before the first command
+                # (a greeting that lists its capabilities needs none) or during login.
+                return ServerBusy(
+                    f"{where}: {exc} (at {stage}; BYE for the server's {bye.kind} limit)",
+                    **bye.limit_fields(),
+                )
             return ConnectError(f"{where}: {exc} (at {stage})")
         if isinstance(exc, OSError):
             detail = exc.strerror or str(exc) or type(exc).__name__
