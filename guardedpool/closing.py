@@ -33,8 +33,9 @@ VERIFY_WAIT = 0.5
 @dataclass(frozen=True, slots=True)
 class Closed:
     """How a close went: ``goodbye`` is ``"done"`` (the connector's graceful close
-    returned), ``"failed"`` (it raised or overran its bound) or ``"skipped"`` (not tried);
-    ``os_closed``: the socket verifiably left the process."""
+    returned), ``"sent"`` (written without waiting: ``Connector.farewell``), ``"failed"``
+    (it raised or overran its bound) or ``"skipped"`` (not tried); ``os_closed``: the
+    socket verifiably left the process."""
 
     goodbye: str
     os_closed: bool

@@ -258,10 +258,12 @@ class PoolConfig:
         close_timeout: seconds for a graceful LOGOUT before the transport is aborted
             (default 5.0); ``close()`` also gives connections still lent out this long
             to come back before it aborts them.
-        shutdown_timeout: seconds ``close()`` gives the goodbyes (LOGOUT) of the
-            connections it closes, all running at once, counted from the call; a goodbye
-            not done by then is cut short (the transport is aborted, the socket still
-            verified gone), and one that would start later is skipped (default 1.0).
+        shutdown_timeout: for a connector without ``farewell`` (which says goodbye
+            without waiting; the IMAP connector has it): seconds ``close()`` gives the
+            awaited goodbyes (LOGOUT) of the connections it closes, all running at once,
+            counted from the call; a goodbye not done by then is cut short (the transport
+            is aborted, the socket still verified gone), and one that would start later is
+            skipped (default 1.0).
         idle_timeout: seconds a connection may sit idle in the pool before it is retired
             (default 300.0).
         max_lifetime: seconds after which a connection is retired, even one held in IDLE

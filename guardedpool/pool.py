@@ -127,6 +127,7 @@ class GuardedPool(Generic[C]):
         self._borrowed: dict[int, Slot[C]] = {}  # id(conn) -> slot, while a caller holds it
         self._starving: dict[str, KeyState[C]] = {}  # keys blocked by max_total, FIFO
         self._logged_out: Callable[[C], bool] | None = getattr(connector, "logged_out", None)
+        self._farewell: Callable[[C], None] | None = getattr(connector, "farewell", None)
         self._forgotten: KeyState[C] = KeyState("")  # the counters of forgotten keys
         # A NOOP check is a command (op_timeout) with its own, shorter bound (check_timeout).
         self._check_bound = min(config.check_timeout, config.op_timeout)
@@ -971,11 +972,17 @@ class GuardedPool(Generic[C]):
             # longer counts this connection, so not even a LOGOUT goes out on it.
             graceful = False
         bound = self.config.close_timeout
-        if self._shut_down:
-            # Every goodbye of a closing pool ends by one deadline (shutdown_timeout).
-            bound = min(bound, self._goodbye_until - self._clock())
-            if bound <= 0:
-                graceful = False
+        said = False
+        if self._shut_down and graceful and slot.conn is not None:
+            if self._farewell is not None:
+                # Written, not awaited: 10,000 goodbyes cost no waiting (Connector doc).
+                self._farewell(slot.conn)
+                said, graceful = True, False
+            else:
+                # Every awaited goodbye of a closing pool ends by one deadline.
+                bound = min(bound, self._goodbye_until - self._clock())
+                if bound <= 0:
+                    graceful = False
         try:
             closed = await close_and_verify(
                 self._connector,
@@ -987,7 +994,7 @@ class GuardedPool(Generic[C]):
             )
             record.os_closed = closed.os_closed
             if self._tally is not None:
-                self._tally.closed(closed.goodbye, closed.os_closed)
+                self._tally.closed("sent" if said else closed.goodbye, closed.os_closed)
         finally:
             slot.conn = None
             self._free_slot(slot, Event.CLOSED)

@@ -23,6 +23,8 @@ class ShutdownTally:
 
     Attributes:
         logged_out: the goodbye (IMAP LOGOUT) completed within its bound.
+        logout_sent: the goodbye was written without waiting for its answer
+            (``Connector.farewell``: what a closing pool does when the connector can).
         goodbye_failed: the goodbye raised or overran its bound (then aborted).
         no_goodbye: closed without a goodbye: no time left of ``shutdown_timeout``, or
             none was due (a fault, a lost lease).
@@ -32,16 +34,19 @@ class ShutdownTally:
     """
 
     logged_out: int = 0
+    logout_sent: int = 0
     goodbye_failed: int = 0
     no_goodbye: int = 0
     aborted_lent: int = 0
     not_verified: int = 0
 
     def closed(self, goodbye: str, os_closed: bool) -> None:
-        """Count one close: ``goodbye`` is ``"done"``, ``"failed"`` or ``"skipped"``
-        (:class:`guardedpool.closing.Closed`)."""
+        """Count one close: ``goodbye`` is ``"done"``, ``"sent"``, ``"failed"`` or
+        ``"skipped"`` (:class:`guardedpool.closing.Closed`)."""
         if goodbye == "done":
             self.logged_out += 1
+        elif goodbye == "sent":
+            self.logout_sent += 1
         elif goodbye == "failed":
             self.goodbye_failed += 1
         else:
@@ -52,7 +57,7 @@ class ShutdownTally:
     @property
     def total(self) -> int:
         """Connections closed (each counted once by its goodbye's outcome)."""
-        return self.logged_out + self.goodbye_failed + self.no_goodbye
+        return self.logged_out + self.logout_sent + self.goodbye_failed + self.no_goodbye
 
     @property
     def level(self) -> int:
@@ -60,10 +65,11 @@ class ShutdownTally:
         return logging.WARNING if self.aborted_lent or self.not_verified else logging.INFO
 
     def text(self, seconds: float, shutdown_timeout: float) -> str:
-        """The summary, e.g. ``closed 10000 connections in 1.62 s: 9120 logged out, ...``."""
+        """The summary, e.g. ``closed 10000 connections in 1.62 s: 10000 LOGOUT sent ...``."""
         return (
-            f"closed {self.total} connections in {seconds:.2f} s: {self.logged_out} logged "
-            f"out, {self.goodbye_failed} goodbye failed or overran, {self.no_goodbye} "
+            f"closed {self.total} connections in {seconds:.2f} s: {self.logout_sent} LOGOUT "
+            f"sent (not awaited), {self.logged_out} logged out, {self.goodbye_failed} "
+            f"goodbye failed or overran, {self.no_goodbye} "
             f"without goodbye (none due, or no time left of shutdown_timeout "
             f"{shutdown_timeout:g} s); {self.aborted_lent} aborted under their borrower "
             f"after close_timeout; {self.not_verified} sockets not verified gone"
@@ -74,6 +80,7 @@ class ShutdownTally:
         return {
             "closed": self.total,
             "logged_out": self.logged_out,
+            "logout_sent": self.logout_sent,
             "goodbye_failed": self.goodbye_failed,
             "no_goodbye": self.no_goodbye,
             "aborted_lent": self.aborted_lent,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import CommandThrottled, IMAPCommandError, ProtocolError
+from ..errors import CommandThrottled, ConnectionPoisoned, IMAPCommandError, ProtocolError
 from . import mutf7
 from .guard import GuardedSession, consume
 from .literals import criteria_pieces
@@ -22,6 +23,8 @@ from .protocol import GuardedProtocol, quoted
 from .refusals import classify_refusal
 
 __all__ = ["IMAPClient", "WireName"]
+
+log = logging.getLogger("guardedpool.imap")
 
 # A mailbox name that needs no quoting; anything else is sent as a quoted string.
 _ATOM = re.compile(r"^[A-Za-z0-9_.&+,/\-]+$")
@@ -460,6 +463,34 @@ class IMAPClient(GuardedSession):
             )
         finally:
             self.abort("logged out")
+
+    def farewell(self) -> None:
+        """Say goodbye without waiting for the answer: DONE (if IDLE is active) and LOGOUT,
+        written together in one write, and nothing read back; never raises. Afterwards the
+        client is closed, like after :meth:`logout`; the caller aborts the transport next
+        (what the socket took is on its way, anything it could not take is dropped).
+
+        For a closing pool with thousands of connections: each server still gets its
+        LOGOUT (RFC 3501 section 6.1.3, after RFC 2177's DONE), and nobody waits for
+        thousands of answers that change nothing. A poisoned connection gets nothing.
+        """
+        if self.poisoned:
+            return
+        self.logged_out = True
+        p = self._protocol
+        try:
+            p.logging_out = True
+            done = self._idle is not None and not self._idle.done() and not self._done_sent
+            self._done_sent = self._done_sent or done
+            tag = p.new_tag()
+            transport = p.transport
+            if transport is not None and not transport.is_closing():
+                words = f"DONE\r\n{tag} LOGOUT\r\n" if done else f"{tag} LOGOUT\r\n"
+                transport.write(words.encode())
+                p.sent += 1
+        except Exception as exc:  # a transport already gone: no goodbye to say
+            log.debug("imap farewell not written: %s", type(exc).__name__, extra={"key": self.key})
+        self._poison = ConnectionPoisoned(f"connection for key {self.key!r} logged out")
 
     # -- IDLE --------------------------------------------------------------------------
 

@@ -288,6 +288,12 @@ class IMAPConnector:
             conn.abort("closed")
             await asyncio.sleep(0)
 
+    def farewell(self, conn: IMAPClient) -> None:
+        """DONE (if in IDLE) and LOGOUT written in one write, no answer awaited: the
+        goodbye of a closing pool, which aborts the transport next
+        (:meth:`IMAPClient.farewell`)."""
+        conn.farewell()
+
     def abort(self, conn: IMAPClient) -> None:
         """Abort the transport now; idempotent, never raises."""
         conn.abort("aborted")

@@ -19,6 +19,9 @@ server suggested, at most ``retry.max_throttle_delay``, or else the pool's retry
 (``retry.initial * retry.multiplier ** n`` up to ``retry.max_delay``), counted from the
 last time IDLE was reached. ``stop()`` ends the wait at once.
 
+When the pool closes, the session learns of it at once (``pool.when_closing()``), gives
+its connection back still in IDLE (the pool's close sends DONE and LOGOUT) and ends.
+
 The session runs as a task feeding a bounded queue, so a slow consumer never delays a
 DONE. If the consumer falls more than ``queue_size`` events behind, the backlog is dropped
 and one ``OVERFLOW`` event says so (resync, like after a reconnect).

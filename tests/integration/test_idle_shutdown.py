@@ -84,6 +84,7 @@ async def test_close_with_idle_sessions_is_bounded_quiet_and_leaves_no_socket(
     summary = summaries[0]
     assert summary.closed == N  # type: ignore[attr-defined]
     assert summary.aborted_lent == 0 and summary.not_verified == 0  # type: ignore[attr-defined]
+    assert summary.logout_sent == N  # type: ignore[attr-defined]
     assert summary.levelno == logging.INFO
     # the per-connection detail is there, at DEBUG
     retiring = [r for r in caplog.records if "retiring connection" in r.getMessage()]
@@ -91,6 +92,13 @@ async def test_close_with_idle_sessions_is_bounded_quiet_and_leaves_no_socket(
     stats = pool.stats()["total"]
     assert stats["closed"]["shutdown"] == N and stats["slots"] == 0
     await wait_for(lambda: socket_inodes() <= baseline, 2.0, what="every socket gone")
+
+    def logged_out() -> int:  # Dovecot got every LOGOUT (sent, not awaited)
+        text = dovecot.log_path.read_text(errors="replace")
+        user = f"imap({fresh_user[0]})"
+        return sum(1 for line in text.splitlines() if user in line and "Logged out" in line)
+
+    await wait_for(lambda: logged_out() == N, 5.0, what="Dovecot logs every LOGOUT")
     for s in sessions:  # each session ended on its own (the pool closed), without error
         async with asyncio.timeout(2):
             await s.stop()
