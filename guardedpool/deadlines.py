@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from .config import PoolConfig
@@ -156,6 +157,17 @@ class Deadlines(Generic[T]):
     def earliest(self) -> float | None:
         """The earliest due time held, or None when empty."""
         return self._heap[0][0] if self._heap else None
+
+    def prune(self, keep: Callable[[T], bool]) -> int:
+        """Drop every entry whose item ``keep`` rejects (stale ones); returns how many.
+        O(entries): for a caller whose stale entries came to outnumber the live ones."""
+        heap = self._heap
+        kept = [entry for entry in heap if keep(entry[2])]
+        dropped = len(heap) - len(kept)
+        if dropped:
+            heapq.heapify(kept)
+            self._heap = kept
+        return dropped
 
     def pop_due(self, now: float, limit: int) -> list[tuple[float, T]]:
         """Take up to ``limit`` (>= 1) entries due at or before ``now``, earliest first, as

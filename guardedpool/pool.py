@@ -54,7 +54,9 @@ __all__ = ["GuardedPool"]
 
 log = logging.getLogger("guardedpool.pool")
 
-_HOUSEKEEPING_CHUNK = 64  # due items handled between two looks at the time
+_HOUSEKEEPING_CHUNK = 32  # due items handled between two looks at the time
+_STALE_ALLOWED = 1024  # entries of closed connections tolerated in the heap beyond 2x live
+_RETIRED = frozenset({ConnState.CLOSING, ConnState.CLOSED})
 _ROUND_SLICE = 0.002  # seconds of housekeeping work between two turns of the event loop
 _MIN_SLEEP_SHARE = 0.25  # rounds come at most 1 / this many times per housekeeping_interval
 _MAX_HEARTBEATS = 256  # NOOPs in flight from housekeeping; the rest wait a round
@@ -1078,7 +1080,14 @@ class GuardedPool(Generic[C]):
         """
         now = self._clock()
         cfg = self.config
-        recheck = recheck_after(cfg, len(self._books.live))
+        live = len(self._books.live)
+        recheck = recheck_after(cfg, live)
+        if len(self._due) > 2 * live + _STALE_ALLOWED:
+            # Closed connections leave their entry behind (lazy invalidation); under
+            # heavy churn they would pile up for a re-look's time, holding their records.
+            self._due.prune(lambda slot: slot.record.state not in _RETIRED)
+            yield
+            now = self._clock()
         while True:
             batch = self._due.pop_due(now, _HOUSEKEEPING_CHUNK)
             for _, slot in batch:

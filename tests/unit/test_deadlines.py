@@ -204,3 +204,15 @@ def test_nothing_falls_due_before_the_next_look(
         else:
             assert not leak_suspect(r, t, CFG) or r.borrowed_at + CFG.leak_threshold <= now
             assert not reclaim_due(r, t, CFG) or r.borrowed_at + 600.0 <= now
+
+
+def test_prune_drops_what_is_rejected_and_keeps_the_order() -> None:
+    d: Deadlines[int] = Deadlines()
+    for i in range(100):
+        d.push(float(100 - i), i)
+    assert d.prune(lambda item: item % 3 == 0) == 66
+    assert len(d) == 34
+    out = d.pop_due(1000.0, 1000)
+    assert [due for due, _ in out] == sorted(due for due, _ in out)
+    assert all(item % 3 == 0 for _, item in out)
+    assert d.prune(lambda item: True) == 0
