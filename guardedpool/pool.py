@@ -228,8 +228,10 @@ class GuardedPool(Generic[C]):
 
         Idempotent and bounded: long holders learn of it at once (:meth:`when_closing`);
         connections still checked out get ``close_timeout`` to be returned, then they are
-        aborted; the goodbyes (LOGOUT) all run at once and end by ``shutdown_timeout``
-        after the call (a goodbye cut short or skipped still ends in a verified close).
+        aborted; each goodbye is written without waiting for the answer when the
+        connector has ``farewell`` (IMAP: DONE + LOGOUT), else awaited, all at once, and
+        cut short at ``shutdown_timeout`` after the call; every close ends in a socket
+        verified gone. Bounded overall by ``close_timeout + connect_timeout + 2`` s.
         Logs one summary line (counts by outcome; WARNING only when a borrower lost its
         connection or a socket was not verified gone), the per-connection detail at DEBUG.
         """
