@@ -957,15 +957,17 @@ class GuardedPool(Generic[C]):
         self._books.move(slot, ConnState.CLOSING, reason)
         record.retired_at = now
         record.note(now, Event.RETIRE, f"{reason.value} {detail}".strip())
-        log.log(
-            logging.DEBUG if reason is CloseReason.SHUTDOWN else logging.INFO,  # close() sums up
-            "guardedpool: retiring connection %d of key %r: %s (%s)",
-            record.id,
-            record.key,
-            reason.value,
-            detail or _WHY[reason],
-            extra={"key": record.key, "conn_id": record.id, "reason": reason.value},
-        )
+        level = logging.DEBUG if reason is CloseReason.SHUTDOWN else logging.INFO  # close() sums up
+        if log.isEnabledFor(level):  # 10,000 retirements by close(): no dict for nothing
+            log.log(
+                level,
+                "guardedpool: retiring connection %d of key %r: %s (%s)",
+                record.id,
+                record.key,
+                reason.value,
+                detail or _WHY[reason],
+                extra={"key": record.key, "conn_id": record.id, "reason": reason.value},
+            )
         name = f"guardedpool-close-{record.key}"
         self._spawn(self._close(slot, reason in _GRACEFUL), name, self._closes)
 
@@ -1002,13 +1004,14 @@ class GuardedPool(Generic[C]):
         finally:
             slot.conn = None
             self._free_slot(slot, Event.CLOSED)
-            log.debug(
-                "guardedpool: closed connection %d of key %r (%s); its slot is free",
-                record.id,
-                record.key,
-                "socket verified gone" if record.os_closed else "socket NOT verified gone",
-                extra={"key": record.key, "conn_id": record.id, "os_closed": record.os_closed},
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "guardedpool: closed connection %d of key %r (%s); its slot is free",
+                    record.id,
+                    record.key,
+                    "socket verified gone" if record.os_closed else "socket NOT verified gone",
+                    extra={"key": record.key, "conn_id": record.id, "os_closed": record.os_closed},
+                )
             self._after_slot_freed(slot.keystate)
 
     def _free_slot(self, slot: Slot[C], event: Event, detail: str = "") -> None:
@@ -1206,7 +1209,7 @@ class GuardedPool(Generic[C]):
 
     def _key_may_be_quiet(self, ks: KeyState[C]) -> None:
         """``ks`` lost its last slot or a waiter: quiet from the next look on, maybe."""
-        if ks.slots == 0:
+        if ks.slots == 0 and not self._shut_down:
             ks.quiet_since = None
             self._watch_key(ks, self._clock())
 
