@@ -30,7 +30,7 @@ from .acquisition import Acquisition, is_connection_fault
 from .audit.auditor import run_audit  # at import: an audit at the fd limit cannot import
 from .audit.target import PoolTarget
 from .books import Books, IllegalTransition, Slot
-from .closing import close_and_verify
+from .closing import Closed, close_and_verify
 from .config import PoolConfig
 from .connector import Connector
 from .deadlines import Deadlines, attention_at, recheck_after
@@ -44,7 +44,7 @@ from .logs import error_text
 from .reconnect import Reconnector, record_short_life
 from .records import CloseReason, ConnectionRecord, ConnState, Event
 from .shutdown import ShutdownTally
-from .sockets import identify
+from .sockets import identify, is_open
 
 if TYPE_CHECKING:
     from .audit.report import AuditReport
@@ -146,6 +146,7 @@ class GuardedPool(Generic[C]):
         self._closing: asyncio.Future[None] | None = None  # see when_closing()
         self._goodbye_until = math.inf  # pool clock: when close()'s goodbyes must end
         self._tally: ShutdownTally | None = None  # what close() did, for its summary
+        self._batch: list[tuple[Slot[C], bool]] = []  # closes queued for _close_batch
         self._returned = asyncio.Event()
         self._last_audit: float | None = None
         self._leases: LeaseHook[C] | None = (
@@ -968,27 +969,26 @@ class GuardedPool(Generic[C]):
                 detail or _WHY[reason],
                 extra={"key": record.key, "conn_id": record.id, "reason": reason.value},
             )
+        if self._shut_down and self._farewell is not None:
+            # Closing the pool: one task closes them all (_close_batch), goodbyes written.
+            self._batch.append((slot, reason in _GRACEFUL))
+            if len(self._batch) == 1:
+                self._spawn(self._close_batch(), "guardedpool-close-batch", self._closes)
+            return
         name = f"guardedpool-close-{record.key}"
         self._spawn(self._close(slot, reason in _GRACEFUL), name, self._closes)
 
     async def _close(self, slot: Slot[C], graceful: bool) -> None:
         record = slot.record
-        if graceful and self._leases is not None and not self._leases.may_speak(slot):
-            # Its fleet lease ran out (a pause past the TTL, Redis lost it): the fleet no
-            # longer counts this connection, so not even a LOGOUT goes out on it.
+        if graceful and not self._may_speak(slot):
             graceful = False
         bound = self.config.close_timeout
-        said = False
         if self._shut_down and graceful and slot.conn is not None:
-            if self._farewell is not None:
-                # Written, not awaited: 10,000 goodbyes cost no waiting (Connector doc).
-                self._farewell(slot.conn)
-                said, graceful = True, False
-            else:
-                # Every awaited goodbye of a closing pool ends by one deadline.
-                bound = min(bound, self._goodbye_until - self._clock())
-                if bound <= 0:
-                    graceful = False
+            # Every awaited goodbye of a closing pool ends by one deadline.
+            bound = min(bound, self._goodbye_until - self._clock())
+            if bound <= 0:
+                graceful = False
+        closed: Closed | None = None
         try:
             closed = await close_and_verify(
                 self._connector,
@@ -998,21 +998,92 @@ class GuardedPool(Generic[C]):
                 close_timeout=max(bound, 0.001),
                 clock=self._clock,
             )
+        finally:
+            self._closed(slot, closed)
+
+    def _may_speak(self, slot: Slot[C]) -> bool:
+        """Whether a goodbye may go out on ``slot``: not when its fleet lease ran out (a
+        pause past the TTL, Redis lost it): the fleet no longer counts the connection."""
+        return self._leases is None or self._leases.may_speak(slot)
+
+    async def _close_batch(self) -> None:
+        """Close, at shutdown, the connections :meth:`_retire` queued, many per loop turn.
+
+        One task for 10,000 closes instead of 10,000 tasks: each connection gets its
+        goodbye written (``Connector.farewell``) and is aborted; one turn of the loop later
+        most sockets are gone and verified so. A socket still there gets the full
+        :func:`close_and_verify` (the wait, then a forced shutdown) in a task of its own.
+        """
+        farewell = self._farewell
+        assert farewell is not None
+        while self._batch:
+            batch, self._batch = self._batch, []
+            said: list[bool] = []
+            try:
+                for slot, graceful in batch:
+                    conn = slot.conn
+                    spoke = conn is not None and graceful and self._may_speak(slot)
+                    if spoke:
+                        farewell(conn)  # type: ignore[arg-type]
+                    if conn is not None:
+                        self._connector.abort(conn)
+                    said.append(spoke)
+                for _ in range(3):  # asyncio closes an aborted socket on its next turn
+                    await asyncio.sleep(0)
+                    if not any(
+                        s.record.socket is not None and is_open(s.record.socket) for s, _ in batch
+                    ):
+                        break
+            except BaseException:
+                for slot, _ in batch:  # cancelled (close()'s own bound): free every slot
+                    if slot.conn is not None:
+                        self._connector.abort(slot.conn)
+                    self._closed(slot, None)
+                raise
+            for (slot, _), spoke in zip(batch, said, strict=True):
+                ident = slot.record.socket
+                slot.conn = None  # aborted: what is left is the OS check
+                goodbye = "sent" if spoke else "skipped"
+                if ident is not None and is_open(ident):
+                    name = f"guardedpool-close-{slot.record.key}"
+                    self._spawn(self._verify_gone(slot, goodbye), name, self._closes)
+                else:
+                    self._closed(slot, Closed(goodbye, True))
+
+    async def _verify_gone(self, slot: Slot[C], goodbye: str) -> None:
+        """The rest of a batch close whose socket outlived its abort (see close_and_verify)."""
+        closed: Closed | None = None
+        try:
+            checked = await close_and_verify(
+                self._connector,
+                None,
+                slot.record,
+                graceful=False,
+                close_timeout=self.config.close_timeout,
+                clock=self._clock,
+            )
+            closed = Closed(goodbye, checked.os_closed)
+        finally:
+            self._closed(slot, closed)
+
+    def _closed(self, slot: Slot[C], closed: Closed | None) -> None:
+        """A close ended (``closed`` None: it was interrupted): the slot is free."""
+        record = slot.record
+        if closed is not None:
             record.os_closed = closed.os_closed
             if self._tally is not None:
-                self._tally.closed("sent" if said else closed.goodbye, closed.os_closed)
-        finally:
-            slot.conn = None
-            self._free_slot(slot, Event.CLOSED)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "guardedpool: closed connection %d of key %r (%s); its slot is free",
-                    record.id,
-                    record.key,
-                    "socket verified gone" if record.os_closed else "socket NOT verified gone",
-                    extra={"key": record.key, "conn_id": record.id, "os_closed": record.os_closed},
-                )
-            self._after_slot_freed(slot.keystate)
+                self._tally.closed(closed.goodbye, closed.os_closed)
+        slot.conn = None
+        self._free_slot(slot, Event.CLOSED)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "guardedpool: closed connection %d of key %r (%s); its slot is free",
+                record.id,
+                record.key,
+                "socket verified gone" if record.os_closed else "socket NOT verified gone",
+                extra={"key": record.key, "conn_id": record.id, "os_closed": record.os_closed},
+            )
+        self._after_slot_freed(slot.keystate)
 
     def _free_slot(self, slot: Slot[C], event: Event, detail: str = "") -> None:
         record = slot.record
