@@ -14,7 +14,10 @@ the first connect, over N, after ``gc.collect()``), idle CPU (process CPU time o
 ``--window`` of wall time, as % of a core), the longest loop stall in a second window as
 long (the lateness of a 1 ms ticker), the time to open all N, the time to close them (the pool:
 ``pool.close()`` with every session still in IDLE; the floor: DONE + LOGOUT + close on
-each), WARNING records logged while closing, and the pool's ``audit()`` time.
+each), WARNING records logged while closing (and the first three of them), the pool's
+summary line of ``close()``, and the pool's ``audit()`` time. Opening and closing also
+report the client's CPU seconds (``*_cpu_s``): on a shared machine they say more than
+the wall times. ``--only pool`` (or ``floor``) runs one client, for development.
 
     python benchmarks/idle_scale.py --quick        # N = 200, 1 round
     python benchmarks/idle_scale.py --n 1000       # 2 rounds
@@ -155,9 +158,25 @@ class WarningCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.count = 0
+        self.samples: list[str] = []  # the first few, to say what the warnings were
 
     def emit(self, record: logging.LogRecord) -> None:
         self.count += 1
+        if len(self.samples) < 3:
+            self.samples.append(f"{record.name}: {record.getMessage()}"[:300])
+
+
+class SummaryCatcher(logging.Handler):
+    """Keeps the pool's one summary line of close() (its counts by outcome)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("guardedpool: pool closed"):
+            self.text = message
 
 
 async def _idle_window(seconds: float) -> dict[str, float]:
@@ -204,18 +223,23 @@ async def run_floor(n: int, port: int, cafile: str, window: float) -> dict[str, 
     gc.collect()
     rss0 = _bench.rss_bytes()
     gate = asyncio.Semaphore(MAX_CONNECTING)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     conns = await asyncio.gather(*(_floor_one(port, ctx, i, gate) for i in range(n)))
-    open_s = time.perf_counter() - t0
+    open_s, open_cpu = time.perf_counter() - t0, time.process_time() - c0
     gc.collect()
     rss = _bench.rss_bytes()
-    out: dict[str, Any] = {"open_all_s": open_s, "rss_per_conn_kb": (rss - rss0) / n / 1000}
+    out: dict[str, Any] = {
+        "open_all_s": open_s,
+        "open_all_cpu_s": open_cpu,
+        "rss_per_conn_kb": (rss - rss0) / n / 1000,
+    }
     out.update(await _idle_window(window))
     warnings = WarningCounter()
     logging.getLogger().addHandler(warnings)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.wait_for(asyncio.gather(*(_floor_close(r, w) for r, w in conns)), 120)
     out["close_s"] = time.perf_counter() - t0
+    out["close_cpu_s"] = time.process_time() - c0
     out["close_warnings"] = warnings.count
     return out
 
@@ -243,7 +267,7 @@ async def run_pool(n: int, port: int, cafile: str, window: float) -> dict[str, A
     rss0 = _bench.rss_bytes()
     pool.start()
     sessions = [idle(pool, key) for key in accounts]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for s in sessions:
         await s.__aenter__()
     iterators = [s.__aiter__() for s in sessions]
@@ -254,10 +278,14 @@ async def run_pool(n: int, port: int, cafile: str, window: float) -> dict[str, A
             raise RuntimeError(f"first IDLE event {event}")
 
     await asyncio.wait_for(asyncio.gather(*(connected(it) for it in iterators)), 600)
-    open_s = time.perf_counter() - t0
+    open_s, open_cpu = time.perf_counter() - t0, time.process_time() - c0
     gc.collect()
     rss = _bench.rss_bytes()
-    out: dict[str, Any] = {"open_all_s": open_s, "rss_per_conn_kb": (rss - rss0) / n / 1000}
+    out: dict[str, Any] = {
+        "open_all_s": open_s,
+        "open_all_cpu_s": open_cpu,
+        "rss_per_conn_kb": (rss - rss0) / n / 1000,
+    }
     out.update(await _idle_window(window))
     t0 = time.perf_counter()
     report = await pool.audit()
@@ -265,10 +293,17 @@ async def run_pool(n: int, port: int, cafile: str, window: float) -> dict[str, A
     out["audit_findings"] = len(getattr(report, "findings", ()) or ())
     warnings = WarningCounter()
     logging.getLogger().addHandler(warnings)
-    t0 = time.perf_counter()
+    summary = SummaryCatcher()
+    pool_log = logging.getLogger("guardedpool.pool")
+    pool_log.addHandler(summary)
+    pool_log.setLevel(logging.INFO)  # the summary line only: the handler filters
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.wait_for(pool.close(), 600)
     out["close_s"] = time.perf_counter() - t0
+    out["close_cpu_s"] = time.process_time() - c0
     out["close_warnings"] = warnings.count
+    out["close_warning_samples"] = warnings.samples
+    out["close_summary"] = summary.text
     for s in sessions:
         await s.stop()
     return out
@@ -323,6 +358,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         with ServerProcess(certdir) as server:
             for r in range(rounds):
                 order = ["floor", "pool"] if r % 2 == 0 else ["pool", "floor"]
+                if args.only:
+                    order = [args.only]
                 for kind in order:
                     _bench.log(f"round {r + 1}/{rounds}: {kind}, N = {n}")
                     res = _client(kind, n, server.port, certdir / "ca.pem", args.window)
@@ -330,14 +367,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     runs[kind].append(res)
                     _bench.log(f"  {res}")
                     time.sleep(1)  # let the server drop the closed sessions
+    if args.only:
+        return {"benchmark": "idle_scale", "n": n, "only": args.only, "runs": runs}
     keys = sorted({k for rs in runs.values() for r in rs for k in r if k != "round"})
     table = {
-        kind: {k: _bench.median([r[k] for r in rs if k in r]) for k in keys if k in rs[0]}
+        kind: {
+            k: _bench.median([r[k] for r in rs if k in r])
+            for k in keys
+            if isinstance(rs[0].get(k), (int, float))
+        }
         for kind, rs in runs.items()
     }
     ratios = {
         "rss_per_conn_pool_over_floor": _bench.ratio(
             table["pool"]["rss_per_conn_kb"], table["floor"]["rss_per_conn_kb"]
+        ),
+        "open_all_cpu_pool_over_floor": _bench.median(
+            [
+                p["open_all_cpu_s"] / f["open_all_cpu_s"]
+                for p, f in zip(runs["pool"], runs["floor"], strict=True)
+            ]
         ),
         "open_all_pool_over_floor": _bench.median(
             [
@@ -382,6 +431,12 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="N = 200, one round")
     parser.add_argument("--n", type=int, default=1000, help="accounts (default 1000)")
     parser.add_argument("--rounds", type=int, default=0, help="default 2 (quick: 1)")
+    parser.add_argument(
+        "--only",
+        choices=("floor", "pool"),
+        default=None,
+        help="run one client only (development: no ratios, no goals)",
+    )
     parser.add_argument(
         "--window", type=float, default=10.0, help="seconds of idle measured (default 10)"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from .connector import Connector
@@ -19,7 +20,7 @@ from .logs import error_text
 from .records import ConnectionRecord, Event, SocketIdentity
 from .sockets import is_open, shutdown_socket
 
-__all__ = ["VERIFY_WAIT", "close_and_verify", "wait_gone"]
+__all__ = ["VERIFY_WAIT", "Closed", "close_and_verify", "wait_gone"]
 
 log = logging.getLogger("guardedpool.pool")
 
@@ -27,6 +28,17 @@ C = TypeVar("C")
 
 VERIFY_WAIT = 0.5
 """Seconds an aborted (then a shut down) socket gets to leave the process."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """How a close went: ``goodbye`` is ``"done"`` (the connector's graceful close
+    returned), ``"sent"`` (written without waiting: ``Connector.farewell``), ``"failed"``
+    (it raised or overran its bound) or ``"skipped"`` (not tried); ``os_closed``: the
+    socket verifiably left the process."""
+
+    goodbye: str
+    os_closed: bool
 
 
 async def wait_gone(ident: SocketIdentity, seconds: float) -> bool:
@@ -53,17 +65,21 @@ async def close_and_verify(
     graceful: bool,
     close_timeout: float,
     clock: Callable[[], float],
-) -> bool:
-    """Close ``conn`` and return whether its socket verifiably left the process.
+) -> Closed:
+    """Close ``conn``: how the goodbye went, and whether its socket verifiably left the
+    process (see :class:`Closed`).
 
     Bounded: ``close_timeout`` for the goodbye, then at most ``2 * VERIFY_WAIT``.
     """
+    goodbye = "skipped"
     if conn is not None:
         if graceful:
+            goodbye = "done"
             try:
                 async with asyncio.timeout(close_timeout):
                     await connector.close(conn, close_timeout)
             except Exception as exc:
+                goodbye = "failed"
                 record.note(clock(), Event.CLOSE_FAILED, type(exc).__name__)
                 log.debug(
                     "guardedpool: goodbye on connection %d of key %r failed (%s); aborting",
@@ -75,7 +91,7 @@ async def close_and_verify(
         connector.abort(conn)
     ident = record.socket
     if ident is None or await wait_gone(ident, VERIFY_WAIT):
-        return True
+        return Closed(goodbye, True)
     forced = shutdown_socket(ident.fd, ident.inode)
     record.note(clock(), Event.FORCE_CLOSE, "shutdown on dup" if forced else "not needed")
     where = {"key": record.key, "conn_id": record.id, "fd": ident.fd, "inode": ident.inode}
@@ -90,7 +106,7 @@ async def close_and_verify(
         extra=where,
     )
     if await wait_gone(ident, VERIFY_WAIT):
-        return True
+        return Closed(goodbye, True)
     log.error(
         "guardedpool: socket of connection %d of key %r (fd %d, inode %d) still open after "
         "a forced shutdown: a straggler the pool cannot close (someone holds another fd "
@@ -101,4 +117,4 @@ async def close_and_verify(
         ident.inode,
         extra=where,
     )
-    return False
+    return Closed(goodbye, False)

@@ -205,9 +205,11 @@ _POOL_NUMBERS: tuple[tuple[str, type, float, bool, bool], ...] = (
     ("max_total", int, 1, True, False),
     ("max_connecting", int, 1, True, False),
     ("acquire_timeout", float, 0.0, False, False),
+    ("queue_timeout", float, 0.0, False, False),
     ("connect_timeout", float, 0.0, False, False),
     ("op_timeout", float, 0.0, False, False),
     ("close_timeout", float, 0.0, False, False),
+    ("shutdown_timeout", float, 0.0, False, False),
     ("idle_timeout", float, 0.0, False, False),
     ("max_lifetime", float, 0.0, False, False),
     ("lifetime_jitter", float, 0.0, True, False),
@@ -243,12 +245,25 @@ class PoolConfig:
         max_connecting: most connects in flight at once, pool-wide; a server restart then
             brings a trickle of reconnects, not a storm (default 8).
         acquire_timeout: seconds ``acquire()`` may wait for a connection, including any
-            connect it waits on (default 30.0).
+            connect it waits on (default 30.0); longer only while its connect is queued
+            behind ``max_connecting`` and the pool makes progress (see ``queue_timeout``).
+        queue_timeout: seconds ``acquire()`` may wait in all when its key's connect is
+            queued behind ``max_connecting`` (or under way) and the pool keeps opening
+            connections: such a caller times out at ``acquire_timeout`` after the pool's
+            last successful connect, not after its own start, and never later than this
+            (or ``acquire_timeout``, if that is longer) after its start (default 300.0).
         connect_timeout: seconds for TCP connect + TLS + greeting + login (default 15.0).
         op_timeout: seconds for each command; a command that overruns poisons the
             connection (default 30.0).
         close_timeout: seconds for a graceful LOGOUT before the transport is aborted
-            (default 5.0).
+            (default 5.0); ``close()`` also gives connections still lent out this long
+            to come back before it aborts them.
+        shutdown_timeout: for a connector without ``farewell`` (which says goodbye
+            without waiting; the IMAP connector has it): seconds ``close()`` gives the
+            awaited goodbyes (LOGOUT) of the connections it closes, all running at once,
+            counted from the call; a goodbye not done by then is cut short (the transport
+            is aborted, the socket still verified gone), and one that would start later is
+            skipped (default 1.0).
         idle_timeout: seconds a connection may sit idle in the pool before it is retired
             (default 300.0).
         max_lifetime: seconds after which a connection is retired, even one held in IDLE
@@ -283,9 +298,11 @@ class PoolConfig:
     max_total: int = 100
     max_connecting: int = 8
     acquire_timeout: float = 30.0
+    queue_timeout: float = 300.0
     connect_timeout: float = 15.0
     op_timeout: float = 30.0
     close_timeout: float = 5.0
+    shutdown_timeout: float = 1.0
     idle_timeout: float = 300.0
     max_lifetime: float = 3600.0
     lifetime_jitter: float = 0.05

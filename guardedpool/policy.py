@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable
 
 from .config import PoolConfig
+from .deadlines import heartbeat_at
 from .errors import ConnectError
 from .records import CloseReason, ConnectionRecord, ConnState
 
@@ -96,9 +97,11 @@ def needs_check(record: ConnectionRecord, now: float, config: PoolConfig) -> boo
 
 
 def heartbeat_due(record: ConnectionRecord, now: float, config: PoolConfig) -> bool:
-    """Whether housekeeping should NOOP this idle connection to detect a half-open peer."""
-    interval = config.heartbeat_interval
-    return interval is not None and now - record.last_checked_at >= interval
+    """Whether housekeeping should NOOP this idle connection to detect a half-open peer:
+    ``heartbeat_interval`` since its last check, less its spread (see
+    :func:`guardedpool.deadlines.heartbeat_at`)."""
+    due = heartbeat_at(record, config)
+    return due is not None and now >= due
 
 
 def open_blocker(key_count: int, total_count: int, config: PoolConfig) -> str | None:

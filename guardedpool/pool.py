@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -28,9 +29,10 @@ from .acquisition import Acquisition, is_connection_fault
 from .audit.auditor import run_audit  # at import: an audit at the fd limit cannot import
 from .audit.target import PoolTarget
 from .books import Books, Slot
-from .closing import close_and_verify
+from .closing import Closed, close_and_verify
 from .config import PoolConfig
 from .connector import Connector
+from .deadlines import Deadlines, attention_at, recheck_after
 from .errors import PoolClosed, PoolError, PoolTimeout, ServerLimit, UnknownKey
 from .fastpath import IDLE, IN_USE
 from .keystate import KeyState, Waiter, aggregate
@@ -40,7 +42,8 @@ from .limits import LOGIN_WINDOW, KeyLimits, limit_stats, login_limit, reached_l
 from .logs import error_text
 from .reconnect import Reconnector, record_short_life
 from .records import CloseReason, ConnectionRecord, ConnState, Event
-from .sockets import identify
+from .shutdown import ShutdownTally
+from .sockets import identify, is_open
 
 if TYPE_CHECKING:
     from .audit.report import AuditReport
@@ -50,7 +53,11 @@ __all__ = ["GuardedPool"]
 
 log = logging.getLogger("guardedpool.pool")
 
-_HOUSEKEEPING_CHUNK = 512  # connections looked at between two turns of the event loop
+_HOUSEKEEPING_CHUNK = 32  # due items handled between two looks at the time
+_STALE_ALLOWED = 1024  # entries of closed connections tolerated in the heap beyond 2x live
+_RETIRED = frozenset({ConnState.CLOSING, ConnState.CLOSED})
+_ROUND_SLICE = 0.002  # seconds of housekeeping work between two turns of the event loop
+_MIN_SLEEP_SHARE = 0.25  # rounds come at most 1 / this many times per housekeeping_interval
 _MAX_HEARTBEATS = 256  # NOOPs in flight from housekeeping; the rest wait a round
 
 C = TypeVar("C")
@@ -121,6 +128,7 @@ class GuardedPool(Generic[C]):
         self._borrowed: dict[int, Slot[C]] = {}  # id(conn) -> slot, while a caller holds it
         self._starving: dict[str, KeyState[C]] = {}  # keys blocked by max_total, FIFO
         self._logged_out: Callable[[C], bool] | None = getattr(connector, "logged_out", None)
+        self._farewell: Callable[[C], None] | None = getattr(connector, "farewell", None)
         self._forgotten: KeyState[C] = KeyState("")  # the counters of forgotten keys
         # A NOOP check is a command (op_timeout) with its own, shorter bound (check_timeout).
         self._check_bound = min(config.check_timeout, config.op_timeout)
@@ -134,6 +142,10 @@ class GuardedPool(Generic[C]):
         self._loop: asyncio.AbstractEventLoop | None = None  # bound by start(); see fastpath
         self._shut_down = False  # close() was called
         self._close_task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # see when_closing()
+        self._goodbye_until = math.inf  # pool clock: when close()'s goodbyes must end
+        self._tally: ShutdownTally | None = None  # what close() did, for its summary
+        self._batch: list[tuple[Slot[C], bool]] = []  # closes queued for _close_batch
         self._returned = asyncio.Event()
         self._last_audit: float | None = None
         self._leases: LeaseHook[C] | None = (
@@ -143,6 +155,11 @@ class GuardedPool(Generic[C]):
         )
         # One wake-up per key held back by the server's limits (guardedpool.limits).
         self._wakes: dict[KeyState[C], asyncio.TimerHandle] = {}
+        # Housekeeping's due times (guardedpool.deadlines): one entry per live connection;
+        # keys that may be quiet, with the due time of their one valid entry.
+        self._due: Deadlines[Slot[C]] = Deadlines()
+        self._key_due: Deadlines[KeyState[C]] = Deadlines()
+        self._key_due_at: dict[KeyState[C], float] = {}
         self.audit_target: PoolTarget[C] = PoolTarget(
             config, self._books, connector, clock, self._retire
         )
@@ -209,21 +226,55 @@ class GuardedPool(Generic[C]):
     async def close(self) -> None:
         """Close every connection and wake every waiter with :class:`PoolClosed`.
 
-        Idempotent and bounded: connections still checked out get ``close_timeout`` to be
-        returned, then they are aborted; every close is itself bounded by ``close_timeout``.
+        Idempotent and bounded: long holders learn of it at once (:meth:`when_closing`);
+        connections still checked out get ``close_timeout`` to be returned, then they are
+        aborted; each goodbye is written without waiting for the answer when the
+        connector has ``farewell`` (IMAP: DONE + LOGOUT), else awaited, all at once, and
+        cut short at ``shutdown_timeout`` after the call; every close ends in a socket
+        verified gone. Bounded overall by ``close_timeout + connect_timeout + 2`` s.
+        Logs one summary line (counts by outcome; WARNING only when a borrower lost its
+        connection or a socket was not verified gone), the per-connection detail at DEBUG.
         """
         if self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self._shutdown())
         await asyncio.shield(self._close_task)
 
+    def when_closing(self) -> asyncio.Future[None]:
+        """A future that completes (with None) once :meth:`close` is called.
+
+        For long holders, such as an IDLE session: wait on it alongside your own wait
+        (``asyncio.wait({..., pool.when_closing()}, ...)``) and give the connection back
+        at once, so that ``close()`` need not wait ``close_timeout`` for it. One future,
+        shared by every caller: never cancel it (wait on it, or on a shield of it).
+        Call it from the event loop that runs the pool.
+        """
+        fut = self._closing
+        if fut is None or fut.cancelled():
+            fut = self._closing = asyncio.get_running_loop().create_future()
+            if self._shut_down:
+                fut.set_result(None)
+        return fut
+
     async def _shutdown(self) -> None:
         self._shut_down = True
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        cfg = self.config
+        self._goodbye_until = self._clock() + cfg.shutdown_timeout
+        self._tally = tally = ShutdownTally()
         log.info("guardedpool: closing the pool: %r", self, extra={"pool": repr(self)})
-        for ks in self._keys.values():
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)  # long holders give their connections back
+        retired = 0
+        for ks in list(self._keys.values()):
             while (waiter := ks.next_waiter()) is not None:
                 waiter.set_exception(PoolClosed(f"the pool closed while waiting for {ks.key!r}"))
             for slot in list(ks.idle):
-                self._retire(slot, CloseReason.SHUTDOWN)
+                if slot.record.state is IDLE:
+                    self._retire(slot, CloseReason.SHUTDOWN)
+                    retired += 1
+                    if retired % _HOUSEKEEPING_CHUNK == 0:
+                        await asyncio.sleep(0)  # 10,000 retirements are not one loop stall
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         for handle in self._wakes.values():
@@ -232,7 +283,7 @@ class GuardedPool(Generic[C]):
             task.cancel()
         if self._borrowed:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.close_timeout):
+                async with asyncio.timeout(cfg.close_timeout):
                     while self._borrowed:
                         self._returned.clear()
                         await self._returned.wait()
@@ -240,20 +291,20 @@ class GuardedPool(Generic[C]):
                 del self._borrowed[id(slot.conn)]
                 record = slot.record
                 borrower = borrower_of(record)
-                log.warning(
+                tally.aborted_lent += 1
+                log.debug(
                     "guardedpool: connection %d of key %r still lent out %g s (close_timeout) "
                     "after close() to %s; aborting it",
                     record.id,
                     record.key,
-                    self.config.close_timeout,
+                    cfg.close_timeout,
                     borrower_text(borrower),
                     extra={"key": record.key, "conn_id": record.id, **borrower_fields(borrower)},
                 )
                 self._retire(slot, CloseReason.SHUTDOWN)
         # Closing tasks may spawn more (an open finishing as we cancel it is retired): wait
         # until none is left, within one overall bound.
-        loop = asyncio.get_running_loop()
-        end = loop.time() + self.config.close_timeout + self.config.connect_timeout + 2.0
+        end = loop.time() + cfg.close_timeout + cfg.connect_timeout + 2.0
         while True:
             tasks = {t for t in (*self._opens, *self._closes, *self._heartbeats) if not t.done()}
             if self._housekeeper is not None and not self._housekeeper.done():
@@ -274,7 +325,12 @@ class GuardedPool(Generic[C]):
             await asyncio.wait(tasks, timeout=remaining)
         if self._leases is not None:
             self._leases.unsubscribe()
-        log.info("guardedpool: pool closed", extra={"pool": repr(self)})
+        log.log(
+            tally.level,
+            "guardedpool: pool closed: %s",
+            tally.text(loop.time() - began, cfg.shutdown_timeout),
+            extra={"pool": repr(self), **tally.fields()},
+        )
 
     # ----------------------------------------------------------------- acquire / release
 
@@ -366,35 +422,70 @@ class GuardedPool(Generic[C]):
     async def _wait(
         self, ks: KeyState[C], deadline: float, started: float, failed_check: str | None = None
     ) -> Slot[C]:
+        """Wait as a waiter of ``ks`` until ``deadline`` (pool clock), or later while the
+        key's connect is queued behind ``max_connecting`` and the queue moves (see
+        :meth:`_queued_until`). Raises :class:`PoolTimeout` (or the budget's) at the end."""
         waiter: Waiter[C] = asyncio.get_running_loop().create_future()
         ks.add_waiter(waiter)
         if self._leases is not None:
             self._leases.waiting_until(waiter, deadline)
-        timer: asyncio.Timeout | None = None
         try:
             self._dispatch(ks)  # inside the try: whatever it raises, the waiter leaves
-            async with asyncio.timeout(deadline - self._clock()) as timer:
-                return await waiter
-        except BaseException as exc:
+            while True:
+                remaining = deadline - self._clock()
+                if remaining > 0:
+                    await asyncio.wait((waiter,), timeout=remaining)  # never cancels it
+                if waiter.done():
+                    return waiter.result()  # a slot, or what the pool failed it with
+                later = self._queued_until(ks, started)
+                if later <= self._clock():
+                    raise self._timed_out(ks, started, failed_check)
+                deadline = later
+        except BaseException:
             self._abandon(ks, waiter)
-            if isinstance(exc, TimeoutError) and timer is not None and timer.expired():
-                ks.timeouts += 1
-                last = ks.last_error()
-                if self._leases is not None and self._leases.waiting.get(ks.key):
-                    raise budget_timeout(
-                        ks.key, self._clock() - started, last, failed_check=failed_check
-                    ) from last
-                raise PoolTimeout(
-                    ks.key,
-                    self._clock() - started,
-                    last,
-                    failed_check=failed_check,
-                    **self._limit_words(ks),
-                ) from last
             raise
         finally:
             if self._leases is not None:
                 self._leases.done_waiting(waiter)
+
+    def _queued_until(self, ks: KeyState[C], started: float) -> float:
+        """How long a waiter of ``ks`` that started at ``started`` may wait on, past its
+        ``acquire_timeout``: while a connect for the key is queued behind
+        ``max_connecting`` (or under way), ``acquire_timeout`` after the pool's last
+        successful connect, and never past ``queue_timeout`` after ``started``.
+
+        Why: 10,000 acquires at once with ``max_connecting`` 8 make a queue that takes
+        longer than ``acquire_timeout`` to drain even when every connect succeeds; a caller
+        should not fail while the pool is making progress toward it. A queue that does not
+        move (no connect succeeded for ``acquire_timeout``: the server is down or hangs)
+        still fails its callers at ``acquire_timeout``, as before.
+        """
+        reconnector = self._reconnector
+        progress = reconnector.progress_at
+        if progress is None or not reconnector.pending(ks.key):
+            return -math.inf
+        cfg = self.config
+        return min(
+            progress + cfg.acquire_timeout, started + max(cfg.queue_timeout, cfg.acquire_timeout)
+        )
+
+    def _timed_out(self, ks: KeyState[C], started: float, failed_check: str | None) -> PoolError:
+        """The error of a waiter of ``ks`` whose wait ran out (counted in the stats)."""
+        ks.timeouts += 1
+        last = ks.last_error()
+        error: PoolError
+        if self._leases is not None and self._leases.waiting.get(ks.key):
+            error = budget_timeout(ks.key, self._clock() - started, last, failed_check=failed_check)
+        else:
+            error = PoolTimeout(
+                ks.key,
+                self._clock() - started,
+                last,
+                failed_check=failed_check,
+                **self._limit_words(ks),
+            )
+        error.__cause__ = last
+        return error
 
     def _abandon(self, ks: KeyState[C], waiter: Waiter[C]) -> None:
         """A waiter gave up (timeout, cancellation, error): never lose what it was handed."""
@@ -403,6 +494,7 @@ class GuardedPool(Generic[C]):
             return
         waiter.cancel()
         ks.drop_waiter(waiter)
+        self._key_may_be_quiet(ks)
 
     async def _noop_check(self, slot: Slot[C], timeout: float, kind: str) -> str | None:
         """NOOP a connection that no caller holds (``kind``: "hand-out" or "heartbeat"),
@@ -577,9 +669,9 @@ class GuardedPool(Generic[C]):
             conn = await self._reconnector.connect(
                 ks.key,
                 ks.connect_backoff(),
-                wanted=lambda: not self._shut_down
-                and ks.live_waiters() > 0
-                and self._may_connect(ks),
+                wanted=lambda: (
+                    not self._shut_down and ks.live_waiters() > 0 and self._may_connect(ks)
+                ),
                 note=lambda exc: self._connect_failed(ks, record, exc, started[0]),
                 admit=lambda: self._admit(ks, started),
             )
@@ -626,6 +718,7 @@ class GuardedPool(Generic[C]):
             },
         )
         self._opened(slot)
+        self._watch(slot, now)  # housekeeping's first look (none if retired already)
         if ks.limits is not None:
             ks.limits.accepted(len(ks.idle) + ks.in_use)
         ks.connect_finished()
@@ -831,35 +924,124 @@ class GuardedPool(Generic[C]):
         self._books.move(slot, ConnState.CLOSING, reason)
         record.retired_at = now
         record.note(now, Event.RETIRE, f"{reason.value} {detail}".strip())
-        log.info(
-            "guardedpool: retiring connection %d of key %r: %s (%s)",
-            record.id,
-            record.key,
-            reason.value,
-            detail or _WHY[reason],
-            extra={"key": record.key, "conn_id": record.id, "reason": reason.value},
-        )
+        level = logging.DEBUG if reason is CloseReason.SHUTDOWN else logging.INFO  # close() sums up
+        if log.isEnabledFor(level):  # 10,000 retirements by close(): no dict for nothing
+            log.log(
+                level,
+                "guardedpool: retiring connection %d of key %r: %s (%s)",
+                record.id,
+                record.key,
+                reason.value,
+                detail or _WHY[reason],
+                extra={"key": record.key, "conn_id": record.id, "reason": reason.value},
+            )
+        if self._shut_down and self._farewell is not None:
+            # Closing the pool: one task closes them all (_close_batch), goodbyes written.
+            self._batch.append((slot, reason in _GRACEFUL))
+            if len(self._batch) == 1:
+                self._spawn(self._close_batch(), "guardedpool-close-batch", self._closes)
+            return
         name = f"guardedpool-close-{record.key}"
         self._spawn(self._close(slot, reason in _GRACEFUL), name, self._closes)
 
     async def _close(self, slot: Slot[C], graceful: bool) -> None:
         record = slot.record
-        if graceful and self._leases is not None and not self._leases.may_speak(slot):
-            # Its fleet lease ran out (a pause past the TTL, Redis lost it): the fleet no
-            # longer counts this connection, so not even a LOGOUT goes out on it.
+        if graceful and not self._may_speak(slot):
             graceful = False
+        bound = self.config.close_timeout
+        if self._shut_down and graceful and slot.conn is not None:
+            # Every awaited goodbye of a closing pool ends by one deadline.
+            bound = min(bound, self._goodbye_until - self._clock())
+            if bound <= 0:
+                graceful = False
+        closed: Closed | None = None
         try:
-            record.os_closed = await close_and_verify(
+            closed = await close_and_verify(
                 self._connector,
                 slot.conn,
                 record,
                 graceful=graceful,
-                close_timeout=self.config.close_timeout,
+                close_timeout=max(bound, 0.001),
                 clock=self._clock,
             )
         finally:
-            slot.conn = None
-            self._free_slot(slot, Event.CLOSED)
+            self._closed(slot, closed)
+
+    def _may_speak(self, slot: Slot[C]) -> bool:
+        """Whether a goodbye may go out on ``slot``: not when its fleet lease ran out (a
+        pause past the TTL, Redis lost it): the fleet no longer counts the connection."""
+        return self._leases is None or self._leases.may_speak(slot)
+
+    async def _close_batch(self) -> None:
+        """Close, at shutdown, the connections :meth:`_retire` queued, many per loop turn.
+
+        One task for 10,000 closes instead of 10,000 tasks: each connection gets its
+        goodbye written (``Connector.farewell``) and is aborted; one turn of the loop later
+        most sockets are gone and verified so. A socket still there gets the full
+        :func:`close_and_verify` (the wait, then a forced shutdown) in a task of its own.
+        """
+        farewell = self._farewell
+        assert farewell is not None
+        while self._batch:
+            batch, self._batch = self._batch, []
+            said: list[bool] = []
+            try:
+                for slot, graceful in batch:
+                    conn = slot.conn
+                    spoke = conn is not None and graceful and self._may_speak(slot)
+                    if spoke:
+                        farewell(conn)  # type: ignore[arg-type]
+                    if conn is not None:
+                        self._connector.abort(conn)
+                    said.append(spoke)
+                for _ in range(3):  # asyncio closes an aborted socket on its next turn
+                    await asyncio.sleep(0)
+                    if not any(
+                        s.record.socket is not None and is_open(s.record.socket) for s, _ in batch
+                    ):
+                        break
+            except BaseException:
+                for slot, _ in batch:  # cancelled (close()'s own bound): free every slot
+                    if slot.conn is not None:
+                        self._connector.abort(slot.conn)
+                    self._closed(slot, None)
+                raise
+            for (slot, _), spoke in zip(batch, said, strict=True):
+                ident = slot.record.socket
+                slot.conn = None  # aborted: what is left is the OS check
+                goodbye = "sent" if spoke else "skipped"
+                if ident is not None and is_open(ident):
+                    name = f"guardedpool-close-{slot.record.key}"
+                    self._spawn(self._verify_gone(slot, goodbye), name, self._closes)
+                else:
+                    self._closed(slot, Closed(goodbye, True))
+
+    async def _verify_gone(self, slot: Slot[C], goodbye: str) -> None:
+        """The rest of a batch close whose socket outlived its abort (see close_and_verify)."""
+        closed: Closed | None = None
+        try:
+            checked = await close_and_verify(
+                self._connector,
+                None,
+                slot.record,
+                graceful=False,
+                close_timeout=self.config.close_timeout,
+                clock=self._clock,
+            )
+            closed = Closed(goodbye, checked.os_closed)
+        finally:
+            self._closed(slot, closed)
+
+    def _closed(self, slot: Slot[C], closed: Closed | None) -> None:
+        """A close ended (``closed`` None: it was interrupted): the slot is free."""
+        record = slot.record
+        if closed is not None:
+            record.os_closed = closed.os_closed
+            if self._tally is not None:
+                self._tally.closed(closed.goodbye, closed.os_closed)
+        slot.conn = None
+        self._free_slot(slot, Event.CLOSED)
+        if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "guardedpool: closed connection %d of key %r (%s); its slot is free",
                 record.id,
@@ -867,7 +1049,7 @@ class GuardedPool(Generic[C]):
                 "socket verified gone" if record.os_closed else "socket NOT verified gone",
                 extra={"key": record.key, "conn_id": record.id, "os_closed": record.os_closed},
             )
-            self._after_slot_freed(slot.keystate)
+        self._after_slot_freed(slot.keystate)
 
     def _free_slot(self, slot: Slot[C], event: Event, detail: str = "") -> None:
         record = slot.record
@@ -877,6 +1059,7 @@ class GuardedPool(Generic[C]):
         self._books.move(slot, ConnState.CLOSED)
         if self._leases is not None:
             self._leases.give_back(slot)  # the socket is verified gone (or never existed)
+        self._key_may_be_quiet(slot.keystate)
 
     def _lease_lost(self, slot: Slot[C]) -> None:
         """The fleet budget lost ``slot``'s lease: the connection must not be used again.
@@ -903,11 +1086,22 @@ class GuardedPool(Generic[C]):
 
     async def _housekeeping(self) -> None:
         interval = self.config.housekeeping_interval
+        loop = asyncio.get_running_loop()
         while not self._shut_down:
-            await asyncio.sleep(interval)
+            # Until the earliest due time, but no sooner than a share of the interval
+            # (coalesced: 10,000 spread-out due times are not 10,000 wake-ups) and no
+            # later than the interval (the audit, the graveyard, what was pushed meanwhile).
+            earliest = self._due.earliest()
+            delay = interval
+            if earliest is not None:
+                delay = min(interval, max(earliest - self._clock(), interval * _MIN_SLEEP_SHARE))
+            await asyncio.sleep(delay)
             try:
+                deadline = loop.time() + _ROUND_SLICE
                 for _ in self._housekeeping_round():
-                    await asyncio.sleep(0)  # a turn for the loop between chunks
+                    if loop.time() >= deadline:
+                        await asyncio.sleep(0)  # a turn for the loop between chunks
+                        deadline = loop.time() + _ROUND_SLICE
                 await self._maybe_audit()
             except Exception:
                 log.exception("guardedpool: housekeeping round failed")
@@ -918,64 +1112,143 @@ class GuardedPool(Generic[C]):
             pass
 
     def _housekeeping_round(self) -> Iterator[None]:
-        """Retire what is due, start heartbeats, flag leaks, prune the graveyard.
+        """Retire what is due, start heartbeats, flag leaks, forget quiet keys, prune the
+        graveyard: only the connections and keys whose due time has come
+        (:mod:`guardedpool.deadlines`).
 
-        A generator that yields every ``_HOUSEKEEPING_CHUNK`` connections so that 10,000
-        of them do not stall the event loop in one go; each record's state is checked
-        again after a yield, since anything may have happened to it meanwhile.
+        A generator that yields every ``_HOUSEKEEPING_CHUNK`` items so that a burst of due
+        work does not stall the event loop in one go; the caller turns the loop when a
+        slice of time is spent. Each record's state is read when it is handled.
         """
         now = self._clock()
         cfg = self.config
-        seen = 0
-        for ks in list(self._keys.values()):
-            if ks.quiet(now):
-                if ks.quiet_since is None:
-                    ks.quiet_since = now
-                elif now - ks.quiet_since >= cfg.forget_keys_after:
-                    self._forget(ks)
-                continue
-            ks.quiet_since = None
-            for slot in list(ks.idle):
-                seen += 1
-                if seen % _HOUSEKEEPING_CHUNK == 0:
-                    yield
-                    now = self._clock()
-                record = slot.record
-                if record.state is not IDLE:
-                    continue  # handed out or retired while we yielded
-                reason = policy.retire_when_idle(record, now, cfg)
-                if reason is None and not self._connector.is_alive(slot.conn):  # type: ignore[arg-type]
-                    reason = CloseReason.ERROR
-                if reason is not None:
-                    self._retire(slot, reason)
-                elif (
-                    policy.heartbeat_due(record, now, cfg)
-                    and len(self._heartbeats) < _MAX_HEARTBEATS
-                ):
-                    self._books.move(slot, IN_USE)
-                    name = f"guardedpool-heartbeat-{ks.key}"
-                    self._spawn(self._heartbeat(slot), name, self._heartbeats)
-        borrowed = list(self._borrowed.values())
-        for record in self._leaks.sweep((s.record for s in borrowed), now):
-            slot = self._books.live[record.id]
-            if slot.conn is not None:
-                borrower = borrower_of(record)
-                log.warning(
-                    "guardedpool: reclaiming connection %d of key %r: lent out for %.1f s "
-                    "(reclaim_after %g s) to %s; aborted under its borrower",
-                    record.id,
-                    record.key,
-                    now - record.borrowed_at,
-                    cfg.reclaim_after,
-                    borrower_text(borrower),
-                    extra={"key": record.key, "conn_id": record.id, **borrower_fields(borrower)},
-                )
-                record.note(now, Event.RECLAIMED)
-                self._connector.abort(slot.conn)
+        live = len(self._books.live)
+        recheck = recheck_after(cfg, live)
+        if len(self._due) > 2 * live + _STALE_ALLOWED:
+            # Closed connections leave their entry behind (lazy invalidation); under
+            # heavy churn they would pile up for a re-look's time, holding their records.
+            self._due.prune(lambda slot: slot.record.state not in _RETIRED)
+            yield
+            now = self._clock()
+        while True:
+            batch = self._due.pop_due(now, _HOUSEKEEPING_CHUNK)
+            for _, slot in batch:
+                try:
+                    self._attend(slot, now, recheck)
+                except Exception:
+                    log.exception(
+                        "guardedpool: housekeeping of connection %d of key %r failed",
+                        slot.record.id,
+                        slot.record.key,
+                        extra={"key": slot.record.key, "conn_id": slot.record.id},
+                    )
+                    self._due.push(now + cfg.housekeeping_interval, slot)
+            if len(batch) < _HOUSEKEEPING_CHUNK:
+                break
+            yield
+            now = self._clock()
+        while True:
+            keys = self._key_due.pop_due(now, _HOUSEKEEPING_CHUNK)
+            for due, ks in keys:
+                if self._key_due_at.get(ks) == due:  # else a stale entry: a later one holds
+                    del self._key_due_at[ks]
+                    self._attend_key(ks, now)
+            if len(keys) < _HOUSEKEEPING_CHUNK:
+                break
+            yield
+            now = self._clock()
         ttl = cfg.audit.graveyard_ttl
         grave = self._books.graveyard
         while grave and grave[0].closed_at is not None and now - grave[0].closed_at > ttl:
             grave.popleft()
+
+    def _watch(self, slot: Slot[C], now: float, recheck: tuple[float, float] | None = None) -> None:
+        """Schedule housekeeping's next look at a live connection (one entry each)."""
+        if recheck is None:
+            recheck = recheck_after(self.config, len(self._books.live))
+        record = slot.record
+        due = attention_at(record, now, self.config, recheck, warned=record.id in self._leak_warned)
+        if due is not None:
+            self._due.push(due, slot)
+
+    def _attend(self, slot: Slot[C], now: float, recheck: tuple[float, float]) -> None:
+        """Housekeeping's look at one connection whose due time came."""
+        record = slot.record
+        cfg = self.config
+        state = record.state
+        if state is IDLE:
+            reason = policy.retire_when_idle(record, now, cfg)
+            if reason is None and not self._connector.is_alive(slot.conn):  # type: ignore[arg-type]
+                reason = CloseReason.ERROR
+            if reason is not None:
+                self._retire(slot, reason)
+                return  # retired: no entry any more
+            if policy.heartbeat_due(record, now, cfg):
+                if len(self._heartbeats) >= _MAX_HEARTBEATS:
+                    self._due.push(now + cfg.housekeeping_interval, slot)  # wait a round
+                    return
+                self._books.move(slot, IN_USE)
+                name = f"guardedpool-heartbeat-{record.key}"
+                self._spawn(self._heartbeat(slot), name, self._heartbeats)
+        elif state is IN_USE:
+            if record.borrowed_by is not None:
+                for due in self._leaks.sweep((record,), now):
+                    self._reclaim(due, now)
+        else:
+            return  # retired: its entry ends here
+        self._watch(slot, now, recheck)
+
+    def _reclaim(self, record: ConnectionRecord, now: float) -> None:
+        """Abort a connection held past ``reclaim_after`` under its borrower."""
+        slot = self._books.live[record.id]
+        if slot.conn is None:
+            return
+        borrower = borrower_of(record)
+        log.warning(
+            "guardedpool: reclaiming connection %d of key %r: lent out for %.1f s "
+            "(reclaim_after %g s) to %s; aborted under its borrower",
+            record.id,
+            record.key,
+            now - record.borrowed_at,
+            self.config.reclaim_after,
+            borrower_text(borrower),
+            extra={"key": record.key, "conn_id": record.id, **borrower_fields(borrower)},
+        )
+        record.note(now, Event.RECLAIMED)
+        self._connector.abort(slot.conn)
+
+    def _watch_key(self, ks: KeyState[C], at: float) -> None:
+        """Look at ``ks`` at ``at``: it may have become quiet (no slot left, a waiter gone).
+        One valid entry per key; an earlier one already scheduled stands."""
+        scheduled = self._key_due_at.get(ks)
+        if scheduled is not None and scheduled <= at:
+            return
+        self._key_due_at[ks] = at
+        self._key_due.push(at, ks)
+
+    def _attend_key(self, ks: KeyState[C], now: float) -> None:
+        """Forget a key quiet for ``forget_keys_after``; else look again when it may be."""
+        if self._keys.get(ks.key) is not ks:
+            return  # forgotten already
+        if ks.quiet(now):
+            if ks.quiet_since is None:
+                ks.quiet_since = now
+            if now - ks.quiet_since >= self.config.forget_keys_after:
+                self._forget(ks)
+            else:
+                self._watch_key(ks, ks.quiet_since + self.config.forget_keys_after)
+            return
+        ks.quiet_since = None
+        if ks.slots == 0:
+            # Waiters, a backoff or a server limit still in progress: look again later.
+            self._watch_key(ks, now + self.config.housekeeping_interval)
+        # With a slot, the close of its last one schedules the next look.
+
+    def _key_may_be_quiet(self, ks: KeyState[C]) -> None:
+        """``ks`` lost its last slot or a waiter: quiet from the next look on, maybe."""
+        if ks.slots == 0 and not self._shut_down:
+            ks.quiet_since = None
+            self._watch_key(ks, self._clock())
 
     async def _heartbeat(self, slot: Slot[C]) -> None:
         if await self._noop_check(slot, self._check_bound, "heartbeat") is None:

@@ -234,6 +234,15 @@ class Reconnector(Generic[C]):
         self._connect_permits = asyncio.Semaphore(config.max_connecting)
         self.connecting = 0
         self.peak_connecting = 0
+        # Connects per key queued for a permit or under way (entries only while > 0), and
+        # when a connect last succeeded: what lets a queued acquire outlive its
+        # acquire_timeout while the queue moves (GuardedPool, PoolConfig.queue_timeout).
+        self._pending: dict[str, int] = {}
+        self.progress_at: float | None = None
+
+    def pending(self, key: str) -> bool:
+        """Whether a connect for ``key`` is queued behind ``max_connecting`` or under way."""
+        return key in self._pending
 
     async def connect(
         self,
@@ -320,12 +329,23 @@ class Reconnector(Generic[C]):
         return conn
 
     async def _once(self, key: str) -> C:
-        async with self._connect_permits:
-            self.connecting += 1
-            self.peak_connecting = max(self.peak_connecting, self.connecting)
-            try:
-                # The connector bounds itself by connect_timeout; this is a backstop.
-                async with asyncio.timeout(self._config.connect_timeout + 1.0):
-                    return await self._connector.open(key, self._config)
-            finally:
-                self.connecting -= 1
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
+        try:
+            async with self._connect_permits:
+                self.connecting += 1
+                self.peak_connecting = max(self.peak_connecting, self.connecting)
+                try:
+                    # The connector bounds itself by connect_timeout; this is a backstop.
+                    async with asyncio.timeout(self._config.connect_timeout + 1.0):
+                        conn = await self._connector.open(key, self._config)
+                finally:
+                    self.connecting -= 1
+                self.progress_at = self._clock()
+                return conn
+        finally:
+            left = pending[key] - 1
+            if left:
+                pending[key] = left
+            else:
+                del pending[key]

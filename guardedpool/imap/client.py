@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import CommandThrottled, IMAPCommandError, ProtocolError
+from ..errors import CommandThrottled, ConnectionPoisoned, IMAPCommandError, ProtocolError
 from . import mutf7
 from .guard import GuardedSession, consume
 from .literals import criteria_pieces
@@ -22,6 +23,8 @@ from .protocol import GuardedProtocol, quoted
 from .refusals import classify_refusal
 
 __all__ = ["IMAPClient", "WireName"]
+
+log = logging.getLogger("guardedpool.imap")
 
 # A mailbox name that needs no quoting; anything else is sent as a quoted string.
 _ATOM = re.compile(r"^[A-Za-z0-9_.&+,/\-]+$")
@@ -461,6 +464,34 @@ class IMAPClient(GuardedSession):
         finally:
             self.abort("logged out")
 
+    def farewell(self) -> None:
+        """Say goodbye without waiting for the answer: DONE (if IDLE is active) and LOGOUT,
+        written together in one write, and nothing read back; never raises. Afterwards the
+        client is closed, like after :meth:`logout`; the caller aborts the transport next
+        (what the socket took is on its way, anything it could not take is dropped).
+
+        For a closing pool with thousands of connections: each server still gets its
+        LOGOUT (RFC 3501 section 6.1.3, after RFC 2177's DONE), and nobody waits for
+        thousands of answers that change nothing. A poisoned connection gets nothing.
+        """
+        if self.poisoned:
+            return
+        self.logged_out = True
+        p = self._protocol
+        try:
+            p.logging_out = True
+            done = self._idle is not None and not self._idle.done() and not self._done_sent
+            self._done_sent = self._done_sent or done
+            tag = p.new_tag()
+            transport = p.transport
+            if transport is not None and not transport.is_closing():
+                words = f"DONE\r\n{tag} LOGOUT\r\n" if done else f"{tag} LOGOUT\r\n"
+                transport.write(words.encode())
+                p.sent += 1
+        except Exception as exc:  # a transport already gone: no goodbye to say
+            log.debug("imap farewell not written: %s", type(exc).__name__, extra={"key": self.key})
+        self._poison = ConnectionPoisoned(f"connection for key {self.key!r} logged out")
+
     # -- IDLE --------------------------------------------------------------------------
 
     async def idle_start(self, *, timeout: float | None = None) -> None:
@@ -501,8 +532,11 @@ class IMAPClient(GuardedSession):
             self._idle_command = p.pending_sync_command
             self._done_sent = False
 
-    async def wait_server_push(self, timeout: float | None = None) -> builtins.list[bytes]:
-        """Wait up to ``timeout`` (default ``op_timeout``) for lines pushed during IDLE.
+    async def wait_server_push(
+        self, timeout: float | None = None, *, until: asyncio.Future[Any] | None = None
+    ) -> builtins.list[bytes]:
+        """Wait up to ``timeout`` (default ``op_timeout``) for lines pushed during IDLE,
+        or until the future ``until`` (if given) is done, whichever comes first.
 
         Returns the next batch (see :func:`~guardedpool.imap.parse.parse_idle_push`), or
         ``[]`` when nothing came in time: silence is not a fault. A lost connection or a
@@ -510,7 +544,8 @@ class IMAPClient(GuardedSession):
         of the server's limits). A server that ends IDLE itself poisons the connection; when
         it ended it with a ``NO``/``BAD`` of its limits (throttled...),
         :class:`~guardedpool.errors.CommandThrottled` says so. Cancelling this wait does not
-        poison the connection.
+        poison the connection. ``until`` (e.g. ``pool.when_closing()``) is only waited on,
+        never cancelled; when it ends the wait, the result is ``[]`` as for silence.
         """
         idle = self._idle
         if idle is None:
@@ -519,10 +554,11 @@ class IMAPClient(GuardedSession):
         p = self._protocol
         bound = self._bound(timeout)
         get = asyncio.ensure_future(p.idle_queue.get())
+        waits: set[asyncio.Future[Any]] = {get, p.fault, idle}
+        if until is not None:
+            waits.add(until)
         try:
-            await asyncio.wait(
-                {get, p.fault, idle}, timeout=bound, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not get.done():
                 get.cancel()

@@ -72,6 +72,8 @@ class GuardedSession:
         self._poison: ConnectionPoisoned | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
         self._idle: asyncio.Future[Any] | None = None
+        # Set by LOGOUT: the session is ending, so a poison from here on is no news.
+        self.logged_out = False
 
     def __repr__(self) -> str:
         state = f"poisoned: {self.poison_reason}" if self.poisoned else self.state
@@ -181,7 +183,10 @@ class GuardedSession:
             self._poison = exc
         elif self._poison is None:
             self._poison = self._protocol.fault.result()
-        log.warning(
+        log.log(
+            # During LOGOUT (say, cut short by a closing pool) the connection was being
+            # closed anyway: detail for debugging, not a warning per connection.
+            logging.DEBUG if self.logged_out else logging.WARNING,
             "imap connection poisoned: %s",
             exc,
             extra={"key": self.key, "reason": str(exc), "error": type(exc).__name__},

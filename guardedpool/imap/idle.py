@@ -19,6 +19,9 @@ server suggested, at most ``retry.max_throttle_delay``, or else the pool's retry
 (``retry.initial * retry.multiplier ** n`` up to ``retry.max_delay``), counted from the
 last time IDLE was reached. ``stop()`` ends the wait at once.
 
+When the pool closes, the session learns of it at once (``pool.when_closing()``), gives
+its connection back still in IDLE (the pool's close sends DONE and LOGOUT) and ends.
+
 The session runs as a task feeding a bounded queue, so a slow consumer never delays a
 DONE. If the consumer falls more than ``queue_size`` events behind, the backlog is dropped
 and one ``OVERFLOW`` event says so (resync, like after a reconnect).
@@ -245,13 +248,18 @@ class IdleSession:
                     self._overflowed = False
                     self._emit(IdleEvent("CONNECTED", resumed=self.connections > 0))
                     self.connections += 1
+                closing = pool.when_closing()  # ends the wait at once when close() starts
                 while (left := round_end - clock()) > 0 and not pool.closed:
-                    lines = await conn.wait_server_push(timeout=left)
+                    lines = await conn.wait_server_push(timeout=left, until=closing)
                     for push in parse_idle_push(lines):
                         if push.kind == "BYE":
                             conn.abort("server sent BYE during IDLE")
                             raise _bye_error(push.raw, self.key)
                         self._emit(IdleEvent(push.kind, push.number, push.raw))
+                if pool.closed:
+                    # Given back still in IDLE: the pool's close sends DONE and LOGOUT
+                    # together with every other goodbye, within shutdown_timeout.
+                    return
                 await conn.idle_done()
         except IMAPCommandError as exc:
             error = exc  # SELECT said NO: permanent for this mailbox

@@ -75,6 +75,8 @@ GAPS: dict[tuple[type, str], list[object]] = {
     (PoolConfig, "connect_timeout"): [-0.0, "15", math.nan],
     (PoolConfig, "op_timeout"): [-1e300, b"30", False],
     (PoolConfig, "close_timeout"): [-math.inf, (), "5"],
+    (PoolConfig, "shutdown_timeout"): [0.0, -1.0, math.nan, math.inf, None, "1"],
+    (PoolConfig, "queue_timeout"): [0.0, -1.0, math.nan, math.inf, None, "300"],
     (PoolConfig, "idle_timeout"): [-300, None, "300"],
     (PoolConfig, "max_lifetime"): [-1.0, False, "3600"],
     (PoolConfig, "lifetime_jitter"): [math.nan, math.inf, None, True, "0.05", 0.51],

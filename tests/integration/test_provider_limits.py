@@ -396,3 +396,32 @@ async def test_dovecot_connection_limit_is_server_busy_not_bad_credentials(
         for client in held:
             await connector.close(client, 1.0)
     await sockets_back_to(baseline)
+
+
+@pytest.mark.parametrize(
+    ("greeting", "asks"),
+    [
+        (b"* OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS] scripted ready\r\n", False),
+        (b"* OK scripted ready\r\n", True),  # no list in the greeting: CAPABILITY, as before
+    ],
+)
+async def test_capabilities_listed_in_the_greeting_save_the_capability_command(
+    greeting: bytes, asks: bool
+) -> None:
+    """RFC 3501 section 7.1: a greeting's [CAPABILITY ...] code is the server's list; the
+    connect then goes greeting -> LOGIN with no CAPABILITY round trip (issue 15)."""
+
+    async def script(c: ScriptConn) -> None:
+        await c.send(greeting)
+        await c.serve()
+
+    async with ScriptedIMAP(script) as srv:
+        client = await IMAPConnector({"k": account(srv.port)}).open("k", CFG)
+        try:
+            assert client.has_capability("IDLE") and client.has_capability("IMAP4REV1")
+            await client.noop()
+        finally:
+            await client.logout(timeout=1.0)
+    verbs = [line.split(b" ")[1].strip().upper() for line in srv.received]
+    assert (b"CAPABILITY" in verbs) is asks, verbs
+    assert verbs[-2:] == [b"NOOP", b"LOGOUT"]

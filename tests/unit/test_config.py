@@ -13,6 +13,8 @@ FLOAT_POSITIVE = [
     "connect_timeout",
     "op_timeout",
     "close_timeout",
+    "shutdown_timeout",
+    "queue_timeout",
     "idle_timeout",
     "max_lifetime",
     "leak_threshold",

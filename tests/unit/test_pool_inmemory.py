@@ -587,3 +587,51 @@ async def test_a_connection_the_borrower_logged_out_has_its_own_close_reason() -
             conn.alive = False  # died under its borrower: still poisoned
         closed = pool.stats()["keys"]["a"]["closed"]
         assert (closed["logged_out"], closed["poisoned"]) == (1, 1)
+
+
+async def test_housekeeping_looks_only_at_what_is_due() -> None:
+    """Issue 15: a round costs what is due, not what is open. 300 connections held long on
+    purpose (IDLE sessions) and 300 idle ones: a round right after they opened finds
+    nothing due and pops nothing; each live connection has exactly one due time."""
+    cfg = PoolConfig(max_per_key=1, max_total=600, housekeeping_interval=3600.0)
+    pool, _ = make(cfg)
+    async with pool:
+        held = [await pool.acquire(f"h{i}") for i in range(300)]
+        for conn in held:
+            pool.declare_long_hold(conn)
+        for i in range(300):
+            async with pool.acquire(f"i{i}"):
+                pass
+        assert len(pool._due) == len(pool._books.live) == 600
+        earliest = pool._due.earliest()
+        assert earliest is not None and earliest > pool.clock()
+        pool._housekeep_once()
+        assert len(pool._due) == 600 and pool._due.earliest() == earliest
+        assert not books_disagree(pool)
+        for conn in held:
+            pool.release(conn)
+
+
+async def test_closed_connections_do_not_pile_up_in_the_due_heap() -> None:
+    """Lazy invalidation leaves a closed connection's entry in the heap; under churn a
+    round prunes them once they outnumber the live ones (bounded memory)."""
+    cfg = PoolConfig(max_per_key=1, max_total=10, housekeeping_interval=3600.0)
+    pool, _ = make(cfg)
+    async with pool:
+        for r in range(300):  # 3,000 connections opened and closed, 10 at a time
+            # a key per connection: the per-key login limit (6 a minute) stays out of it
+            conns = [await pool.acquire(f"k{r}-{i}") for i in range(10)]
+            for conn in conns:
+                conn.alive = False  # poisoned on release: retired, a new one next time
+                pool.release(conn)
+            await asyncio.sleep(0)
+        for _ in range(100):
+            if not pool._books.live or all(
+                s.record.state is ConnState.CLOSED for s in pool._books.live.values()
+            ):
+                break
+            await asyncio.sleep(0.01)
+        assert len(pool._due) > 1024  # stale entries of closed connections
+        pool._housekeep_once()
+        assert len(pool._due) <= len(pool._books.live)
+        assert not books_disagree(pool)
