@@ -20,7 +20,7 @@ Every mode is measured in two flavours: RSS (``/proc/self/statm``, without trace
 whose own traces would inflate RSS) and tracemalloc (Python allocations only). The
 pool's bookkeeping per connection is ``(pool delta - baseline delta) / N``. Children run
 alternating, round after round; figures are medians. The pool children also time
-``pool._housekeep_once()`` (one housekeeping tick over N idle connections) and
+``pool._housekeeper.run_once()`` (one housekeeping tick over N idle connections) and
 ``pool.stats()``. ``allocations`` shows where a pool child's whole delta went (its
 connections included), by file and by line.
 Target: <= 2 KiB per connection.
@@ -193,7 +193,7 @@ async def child(mode: str, metric: str, n: int, port: int, batch: int) -> dict[s
         out["idle"] = stats["idle"]
         out["opened"] = stats["opened"] - WARMUP
         if metric == "rss":
-            out["housekeep_tick_ms"] = timed(pool._housekeep_once, 15)
+            out["housekeep_tick_ms"] = timed(pool._housekeeper.run_once, 15)
             out["stats_ms"] = timed(pool.stats, 5)
         await pool.close()
     else:

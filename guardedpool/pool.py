@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -32,9 +32,9 @@ from .books import Books, Slot
 from .closing import Closed, close_and_verify
 from .config import PoolConfig
 from .connector import Connector
-from .deadlines import Deadlines, attention_at, recheck_after
 from .errors import PoolClosed, PoolError, PoolTimeout, ServerLimit, UnknownKey
 from .fastpath import IDLE, IN_USE
+from .housekeeping import Housekeeper
 from .keystate import KeyState, Waiter, aggregate
 from .leaks import LeakWatch, borrower_fields, borrower_of, borrower_text
 from .leasing import LeaseHook, budget_timeout
@@ -53,12 +53,8 @@ __all__ = ["GuardedPool"]
 
 log = logging.getLogger("guardedpool.pool")
 
-_HOUSEKEEPING_CHUNK = 32  # due items handled between two looks at the time
-_STALE_ALLOWED = 1024  # entries of closed connections tolerated in the heap beyond 2x live
-_RETIRED = frozenset({ConnState.CLOSING, ConnState.CLOSED})
-_ROUND_SLICE = 0.002  # seconds of housekeeping work between two turns of the event loop
-_MIN_SLEEP_SHARE = 0.25  # rounds come at most 1 / this many times per housekeeping_interval
-_MAX_HEARTBEATS = 256  # NOOPs in flight from housekeeping; the rest wait a round
+
+_RETIRE_CHUNK = 32  # connections retired by close() between two turns of the event loop
 
 C = TypeVar("C")
 
@@ -138,7 +134,7 @@ class GuardedPool(Generic[C]):
         self._opens: set[asyncio.Task[Any]] = set()
         self._closes: set[asyncio.Task[Any]] = set()
         self._heartbeats: set[asyncio.Task[Any]] = set()
-        self._housekeeper: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # bound by start(); see fastpath
         self._shut_down = False  # close() was called
         self._close_task: asyncio.Task[None] | None = None
@@ -155,11 +151,20 @@ class GuardedPool(Generic[C]):
         )
         # One wake-up per key held back by the server's limits (guardedpool.limits).
         self._wakes: dict[KeyState[C], asyncio.TimerHandle] = {}
-        # Housekeeping's due times (guardedpool.deadlines): one entry per live connection;
-        # keys that may be quiet, with the due time of their one valid entry.
-        self._due: Deadlines[Slot[C]] = Deadlines()
-        self._key_due: Deadlines[KeyState[C]] = Deadlines()
-        self._key_due_at: dict[KeyState[C], float] = {}
+        # When each connection and key next needs a look, and the rounds that look.
+        self._housekeeper: Housekeeper[C] = Housekeeper(
+            config,
+            clock,
+            self._books,
+            self._keys,
+            self._leaks,
+            connector.is_alive,
+            retire=self._retire,
+            heartbeat=self._start_heartbeat,
+            heartbeats=self._heartbeats,
+            reclaim=self._reclaim,
+            forget=self._forget,
+        )
         self.audit_target: PoolTarget[C] = PoolTarget(
             config, self._books, connector, clock, self._retire
         )
@@ -197,12 +202,13 @@ class GuardedPool(Generic[C]):
         """Start housekeeping (idempotent; also done by the first acquire)."""
         if self._shut_down:
             raise PoolClosed("the pool is closed")
-        if self._housekeeper is None:
+        if self._housekeeping is None:
             if self._leases is not None:
                 self._leases.subscribe()
             self._loop = asyncio.get_running_loop()
-            self._housekeeper = self._loop.create_task(
-                self._housekeeping(), name="guardedpool-housekeeping"
+            self._housekeeping = self._loop.create_task(
+                self._housekeeper.run(lambda: not self._shut_down, self._maybe_audit),
+                name="guardedpool-housekeeping",
             )
             cfg = self.config
             log.info(
@@ -273,10 +279,10 @@ class GuardedPool(Generic[C]):
                 if slot.record.state is IDLE:
                     self._retire(slot, CloseReason.SHUTDOWN)
                     retired += 1
-                    if retired % _HOUSEKEEPING_CHUNK == 0:
+                    if retired % _RETIRE_CHUNK == 0:
                         await asyncio.sleep(0)  # 10,000 retirements are not one loop stall
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         for handle in self._wakes.values():
             handle.cancel()
         for task in list(self._opens):
@@ -307,8 +313,8 @@ class GuardedPool(Generic[C]):
         end = loop.time() + cfg.close_timeout + cfg.connect_timeout + 2.0
         while True:
             tasks = {t for t in (*self._opens, *self._closes, *self._heartbeats) if not t.done()}
-            if self._housekeeper is not None and not self._housekeeper.done():
-                tasks.add(self._housekeeper)
+            if self._housekeeping is not None and not self._housekeeping.done():
+                tasks.add(self._housekeeping)
             remaining = end - loop.time()
             if not tasks:
                 break
@@ -718,7 +724,7 @@ class GuardedPool(Generic[C]):
             },
         )
         self._opened(slot)
-        self._watch(slot, now)  # housekeeping's first look (none if retired already)
+        self._housekeeper.watch(slot, now)  # housekeeping's first look (none if retired already)
         if ks.limits is not None:
             ks.limits.accepted(len(ks.idle) + ks.in_use)
         ks.connect_finished()
@@ -1084,119 +1090,15 @@ class GuardedPool(Generic[C]):
 
     # ----------------------------------------------------------------- housekeeping
 
-    async def _housekeeping(self) -> None:
-        interval = self.config.housekeeping_interval
-        loop = asyncio.get_running_loop()
-        while not self._shut_down:
-            # Until the earliest due time, but no sooner than a share of the interval
-            # (coalesced: 10,000 spread-out due times are not 10,000 wake-ups) and no
-            # later than the interval (the audit, the graveyard, what was pushed meanwhile).
-            earliest = self._due.earliest()
-            delay = interval
-            if earliest is not None:
-                delay = min(interval, max(earliest - self._clock(), interval * _MIN_SLEEP_SHARE))
-            await asyncio.sleep(delay)
-            try:
-                deadline = loop.time() + _ROUND_SLICE
-                for _ in self._housekeeping_round():
-                    if loop.time() >= deadline:
-                        await asyncio.sleep(0)  # a turn for the loop between chunks
-                        deadline = loop.time() + _ROUND_SLICE
-                await self._maybe_audit()
-            except Exception:
-                log.exception("guardedpool: housekeeping round failed")
+    def _start_heartbeat(self, slot: Slot[C]) -> None:
+        """Housekeeping's NOOP of an idle connection, out of the idle stack meanwhile."""
+        self._books.move(slot, IN_USE)
+        name = f"guardedpool-heartbeat-{slot.record.key}"
+        self._spawn(self._heartbeat(slot), name, self._heartbeats)
 
-    def _housekeep_once(self) -> None:
-        """One whole housekeeping round, without yielding (benchmarks)."""
-        for _ in self._housekeeping_round():
-            pass
-
-    def _housekeeping_round(self) -> Iterator[None]:
-        """Retire what is due, start heartbeats, flag leaks, forget quiet keys, prune the
-        graveyard: only the connections and keys whose due time has come
-        (:mod:`guardedpool.deadlines`).
-
-        A generator that yields every ``_HOUSEKEEPING_CHUNK`` items so that a burst of due
-        work does not stall the event loop in one go; the caller turns the loop when a
-        slice of time is spent. Each record's state is read when it is handled.
-        """
-        now = self._clock()
-        cfg = self.config
-        live = len(self._books.live)
-        recheck = recheck_after(cfg, live)
-        if len(self._due) > 2 * live + _STALE_ALLOWED:
-            # Closed connections leave their entry behind (lazy invalidation); under
-            # heavy churn they would pile up for a re-look's time, holding their records.
-            self._due.prune(lambda slot: slot.record.state not in _RETIRED)
-            yield
-            now = self._clock()
-        while True:
-            batch = self._due.pop_due(now, _HOUSEKEEPING_CHUNK)
-            for _, slot in batch:
-                try:
-                    self._attend(slot, now, recheck)
-                except Exception:
-                    log.exception(
-                        "guardedpool: housekeeping of connection %d of key %r failed",
-                        slot.record.id,
-                        slot.record.key,
-                        extra={"key": slot.record.key, "conn_id": slot.record.id},
-                    )
-                    self._due.push(now + cfg.housekeeping_interval, slot)
-            if len(batch) < _HOUSEKEEPING_CHUNK:
-                break
-            yield
-            now = self._clock()
-        while True:
-            keys = self._key_due.pop_due(now, _HOUSEKEEPING_CHUNK)
-            for due, ks in keys:
-                if self._key_due_at.get(ks) == due:  # else a stale entry: a later one holds
-                    del self._key_due_at[ks]
-                    self._attend_key(ks, now)
-            if len(keys) < _HOUSEKEEPING_CHUNK:
-                break
-            yield
-            now = self._clock()
-        ttl = cfg.audit.graveyard_ttl
-        grave = self._books.graveyard
-        while grave and grave[0].closed_at is not None and now - grave[0].closed_at > ttl:
-            grave.popleft()
-
-    def _watch(self, slot: Slot[C], now: float, recheck: tuple[float, float] | None = None) -> None:
-        """Schedule housekeeping's next look at a live connection (one entry each)."""
-        if recheck is None:
-            recheck = recheck_after(self.config, len(self._books.live))
-        record = slot.record
-        due = attention_at(record, now, self.config, recheck, warned=record.id in self._leak_warned)
-        if due is not None:
-            self._due.push(due, slot)
-
-    def _attend(self, slot: Slot[C], now: float, recheck: tuple[float, float]) -> None:
-        """Housekeeping's look at one connection whose due time came."""
-        record = slot.record
-        cfg = self.config
-        state = record.state
-        if state is IDLE:
-            reason = policy.retire_when_idle(record, now, cfg)
-            if reason is None and not self._connector.is_alive(slot.conn):  # type: ignore[arg-type]
-                reason = CloseReason.ERROR
-            if reason is not None:
-                self._retire(slot, reason)
-                return  # retired: no entry any more
-            if policy.heartbeat_due(record, now, cfg):
-                if len(self._heartbeats) >= _MAX_HEARTBEATS:
-                    self._due.push(now + cfg.housekeeping_interval, slot)  # wait a round
-                    return
-                self._books.move(slot, IN_USE)
-                name = f"guardedpool-heartbeat-{record.key}"
-                self._spawn(self._heartbeat(slot), name, self._heartbeats)
-        elif state is IN_USE:
-            if record.borrowed_by is not None:
-                for due in self._leaks.sweep((record,), now):
-                    self._reclaim(due, now)
-        else:
-            return  # retired: its entry ends here
-        self._watch(slot, now, recheck)
+    async def _heartbeat(self, slot: Slot[C]) -> None:
+        if await self._noop_check(slot, self._check_bound, "heartbeat") is None:
+            self._to_idle(slot)
 
     def _reclaim(self, record: ConnectionRecord, now: float) -> None:
         """Abort a connection held past ``reclaim_after`` under its borrower."""
@@ -1217,42 +1119,9 @@ class GuardedPool(Generic[C]):
         record.note(now, Event.RECLAIMED)
         self._connector.abort(slot.conn)
 
-    def _watch_key(self, ks: KeyState[C], at: float) -> None:
-        """Look at ``ks`` at ``at``: it may have become quiet (no slot left, a waiter gone).
-        One valid entry per key; an earlier one already scheduled stands."""
-        scheduled = self._key_due_at.get(ks)
-        if scheduled is not None and scheduled <= at:
-            return
-        self._key_due_at[ks] = at
-        self._key_due.push(at, ks)
-
-    def _attend_key(self, ks: KeyState[C], now: float) -> None:
-        """Forget a key quiet for ``forget_keys_after``; else look again when it may be."""
-        if self._keys.get(ks.key) is not ks:
-            return  # forgotten already
-        if ks.quiet(now):
-            if ks.quiet_since is None:
-                ks.quiet_since = now
-            if now - ks.quiet_since >= self.config.forget_keys_after:
-                self._forget(ks)
-            else:
-                self._watch_key(ks, ks.quiet_since + self.config.forget_keys_after)
-            return
-        ks.quiet_since = None
-        if ks.slots == 0:
-            # Waiters, a backoff or a server limit still in progress: look again later.
-            self._watch_key(ks, now + self.config.housekeeping_interval)
-        # With a slot, the close of its last one schedules the next look.
-
     def _key_may_be_quiet(self, ks: KeyState[C]) -> None:
-        """``ks`` lost its last slot or a waiter: quiet from the next look on, maybe."""
-        if ks.slots == 0 and not self._shut_down:
-            ks.quiet_since = None
-            self._watch_key(ks, self._clock())
-
-    async def _heartbeat(self, slot: Slot[C]) -> None:
-        if await self._noop_check(slot, self._check_bound, "heartbeat") is None:
-            self._to_idle(slot)
+        if not self._shut_down:
+            self._housekeeper.key_may_be_quiet(ks)
 
     def _forget(self, ks: KeyState[C]) -> None:
         """Drop a quiet key's state; its counters live on in the pool's totals."""

@@ -602,11 +602,11 @@ async def test_housekeeping_looks_only_at_what_is_due() -> None:
         for i in range(300):
             async with pool.acquire(f"i{i}"):
                 pass
-        assert len(pool._due) == len(pool._books.live) == 600
-        earliest = pool._due.earliest()
+        assert len(pool._housekeeper.due) == len(pool._books.live) == 600
+        earliest = pool._housekeeper.due.earliest()
         assert earliest is not None and earliest > pool.clock()
-        pool._housekeep_once()
-        assert len(pool._due) == 600 and pool._due.earliest() == earliest
+        pool._housekeeper.run_once()
+        assert len(pool._housekeeper.due) == 600 and pool._housekeeper.due.earliest() == earliest
         assert not books_disagree(pool)
         for conn in held:
             pool.release(conn)
@@ -631,7 +631,7 @@ async def test_closed_connections_do_not_pile_up_in_the_due_heap() -> None:
             ):
                 break
             await asyncio.sleep(0.01)
-        assert len(pool._due) > 1024  # stale entries of closed connections
-        pool._housekeep_once()
-        assert len(pool._due) <= len(pool._books.live)
+        assert len(pool._housekeeper.due) > 1024  # stale entries of closed connections
+        pool._housekeeper.run_once()
+        assert len(pool._housekeeper.due) <= len(pool._books.live)
         assert not books_disagree(pool)
