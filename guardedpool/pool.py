@@ -178,7 +178,12 @@ class GuardedPool(Generic[C]):
             in_use += ks.in_use
             opening += ks.opening
             closing += ks.closing
-        state = "closed" if self._shut_down else "open"
+        if not self._shut_down:
+            state = "open"
+        elif self._close_task is not None and self._close_task.done():
+            state = "closed"
+        else:
+            state = "closing"
         return (
             f"<GuardedPool {state} keys={len(self._keys)} open={idle + in_use} idle={idle} "
             f"in_use={in_use} opening={opening} closing={closing} slots={self._books.slots}>"
@@ -268,7 +273,7 @@ class GuardedPool(Generic[C]):
         cfg = self.config
         self._goodbye_until = self._clock() + cfg.shutdown_timeout
         self._tally = tally = ShutdownTally()
-        log.info("guardedpool: closing the pool: %r", self, extra={"pool": repr(self)})
+        log.debug("guardedpool: closing the pool: %r", self, extra={"pool": repr(self)})
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)  # long holders give their connections back
         retired = 0
@@ -458,17 +463,24 @@ class GuardedPool(Generic[C]):
         """How long a waiter of ``ks`` that started at ``started`` may wait on, past its
         ``acquire_timeout``: while a connect for the key is queued behind
         ``max_connecting`` (or under way), ``acquire_timeout`` after the pool's last
-        successful connect, and never past ``queue_timeout`` after ``started``.
+        successful connect, and never past ``queue_timeout`` after ``started``; not at all
+        once the key's own connects have failed (its failure streak).
 
         Why: 10,000 acquires at once with ``max_connecting`` 8 make a queue that takes
         longer than ``acquire_timeout`` to drain even when every connect succeeds; a caller
         should not fail while the pool is making progress toward it. A queue that does not
         move (no connect succeeded for ``acquire_timeout``: the server is down or hangs)
-        still fails its callers at ``acquire_timeout``, as before.
+        still fails its callers at ``acquire_timeout``, as before, and so does a key whose
+        own server fails while other keys' connects succeed.
         """
         reconnector = self._reconnector
         progress = reconnector.progress_at
-        if progress is None or not reconnector.pending(ks.key):
+        backoff = ks.backoff
+        if (
+            progress is None
+            or not reconnector.pending(ks.key)
+            or (backoff is not None and backoff.failures > 0)
+        ):
             return -math.inf
         cfg = self.config
         return min(
@@ -483,12 +495,21 @@ class GuardedPool(Generic[C]):
         if self._leases is not None and self._leases.waiting.get(ks.key):
             error = budget_timeout(ks.key, self._clock() - started, last, failed_check=failed_check)
         else:
+            words = self._limit_words(ks)
+            if not words.get("limited_by") and self._reconnector.queued(ks.key):
+                # Its connect never started: say so, rather than nothing (or an old error).
+                words["limited_by"] = (
+                    f"the connect queue (its connect was still waiting behind "
+                    f"max_connecting {self.config.max_connecting}, with "
+                    f"{self._reconnector.queue_length} queued; queue_timeout "
+                    f"{self.config.queue_timeout:g} s)"
+                )
             error = PoolTimeout(
                 ks.key,
                 self._clock() - started,
                 last,
                 failed_check=failed_check,
-                **self._limit_words(ks),
+                **words,
             )
         error.__cause__ = last
         return error

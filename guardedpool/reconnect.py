@@ -11,8 +11,9 @@ counts failed connects *and* connections that died of a fault younger than
 that accepts LOGIN and drops the connection a moment later thus meets a growing delay
 (ImapFlow/EmailEngine measured about 17 logins per second without such a guard). The
 per-key login rate and the server's own limits are :mod:`guardedpool.limits`; the loop
-here asks ``admit()`` before every attempt and gives up, freeing the slot, when the key
-may not connect now (the pool starts a connect again once it may).
+here asks ``admit()`` before every attempt, once the attempt holds a ``max_connecting``
+permit, and gives up, freeing the slot, when the key may not connect now or nobody waits
+for it any more (the pool starts a connect again once it may).
 
 The retry loop itself is tenacity's ``AsyncRetrying``: it retries only transient errors
 (:func:`guardedpool.policy.is_transient`) and only while someone still wants a connection
@@ -49,7 +50,9 @@ C = TypeVar("C")
 
 class ConnectDeferred(ConnectError):
     """A connect the pool did not attempt: the key may not connect now (throttled, at its
-    effective cap, or out of logins for the minute). Transient; it never reaches a caller."""
+    effective cap, or out of logins for the minute), or nobody waits for it any more when
+    its turn under ``max_connecting`` comes. Transient, not a failure of the key; it never
+    reaches a caller."""
 
 
 @dataclass(slots=True)
@@ -170,6 +173,12 @@ async def connect_with_retry(
             raise ConnectDeferred("the key may not connect now")
         try:
             return await attempt()
+        except ConnectDeferred:
+            # Not attempted after all (``attempt`` asked its own admission, see
+            # Reconnector): not a failure of the key; the loop ends as when admit() says no.
+            if previous:
+                raise previous[-1] from None
+            raise
         except Exception as exc:
             previous.append(exc)
             delay = 0.0
@@ -234,15 +243,26 @@ class Reconnector(Generic[C]):
         self._connect_permits = asyncio.Semaphore(config.max_connecting)
         self.connecting = 0
         self.peak_connecting = 0
-        # Connects per key queued for a permit or under way (entries only while > 0), and
-        # when a connect last succeeded: what lets a queued acquire outlive its
-        # acquire_timeout while the queue moves (GuardedPool, PoolConfig.queue_timeout).
+        # Connects per key queued for a permit or under way, and those still queued
+        # (entries only while > 0), and when a connect last succeeded: what lets a queued
+        # acquire outlive its acquire_timeout while the queue moves (GuardedPool,
+        # PoolConfig.queue_timeout).
         self._pending: dict[str, int] = {}
+        self._queued: dict[str, int] = {}
         self.progress_at: float | None = None
 
     def pending(self, key: str) -> bool:
         """Whether a connect for ``key`` is queued behind ``max_connecting`` or under way."""
         return key in self._pending
+
+    def queued(self, key: str) -> bool:
+        """Whether a connect for ``key`` is waiting for one of ``max_connecting`` permits."""
+        return key in self._queued
+
+    @property
+    def queue_length(self) -> int:
+        """Connects waiting for a permit, all keys together."""
+        return sum(self._queued.values())
 
     async def connect(
         self,
@@ -256,7 +276,8 @@ class Reconnector(Generic[C]):
         """A connection for ``key``, retrying transient failures while ``wanted()``.
 
         ``note(exc)`` is told of each failed attempt (the pool counts it and writes it into
-        the record's history); ``admit()`` is asked before each attempt (see
+        the record's history); ``admit()`` is asked before each attempt, once it holds one
+        of the ``max_connecting`` permits (a refusal ends the loop as in
         :func:`connect_with_retry`). Raises the last error when it is permanent or unwanted.
         """
 
@@ -309,14 +330,13 @@ class Reconnector(Generic[C]):
 
         streak = backoff.failures  # failed attempts of the key before this connect
         conn = await connect_with_retry(
-            lambda: self._once(key),
+            lambda: self._once(key, admit),
             policy=self._config.retry,
             backoff=backoff,
             wanted=wanted,
             clock=self._clock,
             sleep=asyncio.sleep,
             on_failure=failed,
-            admit=admit,
         )
         streak = max(streak, failed_here)
         if streak:
@@ -328,11 +348,26 @@ class Reconnector(Generic[C]):
             )
         return conn
 
-    async def _once(self, key: str) -> C:
-        pending = self._pending
+    async def _once(self, key: str, admit: Callable[[], bool] | None) -> C:
+        """One attempt: wait for one of ``max_connecting`` permits, then ask ``admit()``
+        (the pool: is anyone still waiting, may the key log in now? It counts the login),
+        then connect. Admission comes after the queue, not before it: callers may give up
+        while it queues, and a login counted before a long queue would be counted early.
+        Raises :class:`ConnectDeferred` when not admitted."""
+        pending, queued = self._pending, self._queued
         pending[key] = pending.get(key, 0) + 1
+        queued[key] = queued.get(key, 0) + 1
         try:
-            async with self._connect_permits:
+            try:
+                await self._connect_permits.acquire()
+            finally:
+                _drop(queued, key)
+            try:
+                if admit is not None and not admit():
+                    # Its callers gave up while it queued (timed out, cancelled, served by
+                    # a connection given back), or the key's limits say not now: its turn
+                    # goes to the next in line.
+                    raise ConnectDeferred(f"key {key!r} may not connect now")
                 self.connecting += 1
                 self.peak_connecting = max(self.peak_connecting, self.connecting)
                 try:
@@ -343,9 +378,16 @@ class Reconnector(Generic[C]):
                     self.connecting -= 1
                 self.progress_at = self._clock()
                 return conn
+            finally:
+                self._connect_permits.release()
         finally:
-            left = pending[key] - 1
-            if left:
-                pending[key] = left
-            else:
-                del pending[key]
+            _drop(pending, key)
+
+
+def _drop(counts: dict[str, int], key: str) -> None:
+    """One less for ``key``; no entry at zero."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

@@ -131,10 +131,12 @@ def test_enabled() -> None:
 
 @example("NIL")
 @example('a "b" \\ c')
-@given(names.filter(lambda n: not any(c in n for c in "\r\n\x00")))
+# '""' is excluded: mailbox_arg documents it as the old spelling of the empty name.
+@given(names.filter(lambda n: n != '""' and not any(c in n for c in "\r\n\x00")))
 def test_a_name_sent_comes_back_from_list_as_itself(human: str) -> None:
     """What the client sends for a name is what LIST shows for it: the same wire form,
-    and the same human name once decoded (quoting and escaping included)."""
+    and the same human name once decoded (quoting and escaping included). A mailbox
+    really named ``""`` is reached as ``WireName('""')`` (sent quoted), not by that str."""
     for utf8 in (False, True):
         line = b'(\\HasNoChildren) "/" ' + mailbox_arg(human, utf8=utf8).encode()
         (entry,) = parse_list([line, b"List completed."], utf8=utf8)

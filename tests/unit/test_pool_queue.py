@@ -8,23 +8,27 @@ import asyncio
 
 import pytest
 
-from guardedpool import GuardedPool, PoolConfig, PoolTimeout
+from guardedpool import GuardedPool, PoolConfig, PoolTimeout, RetryPolicy
 from guardedpool.testing import MemoryConnection, MemoryConnector, books_disagree
 
 KEYS = [f"k{i}" for i in range(16)]
 
 
-def make(open_delay: float, **config: object) -> GuardedPool[MemoryConnection]:
+def make(
+    open_delay: float, connector: MemoryConnector | None = None, **config: object
+) -> GuardedPool[MemoryConnection]:
     base: dict[str, object] = dict(
         max_per_key=1,
-        max_total=len(KEYS),
+        max_total=len(KEYS) + 1,
         max_connecting=2,
         acquire_timeout=1.0,
         check_after=3600.0,
         housekeeping_interval=0.05,
     )
     base.update(config)
-    return GuardedPool(MemoryConnector(open_delay=open_delay), PoolConfig(**base))  # type: ignore[arg-type]
+    if connector is None:
+        connector = MemoryConnector(open_delay=open_delay)
+    return GuardedPool(connector, PoolConfig(**base))  # type: ignore[arg-type]
 
 
 async def acquire_all(
@@ -86,3 +90,71 @@ async def test_queue_timeout_bounds_the_wait_even_while_the_queue_moves() -> Non
         assert all(e.waited >= 1.5 for e in failed)
         for r in served:
             pool.release(r)
+
+
+@pytest.mark.timeout(60)
+async def test_a_key_whose_own_connects_fail_gets_no_queue_extension() -> None:
+    # One connect at a time, 0.2 s each: 16 keys take 3.2 s, and the pool makes progress
+    # all along. "dead"'s connects all fail (its server refuses) and retry at once, so
+    # they spend their time queued: its caller still fails at acquire_timeout (1 s), not
+    # after the queue drains (found by a new user's review: 15 s where 3 s was documented).
+    connector = MemoryConnector(open_delay=0.2)
+    pool = make(
+        0.2,
+        connector,
+        max_connecting=1,
+        acquire_timeout=1.0,
+        queue_timeout=30.0,
+        retry=RetryPolicy(initial=0.01, max_delay=0.02, jitter=0.0),
+    )
+    connector.fail_keys["dead"] = ConnectionRefusedError("refused")
+    async with pool:
+        dead = asyncio.ensure_future(pool.acquire("dead"))
+        await asyncio.sleep(0)
+        results = await acquire_all(pool)
+        assert all(isinstance(r, MemoryConnection) for r in results), results
+        with pytest.raises(PoolTimeout) as info:
+            await dead
+        assert info.value.waited < 2.5  # the queue took 3.2 s; its own failures rule
+        assert isinstance(info.value.last_error, ConnectionRefusedError)
+        for r in results:
+            assert isinstance(r, MemoryConnection)
+            pool.release(r)
+
+
+@pytest.mark.timeout(60)
+async def test_connects_of_callers_that_gave_up_are_not_made() -> None:
+    # One connect at a time, 0.3 s each. Five keys are asked for; three callers are
+    # cancelled while their connects queue: those three connects never run, and the
+    # last caller is served right after the first (not after three unwanted logins).
+    connector = MemoryConnector(open_delay=0.3)
+    pool = make(0.3, connector, max_connecting=1, acquire_timeout=10.0)
+    async with pool:
+        tasks = {k: asyncio.ensure_future(pool.acquire(k)) for k in ("k0", "k1", "k2", "k3", "k4")}
+        await asyncio.sleep(0.05)  # k0 connecting, k1..k4 queued
+        for k in ("k1", "k2", "k3"):
+            tasks[k].cancel()
+        first = await tasks["k0"]
+        last = await tasks["k4"]
+        assert connector.opens == 2  # k0 and k4 only
+        assert pool.stats()["total"]["connect_failures"] == 0
+        assert not books_disagree(pool)
+        pool.release(first)
+        pool.release(last)
+        for k in ("k1", "k2", "k3"):
+            assert tasks[k].cancelled()
+
+
+@pytest.mark.timeout(60)
+async def test_a_caller_that_times_out_in_the_queue_is_told_so() -> None:
+    # Every connect hangs: the callers behind max_connecting never got to connect, and
+    # their PoolTimeout says so instead of nothing.
+    pool = make(10.0, acquire_timeout=0.3, connect_timeout=15.0)
+    async with pool:
+        results = await acquire_all(pool)
+        queued = [r for r in results if isinstance(r, PoolTimeout) and r.limited_by]
+        assert len(queued) == len(KEYS) - 2  # all but the two connecting
+        for error in queued:
+            assert error.limited_by is not None
+            assert "max_connecting 2" in error.limited_by
+            assert "connect queue" in str(error)
