@@ -32,6 +32,9 @@ nothing else changes.
 What is *not* here any more: the read of ``asyncio.tasks._current_tasks`` (a private of the
 standard library, see issue 12). Its removal and the books together cost 936 instructions
 per acquire + release on 3.11: 16,431 at commit 0d484e8, 17,367 after.
+``GuardedPool.__slots__`` is not a version trick either: past 30 instance attributes
+CPython stops sharing the instance's dict keys and every ``self._x`` on the hot path is a
+dict lookup; slots saved 19,161 -> 18,479 instructions per acquire + release on 3.11.
 Enum hashing by identity (``ConnState.__hash__ = object.__hash__``, in records.py) is not a
 version trick: ``Enum.__hash__`` is a Python function on 3.12 as well.
 """

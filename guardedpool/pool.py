@@ -98,6 +98,45 @@ class GuardedPool(Generic[C]):
             The pool does not own it: close it after the pool.
     """
 
+    # Slots, not a __dict__: with more than 30 instance attributes CPython 3.11 gives the
+    # instance a dict of its own and `self._x` becomes a dict lookup; slots save ~700
+    # instructions per acquire + release (measured with cachegrind; see fastpath.py).
+    __slots__ = (
+        "__weakref__",
+        "_batch",
+        "_books",
+        "_borrowed",
+        "_check_bound",
+        "_clock",
+        "_close_task",
+        "_closes",
+        "_closing",
+        "_connector",
+        "_farewell",
+        "_forgotten",
+        "_goodbye_until",
+        "_heartbeats",
+        "_housekeeper",
+        "_housekeeping",
+        "_keys",
+        "_last_audit",
+        "_leak_warned",
+        "_leaks",
+        "_leases",
+        "_logged_out",
+        "_loop",
+        "_opens",
+        "_reconnector",
+        "_returned",
+        "_rng",
+        "_shut_down",
+        "_starving",
+        "_tally",
+        "_wakes",
+        "audit_target",
+        "config",
+    )
+
     def __init__(
         self,
         connector: Connector[C],
