@@ -291,6 +291,19 @@ async def test_procfs_default_scan_reports_pool_sockets_quietly(
     assert view.fd_limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def test_procfs_scan_gives_the_loop_a_turn_every_chunk_of_fd_numbers() -> None:
+    """Most numbers probed are closed (an fd table mostly empty, or probing up to the
+    limit): the scan still yields after every ``chunk`` numbers, not only after ``chunk``
+    open ones."""
+    steps = scan_procfs.scan_procfs(set(), frozenset(), chunk=100, probe=range(1000))
+    turns = 0
+    with pytest.raises(StopIteration):
+        for _ in range(10_000):
+            next(steps)
+            turns += 1
+    assert turns >= 10
+
+
 async def test_rst_socket_is_close_in_procfs_and_missed_by_psutil(
     server: Server, sockets: Sockets
 ) -> None:
