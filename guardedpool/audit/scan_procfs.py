@@ -154,6 +154,7 @@ def scan_procfs(
         closed: set[int] = set()
         for fd, events in poller.poll(0):
             (closed if events & select.POLLNVAL else flagged).add(fd)
+        yield  # the poll and the fstat calls are a turn of work each
         for fd in numbers:
             if fd in closed:
                 continue
