@@ -284,6 +284,9 @@ async def test_procfs_default_scan_reports_pool_sockets_quietly(
 ) -> None:
     clients = [sockets.raw(server.address) for _ in range(3)]
     known = [identify(c) for c in clients]
+    # The server (on this loop) accepts while the scan gives the loop a turn: let it
+    # accept first, so no fd appears mid-scan.
+    await wait_for(lambda: len(server.peers) == 3)
     view = await scan("procfs", known, {server.address})
     assert view.full_view
     assert {i.inode: i.fd for i in known}.items() <= dict(view.quiet).items()
