@@ -19,8 +19,9 @@ close (FIN_WAIT*), which a pooled connection is never in while the pool calls it
 Unknown socket fds are inspected (type, addresses) only when the caller looks for orphans,
 and their TCP state only when their peer is a pooled endpoint.
 
-The work is a generator that yields every ``chunk`` fds, so the caller can hand the event
-loop back between chunks (see :func:`guardedpool.audit.scan.scan`).
+The work is a generator that yields after each chunk of ``chunk`` fd numbers is polled and
+again after its ``fstat`` calls, so the caller can hand the event loop back between the
+two (see :func:`guardedpool.audit.scan.scan`).
 """
 
 from __future__ import annotations
