@@ -12,16 +12,20 @@ alternate round by round:
 Measured per client, once all N are in IDLE: RSS per connection (RSS growth from before
 the first connect, over N, after ``gc.collect()``), idle CPU (process CPU time over a
 ``--window`` of wall time, as % of a core), the longest loop stall in a second window as
-long (the lateness of a 1 ms ticker), the time to open all N, the time to close them (the pool:
-``pool.close()`` with every session still in IDLE; the floor: DONE + LOGOUT + close on
-each), WARNING records logged while closing (and the first three of them), the pool's
-summary line of ``close()``, and the pool's ``audit()`` time. Opening and closing also
-report the client's CPU seconds (``*_cpu_s``): on a shared machine they say more than
-the wall times. ``--only pool`` (or ``floor``) runs one client, for development.
+long (the lateness of a 1 ms ticker; split into the time the thread waited for a CPU, its
+CPU time, garbage-collection pauses and hypervisor steal, see :class:`StallProbe`), the
+time of one full ``gc.collect()`` of the heap, the time to open all N, the time to close
+them (the pool: ``pool.close()`` with every session still in IDLE; the floor: DONE +
+LOGOUT + close on each), WARNING records logged while closing (and the first three of
+them), the pool's summary line of ``close()``, and the pool's ``audit()`` time (and the
+collections' pauses in it; its CPU and run-queue wait; ``audit_again_*``: the next audit).
+``--gc-freeze``: both clients call ``gc.freeze()`` once all N are open. Opening and
+closing also report the client's CPU seconds (``*_cpu_s``): on a shared machine they say
+more than the wall times. ``--only pool`` (or ``floor``) runs one client, for development.
 
     python benchmarks/idle_scale.py --quick        # N = 200, 1 round
     python benchmarks/idle_scale.py --n 1000       # 2 rounds
-    python benchmarks/idle_scale.py --n 10000 --rounds 1
+    python benchmarks/idle_scale.py --n 10000 --rounds 1 [--gc-freeze]
 """
 
 from __future__ import annotations
@@ -131,27 +135,113 @@ class ServerProcess:
 # ---------------------------------------------------------------- measuring inside a client
 
 
-class StallProbe:
-    """A 1 ms ticker; ``worst`` is its largest lateness (the longest loop stall), seconds."""
+class GcPauses:
+    """Garbage collections while installed (``gc.callbacks``): count, longest and total
+    pause, seconds, and the generation of the longest."""
 
     def __init__(self) -> None:
-        self.worst = 0.0
+        self.count = 0
+        self.longest = 0.0
+        self.longest_generation = -1
+        self.total = 0.0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.count += 1
+        self.total += pause
+        if pause > self.longest:
+            self.longest, self.longest_generation = pause, info["generation"]
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+def _steal() -> float:
+    """Seconds the hypervisor gave this VM's CPUs to others, summed over CPUs (Linux
+    ``/proc/stat``, ``steal``; in 10 ms ticks, so only a coarse sign); 0.0 elsewhere."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _runqueue_wait() -> float:
+    """Seconds this thread has waited for a CPU while runnable (Linux
+    ``/proc/thread-self/schedstat``, second field, ns); 0.0 where it cannot be read."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class StallProbe:
+    """A 1 ms ticker; ``worst`` is its largest lateness (the longest loop stall), seconds.
+
+    Each lateness is split by where the time went: ``worst_runqueue`` is how much of the
+    longest stall the thread spent runnable but waiting for a CPU (the machine's other
+    processes: not the loop's doing), ``worst_cpu`` the thread's CPU time in it,
+    ``worst_gc`` the garbage collections' pauses in it and ``worst_steal`` the VM's steal
+    time meanwhile (both CPUs, 10 ms ticks). ``busiest`` is the most CPU time the thread
+    spent between two ticks: the longest the process itself held the loop. ``gc`` counts
+    every collection during the probe."""
+
+    def __init__(self) -> None:
+        self.worst = self.worst_cpu = self.worst_runqueue = self.worst_gc = 0.0
+        self.worst_steal = self.busiest = 0.0
+        self.gc = GcPauses()
         self._task: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            before = loop.time()
+            before, cpu, wait, paused, steal = (
+                loop.time(),
+                time.thread_time(),
+                _runqueue_wait(),
+                self.gc.total,
+                _steal(),
+            )
             await asyncio.sleep(0.001)
-            self.worst = max(self.worst, loop.time() - before - 0.001)
+            late = loop.time() - before - 0.001
+            used = time.thread_time() - cpu
+            self.busiest = max(self.busiest, used)
+            if late > self.worst:
+                self.worst, self.worst_runqueue = late, _runqueue_wait() - wait
+                self.worst_cpu, self.worst_gc = used, self.gc.total - paused
+                self.worst_steal = _steal() - steal
 
     def __enter__(self) -> StallProbe:
+        self.gc.__enter__()
         self._task = asyncio.get_running_loop().create_task(self._tick())
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
+        self.gc.__exit__()
+
+    def figures(self) -> dict[str, float]:
+        """The probe's figures, ms (and the collection count)."""
+        return {
+            "longest_stall_ms": 1000 * self.worst,
+            "longest_stall_runqueue_ms": 1000 * self.worst_runqueue,
+            "longest_stall_cpu_ms": 1000 * self.worst_cpu,
+            "longest_stall_gc_ms": 1000 * self.worst_gc,
+            "longest_stall_steal_ms": 1000 * self.worst_steal,
+            "longest_busy_ms": 1000 * self.busiest,
+            "stall_window_gc_count": self.gc.count,
+            "stall_window_gc_longest_ms": 1000 * self.gc.longest,
+        }
 
 
 class WarningCounter(logging.Handler):
@@ -179,16 +269,30 @@ class SummaryCatcher(logging.Handler):
             self.text = message
 
 
-async def _idle_window(seconds: float) -> dict[str, float]:
+async def _idle_window(seconds: float, freeze: bool) -> dict[str, float]:
     """CPU over ``seconds`` with nothing else running, then the longest stall over as many
-    seconds with the 1 ms ticker (whose own wake-ups would swamp the CPU figure)."""
+    seconds with the 1 ms ticker (whose own wake-ups would swamp the CPU figure).
+
+    First one full collection, timed (``gc_full_ms``: what a generation-2 collection of
+    this heap stops the loop for), then, with ``freeze``, ``gc.freeze()``: every object
+    alive now moves to the permanent generation, which later collections do not walk."""
+    t0 = time.perf_counter()
     gc.collect()
+    out = {"gc_full_ms": 1000 * (time.perf_counter() - t0)}
+    if freeze:
+        gc.freeze()
+        t0 = time.perf_counter()
+        gc.collect()
+        out["gc_full_after_freeze_ms"] = 1000 * (time.perf_counter() - t0)
+    out["gc_tracked_objects"] = len(gc.get_objects()) + gc.get_freeze_count()
     cpu0, t0 = time.process_time(), time.perf_counter()
     await asyncio.sleep(seconds)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    out["idle_cpu_pct_of_core"] = 100 * cpu / wall
     with StallProbe() as probe:
         await asyncio.sleep(seconds)
-    return {"idle_cpu_pct_of_core": 100 * cpu / wall, "longest_stall_ms": 1000 * probe.worst}
+    out.update(probe.figures())
+    return out
 
 
 async def _floor_one(
@@ -218,7 +322,7 @@ async def _floor_close(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         writer.close()
 
 
-async def run_floor(n: int, port: int, cafile: str, window: float) -> dict[str, Any]:
+async def run_floor(n: int, port: int, cafile: str, window: float, freeze: bool) -> dict[str, Any]:
     ctx = ssl.create_default_context(cafile=cafile)
     gc.collect()
     rss0 = _bench.rss_bytes()
@@ -233,7 +337,7 @@ async def run_floor(n: int, port: int, cafile: str, window: float) -> dict[str, 
         "open_all_cpu_s": open_cpu,
         "rss_per_conn_kb": (rss - rss0) / n / 1000,
     }
-    out.update(await _idle_window(window))
+    out.update(await _idle_window(window, freeze))
     warnings = WarningCounter()
     logging.getLogger().addHandler(warnings)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -244,7 +348,7 @@ async def run_floor(n: int, port: int, cafile: str, window: float) -> dict[str, 
     return out
 
 
-async def run_pool(n: int, port: int, cafile: str, window: float) -> dict[str, Any]:
+async def run_pool(n: int, port: int, cafile: str, window: float, freeze: bool) -> dict[str, Any]:
     from guardedpool import GuardedPool, PoolConfig
     from guardedpool.imap import IMAPAccount, IMAPConnector
     from guardedpool.imap.idle import idle
@@ -286,10 +390,18 @@ async def run_pool(n: int, port: int, cafile: str, window: float) -> dict[str, A
         "open_all_cpu_s": open_cpu,
         "rss_per_conn_kb": (rss - rss0) / n / 1000,
     }
-    out.update(await _idle_window(window))
-    t0 = time.perf_counter()
-    report = await pool.audit()
+    out.update(await _idle_window(window, freeze))
+    t0, c0, w0 = time.perf_counter(), time.thread_time(), _runqueue_wait()
+    with GcPauses() as collections:
+        report = await pool.audit()
     out["audit_ms"] = 1000 * (time.perf_counter() - t0)
+    out["audit_cpu_ms"] = 1000 * (time.thread_time() - c0)
+    out["audit_runqueue_ms"] = 1000 * (_runqueue_wait() - w0)
+    out["audit_gc_ms"] = 1000 * collections.total
+    t0, c0 = time.perf_counter(), time.thread_time()
+    await pool.audit()  # right after the first: what a warm audit costs
+    out["audit_again_ms"] = 1000 * (time.perf_counter() - t0)
+    out["audit_again_cpu_ms"] = 1000 * (time.thread_time() - c0)
     out["audit_findings"] = len(getattr(report, "findings", ()) or ())
     warnings = WarningCounter()
     logging.getLogger().addHandler(warnings)
@@ -309,10 +421,10 @@ async def run_pool(n: int, port: int, cafile: str, window: float) -> dict[str, A
     return out
 
 
-def client_main(kind: str, n: int, port: int, cafile: str, window: float) -> None:
+def client_main(kind: str, n: int, port: int, cafile: str, window: float, freeze: bool) -> None:
     _bench.raise_nofile()
     runner = run_pool if kind == "pool" else run_floor
-    result = asyncio.run(runner(n, port, cafile, window))
+    result = asyncio.run(runner(n, port, cafile, window, freeze))
     result["peak_rss_mb"] = _bench_hwm_mb()
     print(json.dumps(result), flush=True)
 
@@ -327,9 +439,12 @@ def _bench_hwm_mb() -> float:
 # ---------------------------------------------------------------- the orchestrator
 
 
-def _client(kind: str, n: int, port: int, cafile: Path, window: float) -> dict[str, Any]:
+def _client(
+    kind: str, n: int, port: int, cafile: Path, window: float, freeze: bool
+) -> dict[str, Any]:
+    argv = [__file__, "client", kind, str(n), str(port), str(cafile), str(window), str(freeze)]
     proc = subprocess.run(
-        [sys.executable, __file__, "client", kind, str(n), str(port), str(cafile), str(window)],
+        [sys.executable, *argv],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -362,13 +477,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     order = [args.only]
                 for kind in order:
                     _bench.log(f"round {r + 1}/{rounds}: {kind}, N = {n}")
-                    res = _client(kind, n, server.port, certdir / "ca.pem", args.window)
+                    res = _client(
+                        kind, n, server.port, certdir / "ca.pem", args.window, args.gc_freeze
+                    )
                     res["round"] = r
                     runs[kind].append(res)
                     _bench.log(f"  {res}")
                     time.sleep(1)  # let the server drop the closed sessions
     if args.only:
-        return {"benchmark": "idle_scale", "n": n, "only": args.only, "runs": runs}
+        return {
+            "benchmark": "idle_scale",
+            "n": n,
+            "only": args.only,
+            "gc_freeze": args.gc_freeze,
+            "runs": runs,
+        }
     keys = sorted({k for rs in runs.values() for r in rs for k in r if k != "round"})
     table = {
         kind: {
@@ -412,6 +535,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "n": n,
         "rounds": rounds,
         "idle_window_s": args.window,
+        "gc_freeze": args.gc_freeze,
         "results": table,
         "ratios": ratios,
         "goals_at_this_n": goals,
@@ -424,8 +548,8 @@ if __name__ == "__main__":
         asyncio.run(_serve(Path(sys.argv[2])))
         sys.exit(0)
     if sys.argv[1:2] == ["client"]:
-        kind, n, port, cafile, window = sys.argv[2:7]
-        client_main(kind, int(n), int(port), cafile, float(window))
+        kind, n, port, cafile, window, freeze = sys.argv[2:8]
+        client_main(kind, int(n), int(port), cafile, float(window), freeze == "True")
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 200, one round")
@@ -439,5 +563,10 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--window", type=float, default=10.0, help="seconds of idle measured (default 10)"
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="both clients call gc.freeze() once all N are open (see the README)",
     )
     _bench.emit(main(parser.parse_args()))

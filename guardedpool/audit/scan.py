@@ -98,9 +98,9 @@ async def _drive(steps: Generator[None, None, T]) -> T:
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     finally:
-        # Cancelled between chunks: close the generator now, so the scandir of
-        # /proc/self/fd it holds is released here and not whenever the cancelled task's
-        # traceback is garbage (a task registry or gather(return_exceptions=True) keeps it).
+        # Cancelled between chunks: close the generator now, so whatever it holds is
+        # released here and not whenever the cancelled task's traceback is garbage (a
+        # task registry or gather(return_exceptions=True) keeps it).
         steps.close()
 
 
@@ -144,7 +144,7 @@ async def scan(
     local work (one pass over the fd table) and needs none.
 
     At the fd limit (``EMFILE``, or ``ENFILE`` for the whole system) no backend can start:
-    listing ``/proc/self/fd``, psutil's reads and lsof's pipes each need a new fd. The scan
+    reading ``/proc/self/status``, psutil's reads and lsof's pipes each need a new fd. The scan
     then calls ``fstat`` on every fd number below the limit (and the pool's own fds) instead,
     which needs none, and returns that view with ``fd_exhausted`` set and the reason in
     ``notes``; it keeps the requested ``backend`` name. Raises :class:`ScanError` (and
@@ -182,7 +182,7 @@ async def scan(
 
 
 _CANNOT = {
-    "procfs": f"could not list {scan_procfs.FD_DIR}",
+    "procfs": f"could not read {scan_procfs.STATUS}",
     "psutil": "psutil could not read the process's sockets",
     "lsof": "lsof could not start",
 }

@@ -1,24 +1,32 @@
 """The procfs view (Linux): every fd of this process, without asking anyone else.
 
-Why this is the default: it lists ``/proc/self/fd`` and ``fstat``s each entry, so it sees
-every socket fd the process holds, including a dup'd fd and a socket whose TCP state is
-CLOSE (after an RST) -- exactly the dead stragglers psutil, lsof and ss leave out -- and it
-costs the same however many sockets the rest of the host has.
+Why this is the default: it looks at every fd number below the size of the process's fd
+table (``FDSize`` in ``/proc/self/status``: no open fd is at or above it) and ``fstat``s
+each open one, so it sees every socket fd the process holds, including a dup'd fd and a
+socket whose TCP state is CLOSE (after an RST) -- exactly the dead stragglers psutil, lsof
+and ss leave out -- and it costs the same however many sockets the rest of the host has.
 
-For the pool's own sockets (known inodes) one ``poll()`` of all of them says which have
-news (peer FIN, hang-up, error, unread data); only those, and sockets held at more than
-one fd, get a row with their ``TCP_INFO`` state and addresses. The rest are returned as
-``quiet`` (inode -> fd), meaning ESTABLISHED: the other states ``poll`` finds quiet are
-SYN_SENT and a local half-close (FIN_WAIT*), which a pooled connection is never in while
-the pool calls it open. Unknown socket fds are inspected (type, addresses) only when the
-caller looks for orphans, and their TCP state only when their peer is a pooled endpoint.
+Which numbers are open, and which of the pool's sockets have news (peer FIN, hang-up,
+error, unread data), come from one ``poll()`` (timeout 0) per chunk of numbers: a closed
+number answers ``POLLNVAL``. That replaces listing ``/proc/self/fd`` and a second
+``poll()`` of the pool's sockets: with 10,000 sockets in one process (2 vCPU benchmark
+machine) listing, ``fstat`` and that poll took 46 ms of CPU (71 ms the first time, while
+the kernel builds the listing's entries), the polls over the table and ``fstat`` 31 ms.
+Only the pool's sockets with news, and sockets held at more than one fd, get a row with
+their ``TCP_INFO`` state and addresses. The rest are returned as ``quiet`` (inode -> fd),
+meaning ESTABLISHED: the other states ``poll`` finds quiet are SYN_SENT and a local half-
+close (FIN_WAIT*), which a pooled connection is never in while the pool calls it open.
+Unknown socket fds are inspected (type, addresses) only when the caller looks for orphans,
+and their TCP state only when their peer is a pooled endpoint.
 
-The work is a generator that yields every ``chunk`` fds, so the caller can hand the event
-loop back between chunks (see :func:`guardedpool.audit.scan.scan`).
+The work is a generator that yields after each chunk of ``chunk`` fd numbers is polled and
+again after its ``fstat`` calls, so the caller can hand the event loop back between the
+two (see :func:`guardedpool.audit.scan.scan`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -29,9 +37,10 @@ from collections.abc import Generator, Iterable, Iterator, Set
 from ..sockets import TCP_STATES, tcp_state
 from .rows import Address, OsSocket, normalize_address
 
-__all__ = ["FD_DIR", "available", "peek", "scan_procfs"]
+__all__ = ["FD_DIR", "STATUS", "available", "peek", "scan_procfs"]
 
 FD_DIR = "/proc/self/fd"
+STATUS = "/proc/self/status"
 
 _FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}
 _TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
@@ -85,13 +94,28 @@ def peek(fd: int, inode: int | None, *, with_state: bool) -> OsSocket | None:
         s.detach()
 
 
-def _listed() -> Iterator[int]:
-    """The fd numbers in ``/proc/self/fd``. Listing it takes an fd: at the fd limit the
-    first ``next()`` raises ``OSError`` (``EMFILE``)."""
-    with os.scandir(FD_DIR) as entries:
-        for entry in entries:
-            if entry.name.isdigit():
-                yield int(entry.name)
+def _table_numbers() -> Iterator[int]:
+    """Every fd number below the fd table's size (``FDSize`` in ``/proc/self/status``;
+    the kernel never hands out a number at or above it). Reading it takes an fd, for a
+    moment: at the fd limit the first ``next()`` raises ``OSError`` (``EMFILE``)."""
+    with open(STATUS, "rb") as status:
+        size = next(
+            (int(line.split()[1]) for line in status if line.startswith(b"FDSize:")), None
+        )
+    if size is None:
+        raise OSError(errno.ENOENT, f"no FDSize in {STATUS}")
+    yield from range(size)
+
+
+def _chunks(numbers: Iterable[int], size: int) -> Iterator[list[int]]:
+    batch: list[int] = []
+    for n in numbers:
+        batch.append(n)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def scan_procfs(
@@ -107,7 +131,7 @@ def scan_procfs(
     ``known`` holds the pool's socket inodes (live and retired); ``endpoints`` are the
     pooled (host, port) pairs (orphans are sockets to them). ``inspect_all`` reads type,
     addresses and state of every socket (for tests and cross-checks; slower).
-    ``probe``: ``fstat`` these fd numbers instead of listing ``/proc/self/fd`` -- the
+    ``probe``: look at these fd numbers instead of the fd table's (``FDSize``) -- the
     scan that needs no new fd, for when the process has none left (see
     :func:`guardedpool.audit.scan.scan`); it works wherever ``fstat`` does, not only on
     Linux.
@@ -120,35 +144,35 @@ def scan_procfs(
     first: dict[int, int] = {}  # known inode -> its first fd
     dups: list[tuple[int, int]] = []  # further (fd, inode) of a known inode
     foreign: dict[int, int] = {}  # fd -> inode (int-only dicts cost the GC nothing)
+    flagged: set[int] = set()  # open fds with news (poll events)
     fds_used = 0
     fstat = os.fstat
     is_sock = stat.S_ISSOCK
-    for i, fd in enumerate(_listed() if probe is None else probe, 1):
-        try:
-            st = fstat(fd)
-        except OSError:  # closed since the listing (or, probing, not open)
-            continue
-        fds_used += 1
-        if is_sock(st.st_mode):
-            inode = st.st_ino
-            if inode not in known:
-                foreign[fd] = inode
-            elif inode in first:
-                dups.append((fd, inode))
-            else:
-                first[inode] = fd
-        if i % chunk == 0:
-            yield
-
-    flagged: set[int] = set()
-    if not inspect_all:
-        fds = list(first.values())
-        for start in range(0, len(fds), chunk):
-            poller = select.poll()
-            for fd in fds[start : start + chunk]:
-                poller.register(fd, _NEWS)
-            flagged.update(fd for fd, _ in poller.poll(0))
-            yield
+    for numbers in _chunks(_table_numbers() if probe is None else probe, chunk):
+        poller = select.poll()
+        for fd in numbers:
+            poller.register(fd, _NEWS)
+        closed: set[int] = set()
+        for fd, events in poller.poll(0):
+            (closed if events & select.POLLNVAL else flagged).add(fd)
+        yield  # the poll and the fstat calls are a turn of work each
+        for fd in numbers:
+            if fd in closed:
+                continue
+            try:
+                st = fstat(fd)
+            except OSError:  # closed since the poll
+                continue
+            fds_used += 1
+            if is_sock(st.st_mode):
+                inode = st.st_ino
+                if inode not in known:
+                    foreign[fd] = inode
+                elif inode in first:
+                    dups.append((fd, inode))
+                else:
+                    first[inode] = fd
+        yield
     # Whatever is not flagged, dup'd or inspected stays in ``first``: that is ``quiet``.
     loud = {inode for _, inode in dups}
     loud.update(inode for inode, fd in first.items() if fd in flagged or inspect_all)

@@ -21,7 +21,7 @@ import pytest
 CHILD = Path(__file__).with_name("fd_limit_child.py")
 
 WHY = {
-    "procfs": "could not list /proc/self/fd: Too many open files (EMFILE)",
+    "procfs": "could not read /proc/self/status: Too many open files (EMFILE)",
     "psutil": "psutil could not read the process's sockets: Too many open files (EMFILE)",
     "lsof": "lsof could not start: Too many open files (EMFILE)",
 }

@@ -284,11 +284,27 @@ async def test_procfs_default_scan_reports_pool_sockets_quietly(
 ) -> None:
     clients = [sockets.raw(server.address) for _ in range(3)]
     known = [identify(c) for c in clients]
+    # The server (on this loop) accepts while the scan gives the loop a turn: let it
+    # accept first, so no fd appears mid-scan.
+    await wait_for(lambda: len(server.peers) == 3)
     view = await scan("procfs", known, {server.address})
     assert view.full_view
     assert {i.inode: i.fd for i in known}.items() <= dict(view.quiet).items()
-    assert view.fds_used == len(os.listdir("/proc/self/fd"))  # both count their own dir fd
+    assert view.fds_used == len(os.listdir("/proc/self/fd")) - 1  # the listing's own fd
     assert view.fd_limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def test_procfs_scan_gives_the_loop_a_turn_every_chunk_of_fd_numbers() -> None:
+    """Most numbers probed are closed (an fd table mostly empty, or probing up to the
+    limit): the scan still yields after every ``chunk`` numbers, not only after ``chunk``
+    open ones."""
+    steps = scan_procfs.scan_procfs(set(), frozenset(), chunk=100, probe=range(1000))
+    turns = 0
+    with pytest.raises(StopIteration):
+        for _ in range(10_000):
+            next(steps)
+            turns += 1
+    assert turns >= 10
 
 
 async def test_rst_socket_is_close_in_procfs_and_missed_by_psutil(
@@ -322,17 +338,20 @@ async def test_system_out_of_fds_probes_near_the_pools_fds_only(
     server: Server, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ENFILE (the whole system's file table is full) cannot be made here without starving
-    every other process, so the listing is made to fail with it; the rest is real. The
-    EMFILE case, real, is in test_audit_fd_limit.py."""
+    every other process, so reading the fd table's size is made to fail with it; the rest
+    is real. The EMFILE case, real, is in test_audit_fd_limit.py."""
 
     def enfile() -> Generator[int, None, None]:
-        raise OSError(errno.ENFILE, os.strerror(errno.ENFILE), "/proc/self/fd")
-        yield 0  # a generator, like the listing it stands for
+        raise OSError(errno.ENFILE, os.strerror(errno.ENFILE), "/proc/self/status")
+        yield 0  # a generator, like the fd table's numbers it stands for
 
-    monkeypatch.setattr(scan_procfs, "_listed", enfile)
+    monkeypatch.setattr(scan_procfs, "_table_numbers", enfile)
     pooled = sockets.raw(server.address)
     beside = sockets.raw(server.address)
     ident = identify(pooled)
+    # The server (on this loop) accepts while the scan gives the loop a turn between
+    # chunks: let it accept first, so no fd appears mid-scan.
+    await wait_for(lambda: len(server.peers) == 2)
     view = await scan("procfs", [ident], {server.address})
 
     upto = ident.fd + 1 + PROBE_BEYOND
