@@ -9,28 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import pytest
 from harness import DovecotServer, wait_for
+from harness.configs import DEFAULTS, config
+from harness.sockets import socket_fds
 
-from guardedpool import GuardedPool, PoolConfig, RetryPolicy
+from guardedpool import GuardedPool
 from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
 from guardedpool.imap.idle import IdleSession, idle
 
 N = 50
 
 
-def socket_inodes() -> set[str]:
-    out = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
+def socket_inodes() -> set[int]:
+    return set(socket_fds().values())
 
 
 @pytest.mark.timeout(60)
@@ -44,7 +37,8 @@ async def test_close_with_idle_sessions_is_bounded_quiet_and_leaves_no_socket(
         password=fresh_user[1],
         tls=False,
     )
-    cfg = PoolConfig(
+    cfg = config(
+        DEFAULTS,
         max_per_key=1,
         max_total=N,
         acquire_timeout=20.0,
@@ -53,7 +47,7 @@ async def test_close_with_idle_sessions_is_bounded_quiet_and_leaves_no_socket(
         # below is this, so a session that keeps its connection fails the test.
         close_timeout=5.0,
         shutdown_timeout=1.0,
-        retry=RetryPolicy(initial=0.02, max_delay=0.1),
+        retry=config(DEFAULTS.retry, initial=0.02, max_delay=0.1),
     )
     baseline = socket_inodes()
     pool: GuardedPool[IMAPClient] = GuardedPool(

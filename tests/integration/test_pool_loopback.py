@@ -7,10 +7,10 @@ behaviour at the socket level; the IMAP flows run against Dovecot in their own m
 from __future__ import annotations
 
 import asyncio
-import os
 
 from harness import wait_for
 from harness.configs import DEFAULTS, config
+from harness.sockets import socket_fds
 
 from guardedpool import GuardedPool
 from guardedpool.sockets import is_open
@@ -28,16 +28,8 @@ CFG = config(
 )
 
 
-def socket_inodes() -> set[str]:
-    out = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
+def socket_inodes() -> set[int]:
+    return set(socket_fds().values())
 
 
 async def test_close_returns_the_process_to_its_socket_baseline() -> None:

@@ -6,8 +6,9 @@ import asyncio
 import logging
 
 import pytest
+from harness.configs import DEFAULTS, config
 
-from guardedpool import GuardedPool, PoolConfig
+from guardedpool import GuardedPool
 from guardedpool.testing import LineConnection, LineConnector, LineServer
 
 
@@ -25,7 +26,9 @@ async def test_awaited_goodbyes_end_at_shutdown_timeout_not_close_timeout(
 ) -> None:
     async with LineServer(silent=True) as server:
         keys = {f"k{i}": server.address for i in range(20)}
-        cfg = PoolConfig(max_total=40, close_timeout=10.0, shutdown_timeout=0.3, check_after=3600.0)
+        cfg = config(
+            DEFAULTS, max_total=40, close_timeout=10.0, shutdown_timeout=0.3, check_after=3600.0
+        )
         pool = GuardedPool(SlowGoodbye(keys), cfg)
         async with pool:
             conns = [await pool.acquire(k) for k in keys]
