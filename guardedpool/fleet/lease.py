@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Lease", "LostReason", "clock", "local_deadline"]
+__all__ = ["Lease", "LostReason", "clock", "lease_timing", "local_deadline"]
 
 if hasattr(time, "CLOCK_BOOTTIME"):
     _BOOTTIME = time.CLOCK_BOOTTIME
@@ -49,6 +49,26 @@ class LostReason:
     CLOSED = "closed"  # the budget was closed while the lease was held
     REVOKED = "revoked"  # taken away on purpose (LocalBudget.revoke)
     MOVED = "moved"  # an owned key handed to a worker that joined (RedisOwnership)
+
+
+def lease_timing(
+    ttl: float, margin: float | None, op_timeout: float | None
+) -> tuple[float, float, float]:
+    """Checked ``(ttl, margin, op_timeout)`` of a lease holder, in seconds.
+
+    ``ttl``: finite, > 0. ``margin`` (default ``ttl / 10``): in ``[0, ttl)``.
+    ``op_timeout`` (default the smaller of 5 s and ``ttl / 6``): finite, > 0.
+    Raises ValueError for anything else.
+    """
+    if not (0 < ttl < math.inf):
+        raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
+    margin = ttl / 10 if margin is None else margin
+    if not (0 <= margin < ttl):
+        raise ValueError(f"margin must be in [0, ttl), got {margin!r}")
+    op_timeout = min(5.0, ttl / 6) if op_timeout is None else op_timeout
+    if not (0 < op_timeout < math.inf):
+        raise ValueError(f"op_timeout must be finite and > 0, got {op_timeout!r}")
+    return ttl, margin, op_timeout
 
 
 def local_deadline(sent_at: float, ttl: float, margin: float) -> float:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import random
 import secrets
@@ -37,7 +36,7 @@ import redis.asyncio as aioredis
 
 from .book import LeaseBook
 from .budget import StatValue
-from .lease import Lease, LostReason, clock, local_deadline
+from .lease import Lease, LostReason, clock, lease_timing, local_deadline
 from .rendezvous import owner
 from .store import UNREACHABLE, call, client_from, load_script, text, where
 
@@ -96,15 +95,7 @@ class RedisOwnership:
         op_timeout: float | None = None,
         name: str = "ownership",
     ) -> None:
-        if not (0 < ttl < math.inf):
-            raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
-        self.ttl = ttl
-        self.margin = ttl / 10 if margin is None else margin
-        if not (0 <= self.margin < ttl):
-            raise ValueError(f"margin must be in [0, ttl), got {self.margin!r}")
-        self.op_timeout = min(5.0, ttl / 6) if op_timeout is None else op_timeout
-        if not (0 < self.op_timeout < math.inf):
-            raise ValueError(f"op_timeout must be finite and > 0, got {self.op_timeout!r}")
+        self.ttl, self.margin, self.op_timeout = lease_timing(ttl, margin, op_timeout)
         self.worker_id = worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )

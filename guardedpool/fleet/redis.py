@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from .book import LeaseBook, LostListener
 from .budget import Limit, StatValue, check_limit, limit_for, new_token
 from .errors import BudgetTimeout, BudgetUnavailable
-from .lease import Lease, LostReason, clock, local_deadline
+from .lease import Lease, LostReason, clock, lease_timing, local_deadline
 from .store import UNREACHABLE, call, client_from, load_script, where
 
 __all__ = ["RedisBudget"]
@@ -84,8 +84,7 @@ class RedisBudget:
         name: str = "redis-budget",
         auto_renew: bool = True,
     ) -> None:
-        if not (0 < ttl < math.inf):
-            raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
+        self.ttl, self.margin, self.op_timeout = lease_timing(ttl, margin, op_timeout)
         check_limit(limit)
         if fallback_limit is not None and (
             isinstance(fallback_limit, bool)
@@ -93,13 +92,6 @@ class RedisBudget:
             or fallback_limit < 1
         ):
             raise ValueError(f"fallback_limit must be None or an int >= 1, got {fallback_limit!r}")
-        self.ttl = ttl
-        self.margin = ttl / 10 if margin is None else margin
-        if not (0 <= self.margin < ttl):
-            raise ValueError(f"margin must be in [0, ttl), got {self.margin!r}")
-        self.op_timeout = min(5.0, ttl / 6) if op_timeout is None else op_timeout
-        if not (0 < self.op_timeout < math.inf):
-            raise ValueError(f"op_timeout must be finite and > 0, got {self.op_timeout!r}")
         self.max_poll = min(1.0, ttl / 10) if max_poll is None else max_poll
         if not (0 < self.max_poll < math.inf):
             raise ValueError(f"max_poll must be finite and > 0, got {self.max_poll!r}")
