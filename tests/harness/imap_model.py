@@ -32,11 +32,12 @@ The model-based test of the sync worker built on it is :mod:`harness.sync_histor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from .loopback import LoopbackServer
 
 __all__ = ["Faults", "ModelIMAP", "ModelMailbox", "ModelMessage", "parse_uid_set"]
 
@@ -139,7 +140,7 @@ class _Cut(Exception):
     """The scripted cut happened: the connection is gone."""
 
 
-class ModelIMAP:
+class ModelIMAP(LoopbackServer):
     """``async with ModelIMAP(condstore=True) as srv``: clients connect to ``srv.port``.
 
     ``mailboxes`` (name -> :class:`ModelMailbox`, INBOX to begin with) and ``faults`` may
@@ -147,9 +148,10 @@ class ModelIMAP:
     ``expunged_in_pass`` the UIDs ``expunge_after_search`` removed.
     """
 
-    host = "127.0.0.1"
+    quiet = (_Cut,)
 
     def __init__(self, *, condstore: bool = False, password: str = "pw") -> None:
+        super().__init__()
         self.condstore = condstore
         self.password = password
         self.mailboxes: dict[str, ModelMailbox] = {"INBOX": ModelMailbox()}
@@ -157,13 +159,9 @@ class ModelIMAP:
         self.commands: list[str] = []
         self.expunged_in_pass: set[int] = set()
         self.cuts = 0
-        self.port = 0
         self._sent = 0
         self._searched = False
         self._counts: dict[str, int] = {}
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def caps(self) -> str:
@@ -177,45 +175,10 @@ class ModelIMAP:
         self._counts = {}
         self.expunged_in_pass = set()
 
-    async def __aenter__(self) -> ModelIMAP:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2.0)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                await server.wait_closed()
-        await asyncio.sleep(0)
-
     # -- the connection ------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            with contextlib.suppress(OSError, TimeoutError, ConnectionError, _Cut):
-                await self._session(reader, writer)
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-            if task is not None:
-                self._tasks.discard(task)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._session(reader, writer)
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         cut = self.faults.cut_at

@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from .loopback import LoopbackServer
+
 __all__ = ["CAPS", "ScriptConn", "ScriptedIMAP"]
 
 CAPS = "IMAP4rev1 IDLE UIDPLUS"
@@ -82,55 +84,14 @@ class ScriptConn:
                 pass
 
 
-class ScriptedIMAP:
-    """``async with ScriptedIMAP(script) as srv``: clients connect to ``srv.port``."""
-
-    host = "127.0.0.1"
+class ScriptedIMAP(LoopbackServer):
+    """``async with ScriptedIMAP(script) as srv``: clients connect to ``srv.port``; each
+    connection runs ``script``."""
 
     def __init__(self, script: Script) -> None:
+        super().__init__()
         self.script = script
-        self.port = 0
-        self.accepted = 0
         self.received: list[bytes] = []
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> ScriptedIMAP:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            with contextlib.suppress(OSError, TimeoutError, ConnectionError):
-                await self.script(ScriptConn(reader, writer, self))
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-            if task is not None:
-                self._tasks.discard(task)
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2.0)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                await server.wait_closed()
-        await asyncio.sleep(0)  # let the aborted transports release their sockets
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.script(ScriptConn(reader, writer, self))
