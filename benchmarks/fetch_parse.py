@@ -9,7 +9,13 @@ the same chunks through a bare literal scanner (find each ``{n}``, skip its byte
 keep nothing), less than any client can do: a bound, not a target. Reported: MB/s of
 each and the ratio.
 
+``--tls`` adds the read path as the worker runs it over IMAPS: the same responses,
+encrypted beforehand by a server ``ssl.SSLObject`` (TLS 1.3, certificates from trustme),
+fed in ``--chunk`` bytes of ciphertext to our TLS layer (``imap/tls.py``) under the
+protocol. Only the client's side is timed (decryption, framing, routing, parsing).
+
     python benchmarks/fetch_parse.py --quick
+    python benchmarks/fetch_parse.py --tls          # also through imap/tls.py
     python benchmarks/fetch_parse.py --profile      # cProfile's top frames of ours
 """
 
@@ -22,6 +28,7 @@ import io
 import pstats
 import random
 import re
+import ssl
 import time
 from typing import Any
 
@@ -30,6 +37,7 @@ import _corpus
 
 from guardedpool.imap.parse import parse_fetch
 from guardedpool.imap.protocol import GuardedProtocol
+from guardedpool.imap.tls import TLSLayer, TLSTransport
 
 
 class _Sink(asyncio.Transport):
@@ -88,6 +96,94 @@ async def run_protocol(batches: list[bytes], chunk: int) -> int:
     return n
 
 
+class _Wire(asyncio.Transport):
+    """The plain transport under our TLS layer: what the client writes goes to the server."""
+
+    def __init__(self, server_in: ssl.MemoryBIO) -> None:
+        super().__init__()
+        self.server_in = server_in
+
+    def write(self, data: Any) -> None:
+        self.server_in.write(bytes(data))
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    import trustme
+
+    ca = trustme.CA()
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("imap.test").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+async def run_tls(
+    batches: list[bytes], chunk: int, contexts: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> tuple[int, float]:
+    """The batches through TLSLayer -> GuardedProtocol -> parse_fetch; (messages, CPU s)
+    of the client's side only."""
+    server_ctx, client_ctx = contexts
+    loop = asyncio.get_running_loop()
+    s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    p = GuardedProtocol(loop)
+
+    def attach(transport: TLSTransport) -> None:
+        p.connection_made(transport)
+
+    layer = TLSLayer(_Wire(s_in), p, client_ctx, "imap.test", attach)
+    handshake = asyncio.ensure_future(layer.handshake(10.0))
+    for _ in range(20):
+        await asyncio.sleep(0)
+        try:
+            server.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        if s_out.pending:
+            layer.data_received(s_out.read())
+        if handshake.done():
+            break
+    await handshake
+    p.state = "SELECTED"
+    n = 0
+    cpu = 0.0
+    for body in batches:
+        task = asyncio.ensure_future(p.fetch("1:*", "(UID FLAGS BODY.PEEK[])", by_uid=True))
+        await asyncio.sleep(0)
+        while True:  # the server reads the command (and any session tickets' answers)
+            try:
+                sent = server.read(1 << 16)
+            except ssl.SSLWantReadError:
+                continue
+            if sent.endswith(b"\r\n"):
+                break
+        tag = sent.split(b" ", 1)[0]
+        plain = memoryview(body + tag + b" OK done\r\n")
+        while plain:
+            plain = plain[server.write(plain) :]
+        cipher = s_out.read()
+        t0 = time.process_time()
+        for piece in chunks(cipher, chunk):
+            layer.data_received(piece)
+        response = await task
+        n += len(parse_fetch([bytes(x) for x in response.lines]))
+        cpu += time.process_time() - t0
+    return n, cpu
+
+
 _LIT = re.compile(rb"\{(\d+)\}\r\n")
 
 
@@ -123,17 +219,24 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     rounds = 3 if args.quick else args.rounds
     ours: list[float] = []
     floor: list[float] = []
+    tls: list[float] = []
+    kinds = ["ours", "floor", *(["tls"] if args.tls else [])]
+    contexts = tls_contexts() if args.tls else None
     for r in range(rounds):
-        for kind in ("ours", "floor") if r % 2 == 0 else ("floor", "ours"):
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
             t0 = time.process_time()
-            got = (
-                asyncio.run(run_protocol(batches, args.chunk))
-                if kind == "ours"
-                else (run_floor(batches, args.chunk))
-            )
-            dt = time.process_time() - t0
+            if kind == "tls":
+                assert contexts is not None
+                got, dt = asyncio.run(run_tls(batches, args.chunk, contexts))
+            else:
+                got = (
+                    asyncio.run(run_protocol(batches, args.chunk))
+                    if kind == "ours"
+                    else (run_floor(batches, args.chunk))
+                )
+                dt = time.process_time() - t0
             assert got == n, (kind, got, n)
-            (ours if kind == "ours" else floor).append(dt)
+            {"ours": ours, "floor": floor, "tls": tls}[kind].append(dt)
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
@@ -143,6 +246,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
         _bench.log(out.getvalue())
     mb = total / 1e6
+    through_tls = (
+        {"tls_mb_per_cpu_s": mb / _bench.median(tls), "tls_cpu_s": _bench.spread(tls)}
+        if tls
+        else {}
+    )
     return {
         "benchmark": "fetch_parse",
         "quick": args.quick,
@@ -157,6 +265,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "ours_over_floor_cpu": _bench.median(ours) / _bench.median(floor),
         "ours_cpu_s": _bench.spread(ours),
         "floor_cpu_s": _bench.spread(floor),
+        **through_tls,
     }
 
 
@@ -168,5 +277,6 @@ if __name__ == "__main__":
     parser.add_argument("--chunk", type=int, default=256 * 1024, help="bytes per read")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tls", action="store_true", help="also through imap/tls.py")
     parser.add_argument("--profile", action="store_true")
     _bench.emit(main(parser.parse_args()))

@@ -155,6 +155,7 @@ def measure(
     written: dict[int, int] = {}
     codes: dict[int, int] = {}
     cpu = 0.0
+    cpu_user = 0.0
     peak_sum = 0
     timed_out = False
     try:
@@ -172,6 +173,7 @@ def measure(
                 done_pid, status, usage = os.wait4(pid, os.WNOHANG)
                 if done_pid:
                     cpu += usage.ru_utime + usage.ru_stime
+                    cpu_user += usage.ru_utime
                     code = os.waitstatus_to_exitcode(status)
                     codes[pid] = code
                     running.pop(pid).returncode = code
@@ -205,6 +207,7 @@ def measure(
         # user + system CPU seconds of the processes (and their waited-for children),
         # from wait4: less noisy than wall time on a shared machine.
         "cpu_s": cpu,
+        "cpu_user_s": cpu_user,
     }
     if timed_out:
         res["timed_out"] = True
@@ -683,6 +686,7 @@ def summarize(
                 "peak_rss_mb": _bench.median([r["peak_rss_mb"] for r in ok]),
                 "storage_write_mb": _bench.median([r.get("storage_write_mb", 0.0) for r in ok]),
                 "cpu_s": _bench.median([r.get("cpu_s", 0.0) for r in ok]),
+                "cpu_user_s": _bench.median([r.get("cpu_user_s", 0.0) for r in ok]),
                 "processes": ok[0]["processes"],
             }
             if phase == "full":
@@ -794,7 +798,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     res["round"] = r
                     runs[tool].setdefault(phase, []).append(res)
                     _bench.log(
-                        f"  {res['wall_s']:.2f}s, cpu {res['cpu_s']:.2f}s, "
+                        f"  {res['wall_s']:.2f}s, cpu {res['cpu_s']:.2f}s "
+                        f"(user {res['cpu_user_s']:.2f}s), "
                         f"peak {res['peak_rss_mb']:.0f} MB, "
                         f"check {'ok' if res['check']['ok'] else res['check']}"
                         + (

@@ -67,8 +67,14 @@ _LITERAL_END = re.compile(rb"~?\{(\d+)\+?\}$")
 _CODE = re.compile(r"^\s*\[([^\]]*)\]")
 
 
-def _tokenize(buf: bytes, pos: int = 0) -> tuple[Value, int]:
-    """Read one data item from ``buf`` at ``pos``; return it and the position after it."""
+def _tokenize(
+    buf: bytes, pos: int = 0, literals: dict[int, bytes] | None = None
+) -> tuple[Value, int]:
+    """Read one data item from ``buf`` at ``pos``; return it and the position after it.
+
+    ``literals``: the literals cut out of ``buf`` (see :func:`_split_responses`), by the
+    position in ``buf`` where each one's bytes stood; a literal taken from there is popped.
+    """
     n = len(buf)
     while pos < n and buf[pos] == 0x20:
         pos += 1
@@ -85,7 +91,7 @@ def _tokenize(buf: bytes, pos: int = 0) -> tuple[Value, int]:
                 raise ParseError("unterminated list")
             if buf[pos] == 0x29:  # )
                 return items, pos + 1
-            item, pos = _tokenize(buf, pos)
+            item, pos = _tokenize(buf, pos, literals)
             items.append(item)
     if c == 0x22:  # "
         out = bytearray()
@@ -106,6 +112,11 @@ def _tokenize(buf: bytes, pos: int = 0) -> tuple[Value, int]:
         if m is None:
             raise ParseError("malformed literal")
         start = m.end()
+        if literals is not None and start in literals:
+            literal = literals.pop(start)
+            if len(literal) != int(m.group(1)):
+                raise ParseError("literal of the wrong size")
+            return literal, start
         end = start + int(m.group(1))
         if end > n:
             raise ParseError("truncated literal")
@@ -127,36 +138,46 @@ def _tokenize(buf: bytes, pos: int = 0) -> tuple[Value, int]:
     return (None if atom.upper() == b"NIL" else atom), pos
 
 
-def _responses(lines: Sequence[bytes], start: re.Pattern[bytes]) -> Iterator[bytes]:
-    """Rejoin each untagged response matching ``start`` with its literals into wire form.
+def _split_responses(
+    lines: Sequence[bytes], start: re.Pattern[bytes]
+) -> Iterator[tuple[bytes, dict[int, bytes]]]:
+    """Each untagged response matching ``start``, as its text and its literals.
+
+    The wire form of a response is its text with each literal's bytes put back at the
+    position it is keyed by (:func:`_wire`). The literals are the elements of ``lines``
+    themselves, never copied: a message body is not copied again to be parsed.
 
     A line ending in ``{N}`` is followed by its literal; what follows a literal belongs to
     the same response only if it starts with a space or ``)`` (aioimaplib drops the empty
     rest of a line that ends right after a literal, as in LIST). A line that does not end
     in ``{N}`` ends the response.
     """
-    # Each response's pieces are joined once at its end: appending to a bytes object
-    # copied a message body again at every piece.
-    current: list[bytes] | None = None
-    state = "text"  # "literal": the next item is a literal; "after": one was just read
+    # The text of a response is joined once at its end, literals left out.
+    text: list[bytes] = []
+    size = 0  # bytes in ``text`` so far
+    literals: dict[int, bytes] = {}
+    state = "none"  # "text": in a response; "literal": the next item is a literal;
+    # "after": one was just read
     for item in lines:
         if state == "literal":
-            assert current is not None
-            current += (b"\r\n", item)
+            text.append(b"\r\n")
+            size += 2
+            # bytes as they are (aioimaplib's own framing gave bytearray: copy those)
+            literals[size] = item if type(item) is bytes else bytes(item)
             state = "after"
             continue
         if state == "after":
-            assert current is not None
             if item[:1] in (b" ", b")"):
-                current.append(item)
+                text.append(item)
+                size += len(item)
                 if _LITERAL_END.search(item):
                     state = "literal"
                     continue
-                yield b"".join(current)
-                current, state = None, "text"
+                yield b"".join(text), literals
+                text, size, literals, state = [], 0, {}, "none"
                 continue
-            yield b"".join(current)
-            current, state = None, "text"
+            yield b"".join(text), literals
+            text, size, literals, state = [], 0, {}, "none"
         if item[:2] == b"* ":
             # aioimaplib counts parentheses across a FETCH, quoted strings and literals
             # included, so a "(" in a subject makes it file the next untagged lines
@@ -165,11 +186,30 @@ def _responses(lines: Sequence[bytes], start: re.Pattern[bytes]) -> Iterator[byt
         if not start.match(item):
             continue
         if _LITERAL_END.search(item):
-            current, state = [item], "literal"
+            text, size, state = [item], len(item), "literal"
             continue
-        yield bytes(item)
-    if current is not None:  # a missing literal then fails in the tokenizer, not silently
-        yield b"".join(current)
+        yield bytes(item), {}
+    if state != "none":  # a missing literal then fails in the tokenizer, not silently
+        yield b"".join(text), literals
+
+
+def _wire(text: bytes, literals: dict[int, bytes]) -> bytes:
+    """A response's wire form: ``text`` with its ``literals`` back in place."""
+    if not literals:
+        return text
+    parts: list[bytes] = []
+    at = 0
+    for pos, literal in sorted(literals.items()):
+        parts += (text[at:pos], literal)
+        at = pos
+    parts.append(text[at:])
+    return b"".join(parts)
+
+
+def _responses(lines: Sequence[bytes], start: re.Pattern[bytes]) -> Iterator[bytes]:
+    """Rejoin each untagged response matching ``start`` with its literals into wire form."""
+    for text, literals in _split_responses(lines, start):
+        yield _wire(text, literals)
 
 
 def _strip_keyword(line: bytes, keyword: bytes) -> bytes:
@@ -430,13 +470,29 @@ _FETCH_START = re.compile(rb"^(\d+) FETCH \(", re.IGNORECASE)
 _SECTION_KEYS = ("BODY[", "BINARY[", "RFC822")
 
 
-def _fetch_item(raw: bytes) -> FetchItem:
-    m = _FETCH_START.match(raw)
+def _fetch_values(text: bytes, literals: dict[int, bytes]) -> tuple[int, list[Value]]:
+    """The sequence number and data items of one FETCH response (:func:`_split_responses`).
+
+    Literals are taken as they are (not copied) when every one of them is read where it
+    stands; any other case, malformed data included, is read from the rejoined wire form
+    exactly as before, so both ways give the same items or the same error.
+    """
+    m = _FETCH_START.match(text)
     assert m is not None
-    values, _ = _tokenize(raw, m.end() - 1)
+    left = dict(literals)
+    try:
+        values, _ = _tokenize(text, m.end() - 1, left)
+        if left:
+            raise ParseError("a literal not read where it stands")
+    except ParseError:
+        values, _ = _tokenize(_wire(text, literals), m.end() - 1)
     if not isinstance(values, list):
         raise ParseError("FETCH data is not a list")
-    seq = int(m.group(1))
+    return int(m.group(1)), values
+
+
+def _fetch_item(text: bytes, literals: dict[int, bytes]) -> FetchItem:
+    seq, values = _fetch_values(text, literals)
     uid = size = modseq = None
     flags: tuple[str, ...] | None = None
     internaldate: str | None = None
@@ -479,7 +535,7 @@ def parse_fetch(lines: Sequence[bytes]) -> list[FetchItem]:
     Raises :class:`ParseError` for a FETCH response that is malformed (rather than
     silently dropping a message a sync worker would then never see).
     """
-    return [_fetch_item(raw) for raw in _responses(lines, _FETCH_START)]
+    return [_fetch_item(*response) for response in _split_responses(lines, _FETCH_START)]
 
 
 @dataclass(frozen=True, slots=True)

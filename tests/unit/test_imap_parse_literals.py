@@ -1,0 +1,135 @@
+"""``parse_fetch`` takes literals as they are, and reads exactly what the wire form says.
+
+``parse_fetch`` no longer rejoins a response with its literals to read it: each literal
+(a message body) is taken from ``Response.lines`` as it is, where the data says a literal
+of that size stands. On any other data it falls back to the rejoined wire form. Either way
+the items (or the error) must be those of the rejoined form, read as before: the oracle
+below is the rejoining code as it was, and the lines are made to hit the edges (braces in
+quoted strings and atoms, literals of the wrong size, missing literals, text after a
+list's end, unbalanced parentheses).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from guardedpool.imap import FetchItem, ParseError, parse_fetch
+from guardedpool.imap.parse import _fetch_item
+
+_FETCH_START = re.compile(rb"^(\d+) FETCH \(", re.IGNORECASE)
+_LITERAL_END = re.compile(rb"~?\{(\d+)\+?\}$")
+
+
+def rejoined(lines: Sequence[bytes]) -> Iterator[bytes]:
+    """The wire form of each FETCH response: the rejoining code before literals were
+    taken as they are (commit cbb2af6's ``parse._responses``), kept as the oracle."""
+    current: list[bytes] | None = None
+    state = "text"
+    for item in lines:
+        if state == "literal":
+            assert current is not None
+            current += (b"\r\n", item)
+            state = "after"
+            continue
+        if state == "after":
+            assert current is not None
+            if item[:1] in (b" ", b")"):
+                current.append(item)
+                if _LITERAL_END.search(item):
+                    state = "literal"
+                    continue
+                yield b"".join(current)
+                current, state = None, "text"
+                continue
+            yield b"".join(current)
+            current, state = None, "text"
+        if item[:2] == b"* ":
+            item = item[2:]
+        if not _FETCH_START.match(item):
+            continue
+        if _LITERAL_END.search(item):
+            current, state = [item], "literal"
+            continue
+        yield bytes(item)
+    if current is not None:
+        yield b"".join(current)
+
+
+def oracle(lines: Sequence[bytes]) -> list[FetchItem] | str:
+    try:
+        return [_fetch_item(raw, {}) for raw in rejoined(lines)]
+    except ParseError as exc:
+        return f"ParseError: {exc}"
+
+
+def ours(lines: Sequence[bytes]) -> list[FetchItem] | str:
+    try:
+        return parse_fetch(lines)
+    except ParseError as exc:
+        return f"ParseError: {exc}"
+
+
+FRAGMENTS = [
+    b" ",
+    b"(",
+    b")",
+    b'"',
+    b"\\",
+    b"UID 7",
+    b"FLAGS (\\Seen)",
+    b"BODY[]",
+    b"BODY[HEADER.FIELDS (FROM)]",
+    b"NIL",
+    b"{3}",
+    b"{0}",
+    b"~{2}",
+    b"{12}\r\n",
+    b"x{3}",
+    b'"a{2}',
+    b"\r\n",
+    b"ab",
+]
+text = st.lists(st.sampled_from(FRAGMENTS), max_size=8).map(b"".join)
+literal = st.one_of(st.binary(max_size=14), st.sampled_from([b"abc", b"", b"ab", b'a"b', b") (x"]))
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> list[bytes]:
+    """FETCH responses in ``Response.lines`` layout, each line that ends in ``{N}`` most
+    often followed by a literal of N bytes, sometimes by one of another size or none."""
+    lines: list[bytes] = []
+    for seq in range(1, draw(st.integers(1, 3)) + 1):
+        line = b"%d FETCH (" % seq + draw(text)
+        for _ in range(draw(st.integers(0, 3))):
+            body = draw(literal)
+            size = draw(st.sampled_from([len(body), len(body), len(body), len(body) + 1, 0]))
+            lines.append(line + draw(st.sampled_from([b"{%d}", b"~{%d}"])) % size)
+            if draw(st.integers(0, 9)):
+                lines.append(body)
+            line = draw(st.sampled_from([b" ", b")", b""])) + draw(text)
+        lines.append(line + draw(st.sampled_from([b")", b"", b") extra", b"))"])))
+    lines.append(b"Fetch completed.")
+    return lines
+
+
+@settings(max_examples=600, deadline=None)
+@given(responses())
+def test_same_items_or_error_as_the_rejoined_wire_form(lines: list[bytes]) -> None:
+    assert ours(lines) == oracle(lines)
+
+
+def test_a_body_is_the_very_object_of_the_lines() -> None:
+    body = b"Subject: x\r\n\r\n(unbalanced { 5}\r\n" * 100
+    lines = [b"1 FETCH (UID 9 FLAGS (\\Seen) BODY[] {%d}" % len(body), body, b")", b"done"]
+    (item,) = parse_fetch(lines)
+    assert item.uid == 9 and item.flags == ("\\Seen",)
+    assert item.body is body  # not copied
+
+
+def test_brace_in_a_quoted_string_is_not_a_literal() -> None:
+    lines = [b'1 FETCH (UID 1 X "a {3}', b"abc", b'" BODY[] {2}', b"hi", b")", b"done"]
+    assert ours(lines) == oracle(lines)
