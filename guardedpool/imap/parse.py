@@ -65,6 +65,10 @@ Value: TypeAlias = "bytes | list[Value] | None"
 _LITERAL_START = re.compile(rb"~?\{(\d+)\+?\}\r\n")
 _LITERAL_END = re.compile(rb"~?\{(\d+)\+?\}$")
 _CODE = re.compile(r"^\s*\[([^\]]*)\]")
+# What _tokenize reads in one step: a quoted string without escapes, an atom's bytes up to
+# its end or its first bracket.
+_PLAIN_QUOTED = re.compile(rb'"([^"\\]*)"')
+_PLAIN_ATOM = re.compile(rb"[^ ()\[\]]*")
 
 
 def _tokenize(
@@ -94,6 +98,9 @@ def _tokenize(
             item, pos = _tokenize(buf, pos, literals)
             items.append(item)
     if c == 0x22:  # "
+        plain = _PLAIN_QUOTED.match(buf, pos)
+        if plain is not None:  # no escape in it: the common case, read in one step
+            return plain.group(1), plain.end()
         out = bytearray()
         pos += 1
         while pos < n:
@@ -124,7 +131,10 @@ def _tokenize(
     if c == 0x29:
         raise ParseError("unexpected ')'")
     # An atom; a section spec such as BODY[HEADER.FIELDS (FROM)]<0> belongs to it.
+    # Up to its first bracket, if any, in one step; from there byte by byte.
     start, depth = pos, 0
+    plain = _PLAIN_ATOM.match(buf, pos)
+    pos = plain.end() if plain is not None else pos
     while pos < n:
         ch = buf[pos]
         if ch == 0x5B:  # [

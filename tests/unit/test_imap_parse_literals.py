@@ -1,5 +1,8 @@
 """``parse_fetch`` takes literals as they are, and reads exactly what the wire form says.
 
+(And the tokenizer, which now reads plain atoms and quoted strings in one step, reads any
+bytes exactly as its byte-by-byte form did: the last test.)
+
 ``parse_fetch`` no longer rejoins a response with its literals to read it: each literal
 (a message body) is taken from ``Response.lines`` as it is, where the data says a literal
 of that size stands. On any other data it falls back to the rejoined wire form. Either way
@@ -12,16 +15,17 @@ list's end, unbalanced parentheses).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guardedpool.imap import FetchItem, ParseError, parse_fetch
-from guardedpool.imap.parse import _fetch_item
+from guardedpool.imap.parse import Value, _fetch_item, _tokenize
 
 _FETCH_START = re.compile(rb"^(\d+) FETCH \(", re.IGNORECASE)
 _LITERAL_END = re.compile(rb"~?\{(\d+)\+?\}$")
+_LITERAL_START = re.compile(rb"~?\{(\d+)\+?\}\r\n")
 
 
 def rejoined(lines: Sequence[bytes]) -> Iterator[bytes]:
@@ -133,3 +137,80 @@ def test_a_body_is_the_very_object_of_the_lines() -> None:
 def test_brace_in_a_quoted_string_is_not_a_literal() -> None:
     lines = [b'1 FETCH (UID 1 X "a {3}', b"abc", b'" BODY[] {2}', b"hi", b")", b"done"]
     assert ours(lines) == oracle(lines)
+
+
+def tokenize_as_before(buf: bytes, pos: int = 0) -> tuple[Value, int]:
+    """``parse._tokenize`` byte by byte, as it was before its one-step atoms and quoted
+    strings (commit cbb2af6), kept as the oracle."""
+    n = len(buf)
+    while pos < n and buf[pos] == 0x20:
+        pos += 1
+    if pos >= n:
+        raise ParseError("unexpected end of data")
+    c = buf[pos]
+    if c == 0x28:
+        items: list[Value] = []
+        pos += 1
+        while True:
+            while pos < n and buf[pos] == 0x20:
+                pos += 1
+            if pos >= n:
+                raise ParseError("unterminated list")
+            if buf[pos] == 0x29:
+                return items, pos + 1
+            item, pos = tokenize_as_before(buf, pos)
+            items.append(item)
+    if c == 0x22:
+        out = bytearray()
+        pos += 1
+        while pos < n:
+            ch = buf[pos]
+            if ch == 0x5C and pos + 1 < n:
+                out.append(buf[pos + 1])
+                pos += 2
+            elif ch == 0x22:
+                return bytes(out), pos + 1
+            else:
+                out.append(ch)
+                pos += 1
+        raise ParseError("unterminated quoted string")
+    if c == 0x7B or (c == 0x7E and buf[pos + 1 : pos + 2] == b"{"):
+        m = _LITERAL_START.match(buf, pos)
+        if m is None:
+            raise ParseError("malformed literal")
+        start = m.end()
+        end = start + int(m.group(1))
+        if end > n:
+            raise ParseError("truncated literal")
+        return buf[start:end], end
+    if c == 0x29:
+        raise ParseError("unexpected ')'")
+    start, depth = pos, 0
+    while pos < n:
+        ch = buf[pos]
+        if ch == 0x5B:
+            depth += 1
+        elif ch == 0x5D:
+            depth = max(0, depth - 1)
+        elif depth == 0 and ch in (0x20, 0x28, 0x29):
+            break
+        pos += 1
+    atom = buf[start:pos]
+    return (None if atom.upper() == b"NIL" else atom), pos
+
+
+def outcome(tokenize: Callable[[bytes], tuple[Value, int]], buf: bytes) -> object:
+    try:
+        return tokenize(buf)
+    except ParseError as exc:
+        return f"ParseError: {exc}"
+
+
+TOKEN_BYTES = [b" ", b"(", b")", b"[", b"]", b'"', b"\\", b"a", b"NIL", b"{2}\r\n", b"\r\n", b"<0>"]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(TOKEN_BYTES), st.binary(max_size=3)), max_size=14))
+def test_tokenizer_reads_as_before(parts: list[bytes]) -> None:
+    buf = b"".join(parts)
+    assert outcome(_tokenize, buf) == outcome(tokenize_as_before, buf)
