@@ -501,7 +501,41 @@ def _fetch_values(text: bytes, literals: dict[int, bytes]) -> tuple[int, list[Va
     return int(m.group(1)), values
 
 
+# The answer to a sync worker's ``UID FETCH <set> (UID FLAGS BODY.PEEK[])`` as Dovecot and
+# most servers write it, flags plain atoms: read with one match (_common_fetch_item).
+_FLAG_ATOM = rb"[A-Za-z0-9\\$_.\-]+"
+_COMMON_FETCH = re.compile(
+    rb"([0-9]+) FETCH \(UID ([0-9]+) FLAGS \((%s(?: %s)*)?\) (BODY\[\]|BINARY\[\]|RFC822) "
+    rb"\{([0-9]+)\}\r\n\)" % (_FLAG_ATOM, _FLAG_ATOM)
+)
+
+
+def _common_fetch_item(text: bytes, literals: dict[int, bytes]) -> FetchItem | None:
+    """The item of a response of exactly the common shape (see ``_COMMON_FETCH``), with
+    its one literal where it stands; None for any other (read by :func:`_fetch_item`)."""
+    if len(literals) != 1:
+        return None
+    m = _COMMON_FETCH.fullmatch(text)
+    if m is None:
+        return None
+    body = literals.get(len(text) - 1)
+    if body is None or len(body) != int(m.group(5)):
+        return None
+    words = m.group(3).split() if m.group(3) else []
+    if any(w.upper() == b"NIL" for w in words):  # NIL is no flag: the tokenizer drops it
+        return None
+    return FetchItem(
+        seq=int(m.group(1)),
+        uid=int(m.group(2)),
+        flags=tuple(w.decode("ascii") for w in words),
+        sections={m.group(4).decode("ascii"): body},
+    )
+
+
 def _fetch_item(text: bytes, literals: dict[int, bytes]) -> FetchItem:
+    common = _common_fetch_item(text, literals)
+    if common is not None:
+        return common
     seq, values = _fetch_values(text, literals)
     uid = size = modseq = None
     flags: tuple[str, ...] | None = None

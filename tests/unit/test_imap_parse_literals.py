@@ -1,7 +1,9 @@
 """``parse_fetch`` takes literals as they are, and reads exactly what the wire form says.
 
-(And the tokenizer, which now reads plain atoms and quoted strings in one step, reads any
-bytes exactly as its byte-by-byte form did: the last test.)
+The common answer (``UID n FLAGS (...) BODY[] {n}``) is read with one match: it must give
+what the tokenizer gives. And the tokenizer, which now reads plain atoms and quoted
+strings in one step, must read any bytes exactly as its byte-by-byte form did (the last
+test).
 
 ``parse_fetch`` no longer rejoins a response with its literals to read it: each literal
 (a message body) is taken from ``Response.lines`` as it is, where the data says a literal
@@ -123,6 +125,31 @@ def responses(draw: st.DrawFn) -> list[bytes]:
 @settings(max_examples=600, deadline=None)
 @given(responses())
 def test_same_items_or_error_as_the_rejoined_wire_form(lines: list[bytes]) -> None:
+    assert ours(lines) == oracle(lines)
+
+
+FLAG_WORDS = [b"\\Seen", b"\\Flagged", b"$Label1", b"NIL", b"nil", b"\\*", b"a[b]", b'"q"', b"x{1}"]
+
+
+@st.composite
+def common_shaped(draw: st.DrawFn) -> list[bytes]:
+    """Answers of the shape read in one match (``UID n FLAGS (...) BODY[] {n}``), and
+    answers one detail away from it."""
+    seq = draw(st.sampled_from([b"1", b"42", b"007"]))
+    uid = draw(st.sampled_from([b"5", b"0", b"12345678901234567890", b"-1", b"u"]))
+    flags = b" ".join(draw(st.lists(st.sampled_from(FLAG_WORDS), max_size=3)))
+    section = draw(st.sampled_from([b"BODY[]", b"BINARY[]", b"RFC822", b"body[]", b"BODY[1]"]))
+    body = draw(st.binary(max_size=20))
+    size = draw(st.sampled_from([len(body), len(body), len(body) + 1]))
+    keyword = draw(st.sampled_from([b"UID", b"UID", b"uid"]))
+    tail = draw(st.sampled_from([b")", b")", b" )", b") x", b" FLAGS (b))"]))
+    line = b"%s FETCH (%s %s FLAGS (%s) %s {%d}" % (seq, keyword, uid, flags, section, size)
+    return [line, body, tail, b"done"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(common_shaped())
+def test_the_common_shape_reads_as_the_tokenizer_reads_it(lines: list[bytes]) -> None:
     assert ours(lines) == oracle(lines)
 
 
