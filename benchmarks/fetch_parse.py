@@ -1,7 +1,7 @@
 """CPU of the IMAP read path: a UID FETCH response through GuardedProtocol, no server.
 
-The bytes a server sends for ``UID FETCH <batch> (UID FLAGS BODY.PEEK[])`` over the
-corpus's messages (benchmarks/_corpus.py, the sync benchmark's) are fed to
+The bytes Dovecot sends for the worker's ``UID FETCH <batch> (UID FLAGS RFC822.SIZE
+BODY.PEEK[])`` (``examples/imap_sync/mailbox.py``'s ``FETCH_NEW``) over the corpus's messages (benchmarks/_corpus.py, the sync benchmark's) are fed to
 ``GuardedProtocol.data_received`` in chunks of ``--chunk`` bytes (asyncio's TLS and plain
 reads deliver up to 256 KiB), batch by batch as the worker asks for them, and the
 response is parsed with ``parse_fetch``. The floor, alternating with it in the same run:
@@ -66,7 +66,8 @@ def make_batches(n_messages: int, batch: int, seed: int) -> list[bytes]:
             size, kind = _corpus._size(rng)
             body = _corpus.make_message(rng, blob, "bench", i, size, kind, _corpus.BASE_TIME)
             parts.append(
-                b"* %d FETCH (UID %d FLAGS (\\Seen) BODY[] {%d}\r\n" % (i + 1, i + 1, len(body))
+                b"* %d FETCH (UID %d FLAGS (\\Seen) RFC822.SIZE %d BODY[] {%d}\r\n"
+                % (i + 1, i + 1, len(body), len(body))
                 + body
                 + b")\r\n"
             )
@@ -86,7 +87,7 @@ async def run_protocol(batches: list[bytes], chunk: int) -> int:
     p.state = "SELECTED"
     n = 0
     for body in batches:
-        task = asyncio.ensure_future(p.fetch("1:*", "(UID FLAGS BODY.PEEK[])", by_uid=True))
+        task = asyncio.ensure_future(p.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[])", by_uid=True))
         await asyncio.sleep(0)
         tag = sink.sent[-1].split(b" ", 1)[0]
         for piece in chunks(body + tag + b" OK done\r\n", chunk):
@@ -161,7 +162,7 @@ async def run_tls(
     n = 0
     cpu = 0.0
     for body in batches:
-        task = asyncio.ensure_future(p.fetch("1:*", "(UID FLAGS BODY.PEEK[])", by_uid=True))
+        task = asyncio.ensure_future(p.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[])", by_uid=True))
         await asyncio.sleep(0)
         while True:  # the server reads the command (and any session tickets' answers)
             try:

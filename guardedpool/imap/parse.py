@@ -501,12 +501,13 @@ def _fetch_values(text: bytes, literals: dict[int, bytes]) -> tuple[int, list[Va
     return int(m.group(1)), values
 
 
-# The answer to a sync worker's ``UID FETCH <set> (UID FLAGS BODY.PEEK[])`` as Dovecot and
-# most servers write it, flags plain atoms: read with one match (_common_fetch_item).
+# The answer to a sync worker's ``UID FETCH <set> (UID FLAGS [RFC822.SIZE] BODY.PEEK[])``
+# as Dovecot and most servers write it, flags plain atoms: read with one match
+# (_common_fetch_item).
 _FLAG_ATOM = rb"[A-Za-z0-9\\$_.\-]+"
 _COMMON_FETCH = re.compile(
-    rb"([0-9]+) FETCH \(UID ([0-9]+) FLAGS \((%s(?: %s)*)?\) (BODY\[\]|BINARY\[\]|RFC822) "
-    rb"\{([0-9]+)\}\r\n\)" % (_FLAG_ATOM, _FLAG_ATOM)
+    rb"([0-9]+) FETCH \(UID ([0-9]+) FLAGS \((%s(?: %s)*)?\)(?: RFC822\.SIZE ([0-9]+))? "
+    rb"(BODY\[\]|BINARY\[\]|RFC822) \{([0-9]+)\}\r\n\)" % (_FLAG_ATOM, _FLAG_ATOM)
 )
 
 
@@ -519,7 +520,7 @@ def _common_fetch_item(text: bytes, literals: dict[int, bytes]) -> FetchItem | N
     if m is None:
         return None
     body = literals.get(len(text) - 1)
-    if body is None or len(body) != int(m.group(5)):
+    if body is None or len(body) != int(m.group(6)):
         return None
     words = m.group(3).split() if m.group(3) else []
     if any(w.upper() == b"NIL" for w in words):  # NIL is no flag: the tokenizer drops it
@@ -528,7 +529,8 @@ def _common_fetch_item(text: bytes, literals: dict[int, bytes]) -> FetchItem | N
         seq=int(m.group(1)),
         uid=int(m.group(2)),
         flags=tuple(w.decode("ascii") for w in words),
-        sections={m.group(4).decode("ascii"): body},
+        size=int(m.group(4)) if m.group(4) is not None else None,
+        sections={m.group(5).decode("ascii"): body},
     )
 
 

@@ -133,8 +133,8 @@ FLAG_WORDS = [b"\\Seen", b"\\Flagged", b"$Label1", b"NIL", b"nil", b"\\*", b"a[b
 
 @st.composite
 def common_shaped(draw: st.DrawFn) -> list[bytes]:
-    """Answers of the shape read in one match (``UID n FLAGS (...) BODY[] {n}``), and
-    answers one detail away from it."""
+    """Answers of the shape read in one match (``UID n FLAGS (...) [RFC822.SIZE n]
+    BODY[] {n}``), and answers one detail away from it."""
     seq = draw(st.sampled_from([b"1", b"42", b"007"]))
     uid = draw(st.sampled_from([b"5", b"0", b"12345678901234567890", b"-1", b"u"]))
     flags = b" ".join(draw(st.lists(st.sampled_from(FLAG_WORDS), max_size=3)))
@@ -142,8 +142,17 @@ def common_shaped(draw: st.DrawFn) -> list[bytes]:
     body = draw(st.binary(max_size=20))
     size = draw(st.sampled_from([len(body), len(body), len(body) + 1]))
     keyword = draw(st.sampled_from([b"UID", b"UID", b"uid"]))
+    rfc822_size = draw(st.sampled_from([b"", b" RFC822.SIZE %d" % len(body), b" RFC822.SIZE x"]))
     tail = draw(st.sampled_from([b")", b")", b" )", b") x", b" FLAGS (b))"]))
-    line = b"%s FETCH (%s %s FLAGS (%s) %s {%d}" % (seq, keyword, uid, flags, section, size)
+    line = b"%s FETCH (%s %s FLAGS (%s)%s %s {%d}" % (
+        seq,
+        keyword,
+        uid,
+        flags,
+        rfc822_size,
+        section,
+        size,
+    )
     return [line, body, tail, b"done"]
 
 
