@@ -1,7 +1,8 @@
 """CPU of the IMAP read path: a UID FETCH response through GuardedProtocol, no server.
 
 The bytes Dovecot sends for the worker's ``UID FETCH <batch> (UID FLAGS RFC822.SIZE
-BODY.PEEK[])`` (``examples/imap_sync/mailbox.py``'s ``FETCH_NEW``) over the corpus's messages (benchmarks/_corpus.py, the sync benchmark's) are fed to
+BODY.PEEK[])`` (``FETCH_NEW`` in ``examples/imap_sync/mailbox.py``) over the corpus's
+messages (benchmarks/_corpus.py, the sync benchmark's) are fed to
 ``GuardedProtocol.data_received`` in chunks of ``--chunk`` bytes (asyncio's TLS and plain
 reads deliver up to 256 KiB), batch by batch as the worker asks for them, and the
 response is parsed with ``parse_fetch``. The floor, alternating with it in the same run:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import pstats
@@ -38,6 +40,8 @@ import _corpus
 from guardedpool.imap.parse import parse_fetch
 from guardedpool.imap.protocol import GuardedProtocol
 from guardedpool.imap.tls import TLSLayer, TLSTransport
+
+QUERY = "(UID FLAGS RFC822.SIZE BODY.PEEK[])"
 
 
 class _Sink(asyncio.Transport):
@@ -87,7 +91,7 @@ async def run_protocol(batches: list[bytes], chunk: int) -> int:
     p.state = "SELECTED"
     n = 0
     for body in batches:
-        task = asyncio.ensure_future(p.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[])", by_uid=True))
+        task = asyncio.ensure_future(p.fetch("1:*", QUERY, by_uid=True))
         await asyncio.sleep(0)
         tag = sink.sent[-1].split(b" ", 1)[0]
         for piece in chunks(body + tag + b" OK done\r\n", chunk):
@@ -149,10 +153,8 @@ async def run_tls(
     handshake = asyncio.ensure_future(layer.handshake(10.0))
     for _ in range(20):
         await asyncio.sleep(0)
-        try:
+        with contextlib.suppress(ssl.SSLWantReadError):
             server.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
         if s_out.pending:
             layer.data_received(s_out.read())
         if handshake.done():
@@ -162,7 +164,7 @@ async def run_tls(
     n = 0
     cpu = 0.0
     for body in batches:
-        task = asyncio.ensure_future(p.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[])", by_uid=True))
+        task = asyncio.ensure_future(p.fetch("1:*", QUERY, by_uid=True))
         await asyncio.sleep(0)
         while True:  # the server reads the command (and any session tickets' answers)
             try:
