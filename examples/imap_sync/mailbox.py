@@ -32,12 +32,6 @@ what is still missing, whatever order the server answered in and wherever it sto
 
 Every command is bounded by the pool's ``op_timeout`` (the client enforces it); a fault
 poisons the connection and propagates, and the next pass starts over from the store.
-
-Every store operation of a pass, reads included, runs on the store's thread
-(:func:`in_store`), in the pass's order, and the pass awaits each: the event loop never
-waits for the store's lock. (A read made on the loop's thread while the store's thread
-held the lock for another mailbox's batch stopped every connection until that batch was
-committed, and the lock is not fair: with batches queued, for several.)
 """
 
 from __future__ import annotations
@@ -45,7 +39,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
 from guardedpool import IMAPCommandError, ServerLimit
 from guardedpool.imap import IMAPClient, parse_fetch, parse_search, parse_select
@@ -63,18 +56,6 @@ OnPlan = Callable[[int], None]
 """Called once with the number of new messages this pass will fetch."""
 OnBatch = Callable[[int, int], None]
 """Called after each stored batch with (messages, bytes) in it."""
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-async def in_store(
-    store: MailStore, operation: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
-) -> _T:
-    """``operation(*args)`` (a method of ``store``) on the store's own thread, after the
-    operations submitted before it; bounded by the store's own lock timeout."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(store.executor, lambda: operation(*args, **kwargs))
 
 
 class SyncError(RuntimeError):
@@ -137,11 +118,9 @@ async def sync_mailbox(
     result = MailboxResult(account, mailbox)
     sel = await select(imap, mailbox)  # 1
     result.condstore = sel.modseq is not None
-    state = await in_store(
-        store, open_generation, store, account, mailbox, sel.uidvalidity, result
-    )  # 2
+    state = open_generation(store, account, mailbox, sel.uidvalidity, result)  # 2
     at = Target(store, account, mailbox, sel.uidvalidity)
-    stored = await in_store(store, store.uids, account, mailbox, sel.uidvalidity)
+    stored = store.uids(account, mailbox, sel.uidvalidity)
     if unchanged(state, sel, stored):  # 3
         result.unchanged = True
     else:
@@ -153,7 +132,7 @@ async def sync_mailbox(
             on_plan(len(missing))
         undelivered |= await fetch_missing(imap, at, missing, batch_size, result, on_batch)  # 6
         await verify(imap, at, server, undelivered, result)  # 7
-    await in_store(store, finish, at, sel)  # 8
+    finish(at, sel)  # 8
     return result
 
 
@@ -177,9 +156,7 @@ async def select(imap: IMAPClient, mailbox: str) -> Selected:
 def open_generation(
     store: MailStore, account: str, mailbox: str, uidvalidity: int, result: MailboxResult
 ) -> MailboxState:
-    """Step 2: the stored state, reset first if the server's UIDVALIDITY is another one.
-
-    Blocking: run it on the store's thread (:func:`in_store`)."""
+    """Step 2: the stored state, reset first if the server's UIDVALIDITY is another one."""
     state = store.mailbox(account, mailbox)
     if state.uidvalidity != uidvalidity:
         result.reset = state.uidvalidity is not None
@@ -217,9 +194,7 @@ async def server_uids(
     server = set(parse_search((await imap.uid_search("ALL")).lines)) if sel.exists else set()
     gone = [uid for uid in stored if uid not in server]
     if gone:
-        result.expunged += await in_store(
-            at.store, at.store.expunge, at.account, at.mailbox, at.uidvalidity, gone
-        )
+        result.expunged += at.store.expunge(at.account, at.mailbox, at.uidvalidity, gone)
     return server
 
 
@@ -251,9 +226,7 @@ async def sync_flags(
     resp = await imap.uid_fetch(f"1:{max(kept)}", query)
     got = delivered(parse_fetch(resp.lines), wanted)
     flags = {uid: d.flags for uid, d in got.items() if d.flags is not None}
-    result.flags_changed += await in_store(
-        at.store, at.store.update_flags, at.account, at.mailbox, at.uidvalidity, flags
-    )
+    result.flags_changed += at.store.update_flags(at.account, at.mailbox, at.uidvalidity, flags)
     return (expected | got.keys()) - flags.keys()
 
 
@@ -301,8 +274,8 @@ async def fetch_batch(imap: IMAPClient, at: Target, batch: Sequence[int]) -> Bat
     before the transaction runs, the messages when it is done.
     """
     messages = await fetch_whole(imap, batch)
-    inserted = await in_store(
-        at.store, at.store.store_batch, at.account, at.mailbox, at.uidvalidity, messages
+    inserted = await asyncio.get_running_loop().run_in_executor(
+        at.store.executor, at.store.store_batch, at.account, at.mailbox, at.uidvalidity, messages
     )
     return BatchDone(
         stored=len(messages),
@@ -341,10 +314,8 @@ async def verify(
                 "it still lists; the next pass fetches them again"
             )
         gone = undelivered
-        result.expunged += await in_store(
-            at.store, at.store.expunge, at.account, at.mailbox, at.uidvalidity, gone
-        )
-    stored = set(await in_store(at.store, at.store.uids, at.account, at.mailbox, at.uidvalidity))
+        result.expunged += at.store.expunge(at.account, at.mailbox, at.uidvalidity, gone)
+    stored = set(at.store.uids(at.account, at.mailbox, at.uidvalidity))
     if stored != server - gone:
         extra, lacking = stored - server, server - gone - stored
         raise SyncError(
@@ -354,9 +325,7 @@ async def verify(
 
 
 def finish(at: Target, sel: Selected) -> None:
-    """Step 8: record the pass's UIDNEXT and HIGHESTMODSEQ (as of its SELECT).
-
-    Blocking: run it on the store's thread (:func:`in_store`)."""
+    """Step 8: record the pass's UIDNEXT and HIGHESTMODSEQ (as of its SELECT)."""
     at.store.finish_pass(
         at.account, at.mailbox, at.uidvalidity, uidnext=sel.uidnext, highestmodseq=sel.modseq
     )
