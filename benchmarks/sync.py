@@ -41,7 +41,8 @@ Reported per tool and phase (median over rounds): wall seconds, messages/s, MB/s
 written to storage (``/proc/PID/io`` ``write_bytes``: SQLite's WAL writes every body twice),
 peak RSS (the tool's own high-water mark; for many processes, the largest sum seen, sampled
 every 0.05 s), CPU seconds (``cpu_s``: user + system of the tool's processes, from
-``wait4``; less noisy than wall time on a shared machine) and the ratios worker vs others.
+``wait4``; less noisy than wall time on a shared machine; ``cpu_user_s``: the user part)
+and the ratios worker vs others.
 Targets: the worker at least as fast as mbsync on the full and the incremental sync, and
 >= 3x faster than offlineimap3.
 
