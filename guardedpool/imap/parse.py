@@ -166,8 +166,9 @@ def _split_responses(
     text: list[bytes] = []
     size = 0  # bytes in ``text`` so far
     literals: dict[int, bytes] = {}
-    state = "none"  # "text": in a response; "literal": the next item is a literal;
-    # "after": one was just read
+    # "none": between responses; "literal": the next item is a literal; "after": one was
+    # just read
+    state = "none"
     for item in lines:
         if state == "literal":
             text.append(b"\r\n")
