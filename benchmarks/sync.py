@@ -18,6 +18,8 @@ Tools (``--tools``):
 * ``mbsync``: ``mbsync -a``, one process, channels one after another, ``FSync no``;
 * ``mbsync_parallel``: one ``mbsync`` process per inbox, all at once, ``FSync no``;
 * ``mbsync_fsync``: ``mbsync -a`` with its default fsync (not run by default);
+* ``mbsync_compress``: ``mbsync_parallel`` with COMPRESS=DEFLATE (RFC 4978) left on, the
+  counterpart of ``worker_compress`` behind ``--shape`` (not run by default);
 * ``offlineimap``: one ``offlineimap`` process per inbox, all at once (its fastest
   shape), ``fsync = false``. It is ~10x slower than the others, so by default its full
   sync runs in the first round only (``--offlineimap-rounds``);
@@ -28,6 +30,12 @@ Tools (``--tools``):
 * ``raw_files``: the same, bodies appended to one file per inbox.
 
 None of the compared stores fsyncs per message, so the comparison is like with like.
+Nor does any compress unless its name says so: mbsync 1.4 sends ``COMPRESS DEFLATE``
+whenever the server offers it, and the harness's Dovecot does (``imap_zlib``, for
+``worker_compress``), so every mbsync tool but ``mbsync_compress`` has mbsync's own
+``DisableExtension COMPRESS=DEFLATE``. On loopback compression saves nothing and makes
+Dovecot deflate every body (~1.7 CPU s more per 1,000-message inbox here, 3.8x the wall
+time of one mbsync alone); the worker and the raw client compress only when asked.
 Every tool writes to a freshly made ext4 filesystem (a loop-mounted sparse image; falls
 back to a plain directory when that is not possible), since repeated syncs into one
 directory slow down run after run. The image is made just before the tool's full sync
@@ -89,6 +97,7 @@ ALL_TOOLS = (
     "mbsync",
     "mbsync_parallel",
     "mbsync_fsync",
+    "mbsync_compress",
     "offlineimap",
     "raw",
     "raw_files",
@@ -478,7 +487,12 @@ class Tools:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def mbsync_config(self, d: Path, fsync: bool) -> Path:
+    def mbsync_config(self, d: Path, fsync: bool, compress: bool = False) -> Path:
+        """One mbsyncrc with a channel per inbox (``mbsync -a`` or ``mbsync NAME``).
+
+        ``compress=False`` adds ``DisableExtension COMPRESS=DEFLATE`` to every account:
+        mbsync 1.4 compresses whenever the server offers it, as the harness's Dovecot does.
+        """
         parts = [] if fsync else ["FSync no", ""]
         for a in self.accounts:
             (d / "mbsync" / a).mkdir(parents=True, exist_ok=True)
@@ -491,6 +505,7 @@ class Tools:
                 "AuthMechs PLAIN",
                 "SSLType IMAPS",
                 f"CertificateFile {self.cafile}",
+                *([] if compress else ["DisableExtension COMPRESS=DEFLATE"]),
                 "",
                 f"IMAPStore {a}-remote",
                 f"Account {a}",
@@ -562,8 +577,8 @@ sslcacertfile = {self.cafile}
         if tool in ("mbsync", "mbsync_fsync"):
             cfg = self.mbsync_config(d, fsync=tool == "mbsync_fsync")
             return [["mbsync", "-q", "-c", str(cfg), "-a"]]
-        if tool == "mbsync_parallel":
-            cfg = self.mbsync_config(d, fsync=False)
+        if tool in ("mbsync_parallel", "mbsync_compress"):
+            cfg = self.mbsync_config(d, fsync=False, compress=tool == "mbsync_compress")
             return [["mbsync", "-q", "-c", str(cfg), a] for a in self.accounts]
         if tool in FULL_ONLY:
             accounts = d / "accounts.json"
