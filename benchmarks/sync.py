@@ -18,6 +18,8 @@ Tools (``--tools``):
 * ``mbsync``: ``mbsync -a``, one process, channels one after another, ``FSync no``;
 * ``mbsync_parallel``: one ``mbsync`` process per inbox, all at once, ``FSync no``;
 * ``mbsync_fsync``: ``mbsync -a`` with its default fsync (not run by default);
+* ``mbsync_compress``: ``mbsync_parallel`` with COMPRESS=DEFLATE (RFC 4978) left on, the
+  counterpart of ``worker_compress`` behind ``--shape`` (not run by default);
 * ``offlineimap``: one ``offlineimap`` process per inbox, all at once (its fastest
   shape), ``fsync = false``. It is ~10x slower than the others, so by default its full
   sync runs in the first round only (``--offlineimap-rounds``);
@@ -28,6 +30,12 @@ Tools (``--tools``):
 * ``raw_files``: the same, bodies appended to one file per inbox.
 
 None of the compared stores fsyncs per message, so the comparison is like with like.
+Nor does any compress unless its name says so: mbsync 1.4 sends ``COMPRESS DEFLATE``
+whenever the server offers it, and the harness's Dovecot does (``imap_zlib``, for
+``worker_compress``), so every mbsync tool but ``mbsync_compress`` has mbsync's own
+``DisableExtension COMPRESS=DEFLATE``. On loopback compression saves nothing and makes
+Dovecot deflate every body (~1.7 CPU s more per 1,000-message inbox here, 3.8x the wall
+time of one mbsync alone); the worker and the raw client compress only when asked.
 Every tool writes to a freshly made ext4 filesystem (a loop-mounted sparse image; falls
 back to a plain directory when that is not possible), since repeated syncs into one
 directory slow down run after run. The image is made just before the tool's full sync
@@ -41,8 +49,9 @@ Reported per tool and phase (median over rounds): wall seconds, messages/s, MB/s
 written to storage (``/proc/PID/io`` ``write_bytes``: SQLite's WAL writes every body twice),
 peak RSS (the tool's own high-water mark; for many processes, the largest sum seen, sampled
 every 0.05 s), CPU seconds (``cpu_s``: user + system of the tool's processes, from
-``wait4``; less noisy than wall time on a shared machine; ``cpu_user_s``: the user part)
-and the ratios worker vs others.
+``wait4``; less noisy than wall time on a shared machine; ``cpu_user_s``: the user part),
+Dovecot's CPU seconds during the run (``server_cpu_s``: what the tool made the server do;
+it showed mbsync's compression) and the ratios worker vs others.
 Targets: the worker at least as fast as mbsync on the full and the incremental sync, and
 >= 3x faster than offlineimap3.
 
@@ -79,6 +88,7 @@ from typing import Any
 
 import _bench
 import _corpus
+import psutil
 
 from tests.harness.dovecot import DovecotServer
 from tests.harness.proxy import FaultProxy, Mode
@@ -90,6 +100,7 @@ ALL_TOOLS = (
     "mbsync",
     "mbsync_parallel",
     "mbsync_fsync",
+    "mbsync_compress",
     "offlineimap",
     "raw",
     "raw_files",
@@ -345,6 +356,26 @@ class Server:
     def stop(self) -> None:
         self.dc.stop()
 
+    def cpu_s(self) -> float:
+        """Dovecot's user + system CPU seconds so far, all its processes together.
+
+        The master's own, its reaped children's (every ``imap`` and ``imap-login``
+        process of a finished session: the master waits for them), and its live
+        descendants' (auth, anvil, sessions still open). A process reaped between the
+        two reads is missed or counted twice: good to a session's worth.
+        """
+        pid = self.dc.pid
+        if pid is None:
+            return 0.0
+        master = psutil.Process(pid)
+        t = master.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in master.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+        return total
+
     @contextlib.contextmanager
     def imap(self, account: str) -> Iterator[imaplib.IMAP4]:
         conn = imaplib.IMAP4(self.dc.host, self.dc.port, timeout=120)
@@ -482,7 +513,12 @@ class Tools:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def mbsync_config(self, d: Path, fsync: bool) -> Path:
+    def mbsync_config(self, d: Path, fsync: bool, compress: bool = False) -> Path:
+        """One mbsyncrc with a channel per inbox (``mbsync -a`` or ``mbsync NAME``).
+
+        ``compress=False`` adds ``DisableExtension COMPRESS=DEFLATE`` to every account:
+        mbsync 1.4 compresses whenever the server offers it, as the harness's Dovecot does.
+        """
         parts = [] if fsync else ["FSync no", ""]
         for a in self.accounts:
             (d / "mbsync" / a).mkdir(parents=True, exist_ok=True)
@@ -495,6 +531,7 @@ class Tools:
                 "AuthMechs PLAIN",
                 "SSLType IMAPS",
                 f"CertificateFile {self.cafile}",
+                *([] if compress else ["DisableExtension COMPRESS=DEFLATE"]),
                 "",
                 f"IMAPStore {a}-remote",
                 f"Account {a}",
@@ -566,8 +603,8 @@ sslcacertfile = {self.cafile}
         if tool in ("mbsync", "mbsync_fsync"):
             cfg = self.mbsync_config(d, fsync=tool == "mbsync_fsync")
             return [["mbsync", "-q", "-c", str(cfg), "-a"]]
-        if tool == "mbsync_parallel":
-            cfg = self.mbsync_config(d, fsync=False)
+        if tool in ("mbsync_parallel", "mbsync_compress"):
+            cfg = self.mbsync_config(d, fsync=False, compress=tool == "mbsync_compress")
             return [["mbsync", "-q", "-c", str(cfg), a] for a in self.accounts]
         if tool in FULL_ONLY:
             accounts = d / "accounts.json"
@@ -600,6 +637,7 @@ sslcacertfile = {self.cafile}
         env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
         before = self.link.bytes() if self.link is not None else (0, 0)
         os.sync()  # the previous run's dirty pages are written back now, not during this one
+        server_cpu = self.server.cpu_s()
         res = measure(
             cmds,
             log=d / f"{phase}.log",
@@ -607,6 +645,8 @@ sslcacertfile = {self.cafile}
             env=env,
             cwd=root,
         )
+        time.sleep(0.2)  # the sessions' imap processes exit after their clients' LOGOUT
+        res["server_cpu_s"] = self.server.cpu_s() - server_cpu
         if self.link is not None:
             after = self.link.bytes()
             res["wire_mb_down"] = (after[0] - before[0]) / 2**20
@@ -688,6 +728,7 @@ def summarize(
                 "storage_write_mb": _bench.median([r.get("storage_write_mb", 0.0) for r in ok]),
                 "cpu_s": _bench.median([r.get("cpu_s", 0.0) for r in ok]),
                 "cpu_user_s": _bench.median([r.get("cpu_user_s", 0.0) for r in ok]),
+                "server_cpu_s": _bench.median([r.get("server_cpu_s", 0.0) for r in ok]),
                 "processes": ok[0]["processes"],
             }
             if phase == "full":
@@ -801,6 +842,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     _bench.log(
                         f"  {res['wall_s']:.2f}s, cpu {res['cpu_s']:.2f}s "
                         f"(user {res['cpu_user_s']:.2f}s), "
+                        f"dovecot cpu {res['server_cpu_s']:.2f}s, "
                         f"peak {res['peak_rss_mb']:.0f} MB, "
                         f"check {'ok' if res['check']['ok'] else res['check']}"
                         + (

@@ -28,6 +28,19 @@ nothing else changes.
    ``GuardedPool._take_ready`` and ``release`` (17,437 instructions), so one place for
    every state change costs +1,151 (+6.6 %): one more call (``give_back``) per release,
    and ``lend``'s check of where the slot comes from.
+4. :meth:`GuardedPool._take_ready` asks :func:`guardedpool.policy.ready_to_hand_out`'s
+   three questions (lifetime, idle timeout, check interval) written out in place. Saves
+   ~510 instructions per acquire on 3.11. Not a version trick.
+5. :meth:`GuardedPool.release` answers the common case of
+   :func:`guardedpool.policy.retire_on_release` itself (no error, alive, not shutting
+   down, lifetime left: keep it) and calls the policy for every other case. Saves ~680
+   instructions per release on 3.11 (a call with six arguments). Not a version trick.
+
+   Tricks 4 and 5 together: 18,488 -> 17,296 instructions per acquire + release on 3.11.
+   They copy policy rules, so ``tests/unit/test_pool_fastpath.py`` drives a real pool
+   across every threshold and holds each hand-out and release against the policy
+   functions; it fails if either copy drifts from the policy (loosening either
+   condition was tried: both fail). Delete them when the benchmark's ratio allows it.
 
 What is *not* here any more: the read of ``asyncio.tasks._current_tasks`` (a private of the
 standard library, see issue 12). Its removal and the books together cost 936 instructions

@@ -130,18 +130,21 @@ async def test_a_throttled_select_holds_the_key_back_then_reuses_the_connection(
         cfg = config(DEFAULTS, acquire_timeout=5.0, connect_timeout=2.0, op_timeout=2.0)
         pool: GuardedPool[IMAPClient] = GuardedPool(IMAPConnector({"k": account(srv.port)}), cfg)
         async with pool:
+            before = pool.clock()
             with pytest.raises(CommandThrottled):
                 async with pool.acquire("k") as imap:
                     first = imap
                     await imap.select("INBOX")
-            released = pool.clock()
             stats = pool.stats()["keys"]["k"]
             assert stats["throttled"] is True and stats["idle"] == 1
+            # The wait counts from the refusal (at the release), not from this line.
+            until = stats["throttled_until"]
+            assert until - before >= 0.3  # the server's 300 ms, from its refusal on
             async with pool.acquire("k") as imap:
                 handed_out = pool.clock()
                 assert imap is first  # NO/BAD leaves the connection usable
                 await imap.noop()
-        assert handed_out - released >= 0.3  # the server's wait, honoured
+        assert handed_out >= until  # the server's wait, honoured
         assert srv.accepted == 1
     await sockets_back_to(baseline)
 
