@@ -9,14 +9,15 @@ that keeps records for real sockets, and the pool never needs to know how the OS
 from __future__ import annotations
 
 import logging
+import operator
 import time
 import weakref
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from typing import Protocol
 
 from ..config import PoolConfig
 from ..leaks import Borrow
-from ..records import ConnectionRecord, LifecycleEvent
+from ..records import ConnectionRecord, LifecycleEvent, SocketIdentity
 from .classify import Kind, classify
 from .enforce import Outcome, enforce
 from .report import Action, AuditReport, Finding
@@ -27,6 +28,8 @@ from .verify import Verifier
 __all__ = ["AuditTarget", "log_finding", "run_audit"]
 
 log = logging.getLogger("guardedpool.audit")
+
+_SOCKET: Callable[[ConnectionRecord], SocketIdentity | None] = operator.attrgetter("socket")
 
 _ORDER = {
     k: i
@@ -89,10 +92,10 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
     except OSError as exc:  # resolving needs fds too: at the fd limit, audit the rest
         endpoints, missed = frozenset(), (f"orphans not looked for: endpoints failed: {exc}",)
     known = [
-        r.socket
+        ident
         for group in (target.records(), target.graveyard())
-        for r in group
-        if r.socket is not None
+        for ident in map(_SOCKET, group)
+        if ident is not None
     ]
     view = await scan(chosen, known, endpoints)
     # From here to the actions nothing awaits: the records cannot change under the verdict.

@@ -17,10 +17,11 @@ import concurrent.futures.thread  # noqa: F401
 import errno
 import itertools
 import logging
+import operator
 import os
 import resource
 import sys
-from collections.abc import Collection, Generator, Set
+from collections.abc import Callable, Collection, Generator, Set
 from typing import Literal, TypeVar
 
 import psutil
@@ -63,6 +64,8 @@ FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 """errnos meaning "no fd left": for this process (EMFILE) or the whole system (ENFILE)."""
 
 T = TypeVar("T")
+
+_INODE: Callable[[SocketIdentity], int] = operator.attrgetter("inode")
 
 
 class ScanError(PoolError):
@@ -155,7 +158,7 @@ async def scan(
         if backend == "procfs":
             if not scan_procfs.available():
                 raise ScanError(f"procfs backend needs {scan_procfs.FD_DIR}")
-            inodes = {ident.inode for ident in known}
+            inodes = set(map(_INODE, known))
             rows, quiet, fds_used, notes = await _drive(
                 scan_procfs.scan_procfs(inodes, endpoints, inspect_all=inspect_all, chunk=CHUNK)
             )
