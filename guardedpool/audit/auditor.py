@@ -22,7 +22,7 @@ from .classify import Kind, classify
 from .enforce import Outcome, enforce
 from .report import Action, AuditReport, Finding
 from .rows import Address
-from .scan import Backend, resolve_backend, scan
+from .scan import Backend, InodeCache, resolve_backend, scan
 from .verify import Verifier
 
 __all__ = ["AuditTarget", "log_finding", "run_audit"]
@@ -97,7 +97,7 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
         for ident in map(_SOCKET, group)
         if ident is not None
     ]
-    view = await scan(chosen, known, endpoints)
+    view = await scan(chosen, known, endpoints, inodes=_inodes_of(target).inodes(known))
     # From here to the actions nothing awaits: the records cannot change under the verdict.
     live = list(target.records())
     grave = list(target.graveyard())
@@ -143,6 +143,20 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
 # Issue 12 §5: force-close verdicts that come after a report wait for the next report of
 # the same target; the state lives here, weakly keyed, so the target needs no field for it.
 _VERIFIERS: weakref.WeakKeyDictionary[AuditTarget, Verifier] = weakref.WeakKeyDictionary()
+
+
+# The inodes of a target's sockets, rebuilt only when its socket identities change.
+_INODES: weakref.WeakKeyDictionary[AuditTarget, InodeCache] = weakref.WeakKeyDictionary()
+
+
+def _inodes_of(target: AuditTarget) -> InodeCache:
+    try:
+        cache = _INODES.get(target)
+        if cache is None:
+            cache = _INODES[target] = InodeCache()
+    except TypeError:  # not hashable or not weakly referable: a fresh set each audit
+        cache = InodeCache()
+    return cache
 
 
 def _verifier_of(target: AuditTarget) -> Verifier:
