@@ -20,8 +20,8 @@ Unknown socket fds are inspected (type, addresses) only when the caller looks fo
 and their TCP state only when their peer is a pooled endpoint.
 
 The work is a generator that yields after each chunk of ``chunk`` fd numbers is polled and
-again after its ``fstat`` calls, so the caller can hand the event loop back between the
-two (see :func:`guardedpool.audit.scan.scan`).
+again after its ``fstat`` calls (a chunk with no open fd has none), so the caller can hand
+the event loop back between the two (see :func:`guardedpool.audit.scan.scan`).
 """
 
 from __future__ import annotations
@@ -161,6 +161,8 @@ def scan_procfs(
         closed = {fd for fd, events in news if events & nval}
         flagged = {fd for fd, events in news if not events & nval} if news else _NONE
         yield  # the poll and the fstat calls are a turn of work each
+        if len(closed) == len(numbers):  # past the highest fd (most of a large table)
+            continue
         for fd in numbers:
             if fd in closed:
                 continue
