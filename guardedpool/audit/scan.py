@@ -37,8 +37,8 @@ from .scan_psutil import psutil_rows
 
 __all__ = [
     "Backend",
-    "InodeCache",
     "FD_EXHAUSTED",
+    "InodeCache",
     "SCAN_TIMEOUT",
     "ScanError",
     "fd_limit",

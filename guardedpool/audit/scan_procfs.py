@@ -160,6 +160,7 @@ def scan_procfs(
         news = poller.poll(0)
         closed = {fd for fd, events in news if events & nval}
         flagged = {fd for fd, events in news if not events & nval} if news else _NONE
+        del news  # up to ``chunk`` tuples: not kept through the fstat calls
         yield  # the poll and the fstat calls are a turn of work each
         if len(closed) == len(numbers):  # past the highest fd (most of a large table)
             continue
