@@ -162,7 +162,6 @@ async def connect_with_retry(
     turned False.
     """
     backoff.settle(clock(), policy.reset_after)
-    wait = backoff_wait(policy, backoff)
     pending = backoff.next_attempt_at - clock()
     if pending > 0:
         await sleep(pending)
@@ -187,7 +186,7 @@ async def connect_with_retry(
             now = clock()
             backoff.settle(now, policy.reset_after)
             if is_transient(exc):
-                delay = wait.delay()
+                delay = backoff_wait(policy, backoff).delay()
             if not isinstance(exc, UnknownKey):
                 # A permanent failure (wrong password, untrusted certificate) is a failure
                 # of the key all the same: counted, kept as last_error, but not delayed.

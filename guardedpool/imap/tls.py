@@ -110,7 +110,7 @@ class TLSLayer(asyncio.BufferedProtocol):
             self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
         )
         self.transport = TLSTransport(self)
-        self._attach = attach
+        self._attach: Callable[[TLSTransport], None] | None = attach
         self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._error: BaseException | None = None
         self._lost = False
@@ -144,7 +144,9 @@ class TLSLayer(asyncio.BufferedProtocol):
             self._fail_handshake(exc)
             return
         self._flush()
-        self._attach(self.transport)
+        attach, self._attach = self._attach, None  # called once; not kept for the session
+        if attach is not None:
+            attach(self.transport)
         if not self._handshake.done():
             self._handshake.set_result(None)
         self._read()  # application data that came with the last handshake flight
