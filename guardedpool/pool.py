@@ -770,6 +770,18 @@ class GuardedPool(Generic[C]):
         record.created_at = record.last_used_at = record.last_checked_at = now
         record.expires_at = policy.expiry_time(now, self.config, self._rng())
         record.note(now, Event.OPEN)  # the socket identity is in record.socket
+        if log.isEnabledFor(logging.INFO):
+            self._log_opened(slot, now - began)
+        self._opened(slot)
+        self._housekeeper.watch(slot, now)  # housekeeping's first look (none if retired already)
+        if ks.limits is not None:
+            ks.limits.accepted(len(ks.idle) + ks.in_use)
+        ks.connect_finished()
+
+    @staticmethod
+    def _log_opened(slot: Slot[C], seconds: float) -> None:
+        """The INFO line of a connection just opened (built only when INFO is on)."""
+        record = slot.record
         ident = record.socket
         where = (
             f"fd {ident.fd}, {ident.local[0]}:{ident.local[1]} -> "
@@ -780,21 +792,16 @@ class GuardedPool(Generic[C]):
         log.info(
             "guardedpool: opened connection %d for key %r (%s) in %.3f s",
             record.id,
-            ks.key,
+            record.key,
             where,
-            now - began,
+            seconds,
             extra={
-                "key": ks.key,
+                "key": record.key,
                 "conn_id": record.id,
                 "fd": ident.fd if ident is not None else None,
-                "seconds": now - began,
+                "seconds": seconds,
             },
         )
-        self._opened(slot)
-        self._housekeeper.watch(slot, now)  # housekeeping's first look (none if retired already)
-        if ks.limits is not None:
-            ks.limits.accepted(len(ks.idle) + ks.in_use)
-        ks.connect_finished()
 
     def _opened(self, slot: Slot[C]) -> None:
         """A connect succeeded: straight to the first waiter, else to the idle stack."""

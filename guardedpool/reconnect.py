@@ -18,7 +18,9 @@ for it any more (the pool starts a connect again once it may).
 The retry loop itself is tenacity's ``AsyncRetrying``: it retries only transient errors
 (:func:`guardedpool.policy.is_transient`) and only while someone still wants a connection
 for the key; the delay comes from tenacity's exponential wait plus random jitter, indexed
-by the key's failure count rather than by the attempt number of this one loop.
+by the key's failure count rather than by the attempt number of this one loop. The first
+attempt runs before the loop is built, under the same rules: a connect that succeeds at
+once (the usual case) pays nothing for it.
 """
 
 from __future__ import annotations
@@ -160,7 +162,6 @@ async def connect_with_retry(
     turned False.
     """
     backoff.settle(clock(), policy.reset_after)
-    wait = backoff_wait(policy, backoff)
     pending = backoff.next_attempt_at - clock()
     if pending > 0:
         await sleep(pending)
@@ -185,7 +186,7 @@ async def connect_with_retry(
             now = clock()
             backoff.settle(now, policy.reset_after)
             if is_transient(exc):
-                delay = wait.delay()
+                delay = backoff_wait(policy, backoff).delay()
             if not isinstance(exc, UnknownKey):
                 # A permanent failure (wrong password, untrusted certificate) is a failure
                 # of the key all the same: counted, kept as last_error, but not delayed.
@@ -193,18 +194,34 @@ async def connect_with_retry(
             on_failure(exc, delay)
             raise
 
-    def next_delay(retry_state: RetryCallState) -> float:
+    def retry_wanted(exc: BaseException) -> bool:
+        return is_transient(exc) and wanted()
+
+    def next_delay(retry_state: RetryCallState | None = None) -> float:
         # Sleep until the time the failure recorded, so the delay drawn (with its jitter)
         # is the one both the loop and any later acquire honour.
         return max(0.0, backoff.next_attempt_at - clock())
 
+    # The first attempt runs on its own: most connects succeed at once, and tenacity's
+    # loop costs ~60 µs per call plus a reference cycle (the retrying object, its state
+    # and our closures) that only the garbage collector frees. Its rules are the loop's:
+    # a failure is retried when retry_wanted() says so, after next_delay().
+    try:
+        result: T = await one_attempt()
+    except Exception as exc:
+        if not retry_wanted(exc):
+            raise
+    else:
+        backoff.record_success(clock())
+        return result
+    await sleep(next_delay())
     retrying = AsyncRetrying(
-        retry=retry_if_exception(lambda exc: is_transient(exc) and wanted()),
+        retry=retry_if_exception(retry_wanted),
         wait=next_delay,
         sleep=sleep,
         reraise=True,
     )
-    result: T = await retrying(one_attempt)
+    result = await retrying(one_attempt)
     backoff.record_success(clock())
     return result
 

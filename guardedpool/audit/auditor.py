@@ -9,24 +9,27 @@ that keeps records for real sockets, and the pool never needs to know how the OS
 from __future__ import annotations
 
 import logging
+import operator
 import time
 import weakref
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from typing import Protocol
 
 from ..config import PoolConfig
 from ..leaks import Borrow
-from ..records import ConnectionRecord, LifecycleEvent
+from ..records import ConnectionRecord, LifecycleEvent, SocketIdentity
 from .classify import Kind, classify
 from .enforce import Outcome, enforce
 from .report import Action, AuditReport, Finding
 from .rows import Address
-from .scan import Backend, resolve_backend, scan
+from .scan import Backend, InodeCache, resolve_backend, scan
 from .verify import Verifier
 
 __all__ = ["AuditTarget", "log_finding", "run_audit"]
 
 log = logging.getLogger("guardedpool.audit")
+
+_SOCKET: Callable[[ConnectionRecord], SocketIdentity | None] = operator.attrgetter("socket")
 
 _ORDER = {
     k: i
@@ -89,12 +92,12 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
     except OSError as exc:  # resolving needs fds too: at the fd limit, audit the rest
         endpoints, missed = frozenset(), (f"orphans not looked for: endpoints failed: {exc}",)
     known = [
-        r.socket
+        ident
         for group in (target.records(), target.graveyard())
-        for r in group
-        if r.socket is not None
+        for ident in map(_SOCKET, group)
+        if ident is not None
     ]
-    view = await scan(chosen, known, endpoints)
+    view = await scan(chosen, known, endpoints, inodes=_inodes_of(target).inodes(known))
     # From here to the actions nothing awaits: the records cannot change under the verdict.
     live = list(target.records())
     grave = list(target.graveyard())
@@ -140,6 +143,20 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
 # Issue 12 §5: force-close verdicts that come after a report wait for the next report of
 # the same target; the state lives here, weakly keyed, so the target needs no field for it.
 _VERIFIERS: weakref.WeakKeyDictionary[AuditTarget, Verifier] = weakref.WeakKeyDictionary()
+
+
+# The inodes of a target's sockets, rebuilt only when its socket identities change.
+_INODES: weakref.WeakKeyDictionary[AuditTarget, InodeCache] = weakref.WeakKeyDictionary()
+
+
+def _inodes_of(target: AuditTarget) -> InodeCache:
+    try:
+        cache = _INODES.get(target)
+        if cache is None:
+            cache = _INODES[target] = InodeCache()
+    except TypeError:  # not hashable or not weakly referable: a fresh set each audit
+        cache = InodeCache()
+    return cache
 
 
 def _verifier_of(target: AuditTarget) -> Verifier:

@@ -236,13 +236,18 @@ def classify(
             connecting += record.state is ConnState.OPENING
             continue
         state = record.state
-        if ident.inode in q:  # the common case, kept cheap: one of ours, ESTABLISHED
-            if state is idle:
-                if now < record.last_used_at + idle_ok and now < record.expires_at + lag:
-                    del q[ident.inode]
+        inode = ident.inode
+        if inode in q:  # the common case, kept cheap: one of ours, ESTABLISHED
+            if state is in_use:
+                if not leak_suspect(record, now, config):
+                    del q[inode]
                     continue
-            elif state is in_use and not leak_suspect(record, now, config):
-                del q[ident.inode]
+            elif (
+                state is idle
+                and now < record.last_used_at + idle_ok
+                and now < record.expires_at + lag
+            ):
+                del q[inode]
                 continue
         rows = index.claim(ident)  # every record owns its rows, in flux or not
         if state is idle or state is in_use:

@@ -20,19 +20,20 @@ Unknown socket fds are inspected (type, addresses) only when the caller looks fo
 and their TCP state only when their peer is a pooled endpoint.
 
 The work is a generator that yields after each chunk of ``chunk`` fd numbers is polled and
-again after its ``fstat`` calls, so the caller can hand the event loop back between the
-two (see :func:`guardedpool.audit.scan.scan`).
+again after its ``fstat`` calls (a chunk with no open fd has none), so the caller can hand
+the event loop back between the two (see :func:`guardedpool.audit.scan.scan`).
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import select
 import socket
 import stat
 import struct
-from collections.abc import Generator, Iterable, Iterator, Set
+from collections.abc import Generator, Iterable, Iterator, Sequence, Set
 
 from ..sockets import TCP_STATES, tcp_state
 from .rows import Address, OsSocket, normalize_address
@@ -47,6 +48,8 @@ _TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 # POLLRDHUP (peer sent FIN) is Linux-only; select exposes it there.
 _NEWS = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0x2000)
+
+_NONE: frozenset[int] = frozenset()
 
 Quiet = dict[int, int]
 ScanSteps = Generator[None, None, tuple[list[OsSocket], Quiet, int, list[str]]]
@@ -94,27 +97,27 @@ def peek(fd: int, inode: int | None, *, with_state: bool) -> OsSocket | None:
         s.detach()
 
 
-def _table_numbers() -> Iterator[int]:
+def _table_numbers() -> Sequence[int]:
     """Every fd number below the fd table's size (``FDSize`` in ``/proc/self/status``;
     the kernel never hands out a number at or above it). Reading it takes an fd, for a
-    moment: at the fd limit the first ``next()`` raises ``OSError`` (``EMFILE``)."""
+    moment: at the fd limit it raises ``OSError`` (``EMFILE``)."""
     with open(STATUS, "rb") as status:
         size = next(
             (int(line.split()[1]) for line in status if line.startswith(b"FDSize:")), None
         )
     if size is None:
         raise OSError(errno.ENOENT, f"no FDSize in {STATUS}")
-    yield from range(size)
+    return range(size)
 
 
-def _chunks(numbers: Iterable[int], size: int) -> Iterator[list[int]]:
-    batch: list[int] = []
-    for n in numbers:
-        batch.append(n)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+def _chunks(numbers: Iterable[int], size: int) -> Iterator[Sequence[int]]:
+    """``numbers`` in runs of ``size``: slices of a range, lists of anything else."""
+    if isinstance(numbers, range):
+        for start in range(0, len(numbers), size):
+            yield numbers[start : start + size]
+        return
+    it = iter(numbers)
+    while batch := list(itertools.islice(it, size)):
         yield batch
 
 
@@ -144,18 +147,23 @@ def scan_procfs(
     first: dict[int, int] = {}  # known inode -> its first fd
     dups: list[tuple[int, int]] = []  # further (fd, inode) of a known inode
     foreign: dict[int, int] = {}  # fd -> inode (int-only dicts cost the GC nothing)
-    flagged: set[int] = set()  # open fds with news (poll events)
+    loud: set[int] = set()  # known inodes with news (poll events) or at more than one fd
     fds_used = 0
-    fstat = os.fstat
     is_sock = stat.S_ISSOCK
+    fstat = os.fstat
+    nval = select.POLLNVAL
     for numbers in _chunks(_table_numbers() if probe is None else probe, chunk):
         poller = select.poll()
+        register = poller.register
         for fd in numbers:
-            poller.register(fd, _NEWS)
-        closed: set[int] = set()
-        for fd, events in poller.poll(0):
-            (closed if events & select.POLLNVAL else flagged).add(fd)
+            register(fd, _NEWS)
+        news = poller.poll(0)
+        closed = {fd for fd, events in news if events & nval}
+        flagged = {fd for fd, events in news if not events & nval} if news else _NONE
+        del news  # up to ``chunk`` tuples: not kept through the fstat calls
         yield  # the poll and the fstat calls are a turn of work each
+        if len(closed) == len(numbers):  # past the highest fd (most of a large table)
+            continue
         for fd in numbers:
             if fd in closed:
                 continue
@@ -170,12 +178,15 @@ def scan_procfs(
                     foreign[fd] = inode
                 elif inode in first:
                     dups.append((fd, inode))
+                    loud.add(inode)
                 else:
                     first[inode] = fd
+                    if fd in flagged:
+                        loud.add(inode)
         yield
     # Whatever is not flagged, dup'd or inspected stays in ``first``: that is ``quiet``.
-    loud = {inode for _, inode in dups}
-    loud.update(inode for inode, fd in first.items() if fd in flagged or inspect_all)
+    if inspect_all:
+        loud.update(first)
     loud_fds = [(first.pop(inode), inode) for inode in loud] + dups
     rows: list[OsSocket] = []
     for i, (fd, inode) in enumerate(loud_fds, 1):

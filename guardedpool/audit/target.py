@@ -9,6 +9,7 @@ audit can tell a sibling pool's socket from an orphan.
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections.abc import Callable, Set
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["PoolTarget"]
 
 C = TypeVar("C")
+
+_RECORD: Callable[[Slot[Any]], ConnectionRecord] = operator.attrgetter("record")
 
 # Every pool's adapter in the process (weakly: a pool that is gone owns no socket).
 _TARGETS: weakref.WeakSet[PoolTarget[Any]] = weakref.WeakSet()
@@ -57,7 +60,7 @@ class PoolTarget(Generic[C]):
 
     def records(self) -> list[ConnectionRecord]:
         """Live records: OPENING, IDLE, IN_USE and CLOSING."""
-        return [slot.record for slot in self._books.live.values()]
+        return list(map(_RECORD, self._books.live.values()))
 
     def graveyard(self) -> list[ConnectionRecord]:
         """Records whose close finished (CLOSED), kept a while for audits, oldest first."""

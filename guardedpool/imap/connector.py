@@ -180,8 +180,13 @@ class IMAPConnector:
         started = loop.time()
         deadline = started + config.connect_timeout
         try:
-            async with asyncio.timeout_at(deadline):
-                account = await self.resolve_account(key)
+            if isinstance(self._accounts, Mapping):
+                account = self._checked(key, self._accounts[key])  # no wait: nothing to bound
+            else:
+                async with asyncio.timeout_at(deadline):
+                    account = await self.resolve_account(key)
+        except KeyError:
+            raise UnknownKey(key) from None
         except TimeoutError:
             raise ConnectTimeout(
                 f"key {key!r}: the accounts source gave no account within "
@@ -212,7 +217,8 @@ class IMAPConnector:
             async with asyncio.timeout_at(deadline):
                 if ctx is not None:
                     self._check_context(ctx, key, account)
-                await self._resolve(account)
+                if (account.host, account.port) not in self._resolved:
+                    await self._resolve(account)
                 stage = "connect"
                 transport, _ = await loop.create_connection(factory, account.host, account.port)
                 protocol = made[-1]
@@ -269,7 +275,8 @@ class IMAPConnector:
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._observed.add((str(peer[0]), int(peer[1])))
-        log.debug("imap connected", extra={**extra, "elapsed": loop.time() - started})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("imap connected", extra={**extra, "elapsed": loop.time() - started})
         return IMAPClient(protocol, key=key, op_timeout=config.op_timeout)
 
     async def check(self, conn: IMAPClient, timeout: float) -> None:

@@ -617,6 +617,35 @@ async def test_half_open_when_the_socket_is_gone(server: Server, sockets: Socket
     assert target.poisoned == [record]
 
 
+async def test_next_audit_sees_another_socket_at_a_records_fd(
+    server: Server, sockets: Sockets
+) -> None:
+    """Between two audits of one target the auditor keeps only the set of the pool's
+    socket inodes (its books); the OS view is read afresh: a record's fd that now holds
+    another socket is found half-open, and a socket whose record left the books is an
+    orphan."""
+    client = sockets.raw(server.address)
+    kept = sockets.raw(server.address)
+    await wait_for(lambda: len(server.peers) == 2)
+    ident = identify(client)
+    target = target_for(server)
+    record = target.add(ident, ConnState.IN_USE, borrowed_for=1.0)
+    gone = target.add(identify(kept), ConnState.IN_USE, borrowed_for=1.0)
+    assert not (await run_audit(target)).findings
+
+    other = sockets.keep(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    client.close()
+    os.dup2(other.fileno(), sockets.fd(ident.fd))  # the same number, another socket
+    (f,) = (await run_audit(target)).findings
+    assert (f.kind, f.action, f.fds) == (Kind.HALF_OPEN, Action.POISONED, ())
+    assert target.poisoned == [record]
+
+    target.live.remove(record)
+    target.live.remove(gone)  # out of the books, its socket still open
+    (f,) = (await run_audit(target)).findings
+    assert (f.kind, f.action, f.fd) == (Kind.ORPHAN, Action.REPORTED, kept.fileno())
+
+
 # --------------------------------------------------------------------------- orphans
 
 

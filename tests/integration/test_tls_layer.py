@@ -225,3 +225,57 @@ async def test_peer_close_notify_is_answered_and_ends_the_connection() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_connections_reading_at_once_each_get_their_own_bytes() -> None:
+    # Every TLS layer reads into one receive buffer per thread (recv_into), and the plain
+    # transport holds none of its own: bytes of one connection must never show up in
+    # another's, however their reads interleave.
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    size = 512 * 1024  # twice the receive buffer: several reads per connection
+    served = 0
+    finished = asyncio.Event()
+    ended = 0
+
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served, ended
+        served += 1
+        pattern = bytes([served]) * 997 + b"\n"  # a different byte per connection
+        payload = (pattern * (size // len(pattern) + 1))[:size]
+        try:
+            for start in range(0, size, 7_001):  # small, uneven writes: many records
+                writer.write(payload[start : start + 7_001])
+                await writer.drain()
+                await asyncio.sleep(0)
+            await reader.read()  # until the client is done with it
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+            ended += 1
+            if ended == 3:
+                finished.set()
+
+    server = await asyncio.start_server(stream, "127.0.0.1", 0, ssl=server_ctx)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        opened = [await secure(port, client_ctx) for _ in range(3)]
+        for plain_transport, _app, _secured in opened:
+            assert isinstance(plain_transport.get_protocol(), asyncio.BufferedProtocol)
+        apps = [app for _transport, app, _secured in opened]
+        await asyncio.gather(*(app.until(b"", timeout=20, size=size) for app in apps))
+        contents = [set(bytes(app.data).replace(b"\n", b"")) for app in apps]
+        assert [len(app.data) for app in apps] == [size] * 3
+        assert all(len(content) == 1 for content in contents), contents
+        assert len(set().union(*contents)) == 3  # three different connections' bytes
+        for _transport, _app, secured in opened:
+            secured.abort()
+        async with asyncio.timeout(10):
+            await finished.wait()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -1,0 +1,206 @@
+"""The audit of N pooled IDLE sessions, one checkout's auditor against another's, in one process.
+
+Opens idle_scale's pool (N accounts, one IMAPS connection each, held in
+``guardedpool.imap.idle()``, scripted server in a child process), then runs
+``run_audit(pool.audit_target)`` with the audit package of each ``--variant``, alternating
+round by round on the same sockets, records and heap: what a change to the audit costs or
+saves, without the noise of two processes opened minutes apart. Per audit: the process's
+CPU time and the longest gap between two turns of a task that only yields (the loop
+stall). A variant named ``*-cold`` starts each audit with an empty ``InodeCache`` (what a
+first audit costs). Prints JSON (milliseconds; min, lower quartile, median).
+
+A variant is loaded from ``PATH/audit`` (plus ``sockets.py`` and ``leaks.py``) as a
+package of its own that shares ``records``, ``config`` and ``errors`` with the pool, so
+its classification sees the pool's record states; the pool itself is the checkout on
+``sys.path`` (``PYTHONPATH``).
+
+    python benchmarks/audit_ab.py --n 10000 --rounds 50 \\
+        --variant old=/path/to/old/guardedpool --variant new=guardedpool
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import shutil
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import _bench
+import idle_scale
+
+
+def load_variant(src: Path, name: str, into: Path) -> ModuleType:
+    """``src``'s audit package as ``name``, sharing the pool's data modules."""
+    root = into / name
+    root.mkdir()
+    shutil.copytree(src / "audit", root / "audit")
+    for module in ("sockets.py", "leaks.py"):
+        shutil.copy(src / module, root / module)
+    (root / "__init__.py").write_text("")
+    if str(into) not in sys.path:
+        sys.path.insert(0, str(into))
+    package = importlib.import_module(name)
+    for shared in ("records", "config", "errors"):
+        module = importlib.import_module(f"guardedpool.{shared}")
+        sys.modules[f"{name}.{shared}"] = module
+        setattr(package, shared, module)
+    return importlib.import_module(f"{name}.audit.auditor")
+
+
+async def timed(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, float]:
+    """(result, process CPU s, longest loop stall s) of ``work()``."""
+    done = False
+    worst = 0.0
+
+    async def ticker() -> None:
+        nonlocal worst
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            worst = max(worst, now - last)
+            last = now
+
+    tick = asyncio.get_running_loop().create_task(ticker())
+    await asyncio.sleep(0)
+    c0 = time.process_time()
+    try:
+        result = await work()
+    finally:
+        cpu = time.process_time() - c0
+        done = True
+        await tick
+    return result, cpu, worst
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    v = sorted(values)
+    return {"min": v[0], "p25": v[len(v) // 4], "median": _bench.median(v)}
+
+
+async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds: int) -> Any:
+    from guardedpool import GuardedPool, PoolConfig
+    from guardedpool.imap import IMAPAccount, IMAPConnector
+    from guardedpool.imap.idle import idle
+
+    ctx = ssl.create_default_context(cafile=cafile)
+    accounts = {
+        f"u{i}": IMAPAccount(
+            host="127.0.0.1",
+            port=port,
+            username=f"u{i}",
+            password="pw",
+            ssl_context=ctx,
+            server_hostname="localhost",
+        )
+        for i in range(n)
+    }
+    config = PoolConfig(max_per_key=1, max_total=n, acquire_timeout=300.0)
+    pool: GuardedPool[Any] = GuardedPool(IMAPConnector(accounts), config)
+    pool.start()
+    sessions = [idle(pool, key) for key in accounts]
+    for s in sessions:
+        await s.__aenter__()
+    iterators = [s.__aiter__() for s in sessions]
+
+    async def connected(it: Any) -> None:
+        event = await it.__anext__()
+        if event.kind != "CONNECTED":
+            raise RuntimeError(f"first IDLE event {event}")
+
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(connected(it) for it in iterators)), 900)
+    _bench.log(f"{n} sessions in IDLE after {time.perf_counter() - t0:.1f} s")
+    target = pool.audit_target
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        audits: dict[str, Callable[[], Awaitable[Any]]] = {}
+        for i, (label, src) in enumerate(variants.items()):
+            auditor = load_variant(src, f"_audit_variant_{i}", Path(tmp))
+
+            def audit(auditor: ModuleType = auditor, cold: bool = label.endswith("-cold")) -> Any:
+                if cold:
+                    getattr(auditor, "_INODES", {}).clear()
+                return auditor.run_audit(target)
+
+            audits[label] = audit
+        cpu: dict[str, list[float]] = {label: [] for label in audits}
+        stall: dict[str, list[float]] = {label: [] for label in audits}
+        reports: set[str] = set()
+        for audit in audits.values():
+            await audit()  # warm-up, not counted
+        for r in range(rounds):
+            order = list(audits) if r % 2 == 0 else list(reversed(audits))
+            for label in order:
+                report, c, s = await timed(audits[label])
+                cpu[label].append(1000 * c)
+                stall[label].append(1000 * s)
+                reports.add(
+                    f"findings {len(report.findings)}, sockets {report.sockets_seen}, "
+                    f"fds {report.fds_used}, records {report.records_checked}"
+                )
+        for label in audits:
+            out[label] = {
+                "cpu_ms": quantiles(cpu[label]),
+                "loop_stall_ms": quantiles(stall[label]),
+            }
+        out["reports"] = sorted(reports)  # one line: every variant saw the same
+    await asyncio.wait_for(pool.close(), 600)
+    for s in sessions:
+        await s.stop()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="sessions (default 1000)")
+    parser.add_argument("--rounds", type=int, default=20, help="audits per variant")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="NAME=PATH of a guardedpool package directory (repeat; *-cold: empty inode cache)",
+    )
+    args = parser.parse_args()
+    variants = {}
+    for spec in args.variant:
+        label, _, path = spec.partition("=")
+        variants[label] = Path(path).resolve()
+    import trustme
+
+    _bench.raise_nofile()
+    with tempfile.TemporaryDirectory() as tmp:
+        certdir = Path(tmp)
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", "127.0.0.1")
+        cert.private_key_pem.write_to_path(str(certdir / "key.pem"))
+        (certdir / "cert.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+        ca.cert_pem.write_to_path(str(certdir / "ca.pem"))
+        with idle_scale.ServerProcess(certdir) as server:
+            result = asyncio.run(
+                run(args.n, server.port, str(certdir / "ca.pem"), variants, args.rounds)
+            )
+    _bench.emit(
+        {
+            "benchmark": "audit_ab",
+            "machine": _bench.machine(),
+            "load_average": os.getloadavg(),
+            "n": args.n,
+            "rounds": args.rounds,
+            "variants": {k: str(v) for k, v in variants.items()},
+            "results": result,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
