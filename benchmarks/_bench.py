@@ -8,6 +8,7 @@ clone without installing anything beyond the package itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -16,9 +17,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -64,6 +67,53 @@ def emit(result: dict[str, Any]) -> None:
 def log(msg: str) -> None:
     """Progress for humans: stderr, so stdout stays pure JSON."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+async def with_longest_stall(work: Callable[[], Awaitable[T]]) -> tuple[T, float]:
+    """``work()``'s result, and the longest gap (s) between two turns of a task that only
+    yields while it ran: the loop stall ``work`` caused (or suffered)."""
+    done = False
+    worst = 0.0
+
+    async def ticker() -> None:
+        nonlocal worst
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            worst = max(worst, now - last)
+            last = now
+
+    tick = asyncio.get_running_loop().create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        result = await work()
+    finally:
+        done = True
+        await tick
+    return result, worst
+
+
+def loopback_accounts(n: int, port: int, cafile: str) -> dict[str, Any]:
+    """``n`` IMAPS accounts ``u0`` .. ``u{n-1}`` (password ``pw``) on 127.0.0.1:``port``,
+    trusting the CA in ``cafile`` for the name ``localhost``: the scripted server's users.
+    guardedpool is imported here, so a script can choose which checkout to measure first."""
+    import ssl
+
+    from guardedpool.imap import IMAPAccount
+
+    ctx = ssl.create_default_context(cafile=cafile)
+    return {
+        f"u{i}": IMAPAccount(
+            host="127.0.0.1",
+            port=port,
+            username=f"u{i}",
+            password="pw",
+            ssl_context=ctx,
+            server_hostname="localhost",
+        )
+        for i in range(n)
+    }
 
 
 def _cpu_model() -> str:

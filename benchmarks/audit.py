@@ -31,6 +31,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence, Set
 from dataclasses import dataclass, field
 
+import _bench
+
 from guardedpool.audit import run_audit
 from guardedpool.audit.scan import Backend
 from guardedpool.audit.scan_lsof import lsof_command
@@ -122,25 +124,7 @@ async def classic(records: Sequence[ConnectionRecord]) -> int:
 
 async def longest_stall(work: Callable[[], Awaitable[object]]) -> float:
     """Longest gap (s) between two turns of a task that only yields, while ``work`` runs."""
-    done = False
-    worst = 0.0
-
-    async def ticker() -> None:
-        nonlocal worst
-        last = time.perf_counter()
-        while not done:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            worst = max(worst, now - last)
-            last = now
-
-    tick = asyncio.get_running_loop().create_task(ticker())
-    await asyncio.sleep(0)
-    try:
-        await work()
-    finally:
-        done = True
-        await tick
+    _, worst = await _bench.with_longest_stall(work)
     return worst
 
 

@@ -25,7 +25,6 @@ import asyncio
 import importlib
 import os
 import shutil
-import ssl
 import sys
 import tempfile
 import time
@@ -58,28 +57,9 @@ def load_variant(src: Path, name: str, into: Path) -> ModuleType:
 
 async def timed(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, float]:
     """(result, process CPU s, longest loop stall s) of ``work()``."""
-    done = False
-    worst = 0.0
-
-    async def ticker() -> None:
-        nonlocal worst
-        last = time.perf_counter()
-        while not done:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            worst = max(worst, now - last)
-            last = now
-
-    tick = asyncio.get_running_loop().create_task(ticker())
-    await asyncio.sleep(0)
     c0 = time.process_time()
-    try:
-        result = await work()
-    finally:
-        cpu = time.process_time() - c0
-        done = True
-        await tick
-    return result, cpu, worst
+    result, worst = await _bench.with_longest_stall(work)
+    return result, time.process_time() - c0, worst
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -89,21 +69,10 @@ def quantiles(values: list[float]) -> dict[str, float]:
 
 async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds: int) -> Any:
     from guardedpool import GuardedPool, PoolConfig
-    from guardedpool.imap import IMAPAccount, IMAPConnector
+    from guardedpool.imap import IMAPConnector
     from guardedpool.imap.idle import idle
 
-    ctx = ssl.create_default_context(cafile=cafile)
-    accounts = {
-        f"u{i}": IMAPAccount(
-            host="127.0.0.1",
-            port=port,
-            username=f"u{i}",
-            password="pw",
-            ssl_context=ctx,
-            server_hostname="localhost",
-        )
-        for i in range(n)
-    }
+    accounts = _bench.loopback_accounts(n, port, cafile)
     config = PoolConfig(max_per_key=1, max_total=n, acquire_timeout=300.0)
     pool: GuardedPool[Any] = GuardedPool(IMAPConnector(accounts), config)
     pool.start()

@@ -350,21 +350,10 @@ async def run_floor(n: int, port: int, cafile: str, window: float, freeze: bool)
 
 async def run_pool(n: int, port: int, cafile: str, window: float, freeze: bool) -> dict[str, Any]:
     from guardedpool import GuardedPool, PoolConfig
-    from guardedpool.imap import IMAPAccount, IMAPConnector
+    from guardedpool.imap import IMAPConnector
     from guardedpool.imap.idle import idle
 
-    ctx = ssl.create_default_context(cafile=cafile)
-    accounts = {
-        f"u{i}": IMAPAccount(
-            host="127.0.0.1",
-            port=port,
-            username=f"u{i}",
-            password="pw",
-            ssl_context=ctx,
-            server_hostname="localhost",
-        )
-        for i in range(n)
-    }
+    accounts = _bench.loopback_accounts(n, port, cafile)
     config = PoolConfig(max_per_key=1, max_total=n, acquire_timeout=300.0)
     pool: GuardedPool[Any] = GuardedPool(IMAPConnector(accounts), config)
     gc.collect()

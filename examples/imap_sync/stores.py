@@ -67,6 +67,7 @@ class MailStore(Protocol):
     def retire_mailbox(
         self, account: str, name: str, *, state: str, renamed_to: str | None = None
     ) -> str: ...
+    def retired(self, account: str) -> list[tuple[str, str, str, str | None]]: ...
     def totals(self) -> dict[str, tuple[int, int]]: ...
     def close(self) -> None: ...
 
@@ -173,6 +174,9 @@ class FencedStore:
     ) -> str:
         self._check(account)
         return self.inner.retire_mailbox(account, name, state=state, renamed_to=renamed_to)
+
+    def retired(self, account: str) -> list[tuple[str, str, str, str | None]]:
+        return self.inner.retired(account)
 
     def totals(self) -> dict[str, tuple[int, int]]:
         return self.inner.totals()

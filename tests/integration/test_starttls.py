@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import trustme
 from harness import DovecotServer, FaultProxy, Mode, ProxyFactory, socket_fds
 from harness.configs import DEFAULTS, config
 from harness.scripted import ScriptConn, ScriptedIMAP
+from harness.tlsctx import tls_contexts
 
 from guardedpool import GuardedPool
 from guardedpool.errors import (
@@ -249,11 +248,7 @@ async def test_logindisabled_plaintext_never_sends_login() -> None:
 
 
 async def test_capabilities_are_read_again_after_the_handshake() -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts("127.0.0.1")
 
     async def script(conn: ScriptConn) -> None:
         # Before TLS: LOGINDISABLED. Over TLS: LOGIN allowed.

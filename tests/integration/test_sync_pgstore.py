@@ -108,6 +108,18 @@ def test_the_fenced_store_writes_only_while_the_account_is_owned(pg_dsn: str) ->
         assert inner.uids("a", "INBOX", 1) == []
 
 
+def test_the_fenced_store_reads_retired_mailboxes_through(pg_dsn: str) -> None:
+    # Push mode asks the store which mailboxes a polling round retired; a fleet worker's
+    # store is a FencedStore, which had no ``retired`` (AttributeError in push mode).
+    owned: dict[str, Lease] = {"a": Lease("a", "t", fencing_token=1)}
+    with PgStore.open(pg_dsn) as inner:
+        store = FencedStore(inner, owned.get)
+        store.ensure_account("a", "h", "u")
+        store.reset_mailbox("a", "Old", 1)
+        key = store.retire_mailbox("a", "Old", state="renamed", renamed_to="New")
+        assert store.retired("a") == inner.retired("a") == [(key, "Old", "renamed", "New")]
+
+
 def test_open_store_picks_postgres_by_url_and_refuses_what_it_cannot_reach(
     pg_dsn: str, tmp_path: object
 ) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 import trustme
 from harness import DovecotServer, socket_fds
+from harness.tlsctx import tls_contexts
 
 from guardedpool.imap.tls import TLSTransport, open_tls
 from guardedpool.sockets import identify, is_open
@@ -140,11 +141,7 @@ async def test_peer_closing_during_handshake_is_a_connection_error() -> None:
 
 
 async def test_close_sends_close_notify_and_data_both_ways() -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts()
     big = bytes(range(256)) * 4096  # 1 MiB: many records, many reads
     outcome: list[object] = []
 
@@ -198,11 +195,7 @@ async def test_abort_closes_the_socket_at_once(dovecot: DovecotServer) -> None:
 async def test_peer_close_notify_is_answered_and_ends_the_connection() -> None:
     # asyncio's TLS server closes by sending close_notify and waiting (up to 30 s) for
     # ours: an empty SSLObject.read is that close_notify, and it must be answered.
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts()
     closed = asyncio.Event()
 
     async def say_bye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -231,11 +224,7 @@ async def test_connections_reading_at_once_each_get_their_own_bytes() -> None:
     # Every TLS layer reads into one receive buffer per thread (recv_into), and the plain
     # transport holds none of its own: bytes of one connection must never show up in
     # another's, however their reads interleave.
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts()
     size = 512 * 1024  # twice the receive buffer: several reads per connection
     served = 0
     finished = asyncio.Event()
