@@ -88,17 +88,19 @@ class SqlMirror:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
     @contextmanager
-    def _serial(self) -> Iterator[None]:
-        """Hold the store for one operation (see the module docstring); raises
-        :class:`StoreError` after :attr:`lock_timeout` seconds of waiting."""
-        if not self._lock.acquire(timeout=self.lock_timeout):
+    def _serial(self, lock: threading.RLock | None = None) -> Iterator[None]:
+        """Hold the store (or the given ``lock`` of it) for one operation (see the module
+        docstring); raises :class:`StoreError` after :attr:`lock_timeout` seconds of
+        waiting."""
+        held = self._lock if lock is None else lock
+        if not held.acquire(timeout=self.lock_timeout):
             raise StoreError(
                 f"{self.path}: busy in another thread for over {self.lock_timeout:g} s"
             )
         try:
             yield
         finally:
-            self._lock.release()
+            held.release()
 
     # -- the dialect -------------------------------------------------------------------
 

@@ -30,7 +30,12 @@ synchronous and any thread may make them, one at a time (the lock of
 :class:`.mirror.SqlMirror`): the worker writes its batches of new messages on the store's
 own thread (:attr:`~.mirror.SqlMirror.executor`), so that SQLite's work, which releases
 the GIL, runs on another core than the event loop; everything else is called from the
-loop's thread.
+loop's thread. Queries (``uids``, ``flags``, ``known_mailboxes``, ``totals``...) run on a
+second, read-only connection with a lock of its own: in WAL mode a reader sees the last
+commit and neither waits for the writer nor holds it up, so a pass's read of its stored
+UIDs does not stall the event loop -- every mailbox's session -- behind another
+mailbox's batch being committed. A pass never reads what it has not committed: each of
+its batches is committed before its next step (see :mod:`.mailbox`).
 
 Pages are 32 KiB. Measured with ``benchmarks/store_pages.py`` (10 inboxes of the sync
 benchmark's corpus, 297 MB of bodies), SQLite in WAL mode makes the disk take 1.35x the
@@ -45,6 +50,7 @@ another process would then block commits, and a commit that reader, and
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,9 +135,11 @@ class Store(SqlMirror):
 
     _GREATEST = "MAX"
 
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, db: sqlite3.Connection, reader: sqlite3.Connection, path: Path) -> None:
         super().__init__()
         self._db = db
+        self._reader = reader  # read-only, for queries (see the module docstring)
+        self._reading = threading.RLock()
         self.path = path
 
     @classmethod
@@ -162,10 +170,25 @@ class Store(SqlMirror):
             if version == 1:
                 _migrate_1_to_2(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        return cls(db, p)
+            reader = sqlite3.connect(
+                f"{p.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            with opening(reader, sqlite3.Error, str(p)):
+                reader.execute("PRAGMA busy_timeout=5000")
+        return cls(db, reader, p)
 
     def _close(self) -> None:
+        with self._serial(self._reading):
+            self._reader.close()
         self._db.close()
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one query, on the read-only connection (holding its own lock)."""
+        with self._serial(self._reading):
+            return list(self._reader.execute(sql, args).fetchall())
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)

@@ -83,8 +83,36 @@ def test_a_store_held_too_long_by_another_thread_raises(tmp_path: Path) -> None:
         try:
             assert held.wait(timeout=10)
             with pytest.raises(StoreError, match="busy in another thread"):
-                store.totals()
+                store.ensure_account("a", "h", "u")
         finally:
             release.set()
             t.join(timeout=10)
-        assert store.totals() == {}
+        store.ensure_account("a", "h", "u")
+        assert store.totals() == {"a": (0, 0)}
+
+
+def test_a_query_does_not_wait_for_a_write_in_another_thread(tmp_path: Path) -> None:
+    # The event loop asks for a pass's stored UIDs while the store's thread commits
+    # another mailbox's batch: the query runs on the read-only connection and sees the
+    # last commit, instead of stalling the loop (every session) behind the batch.
+    with Store.open(tmp_path / "s.sqlite3") as store:
+        store.lock_timeout = 0.05  # type: ignore[misc]
+        store.ensure_account("a", "h", "u")
+        store.reset_mailbox("a", "INBOX", 7)
+        store.store_batch("a", "INBOX", 7, [NewMessage(1, (), b"Subject: 1\r\n\r\nx\r\n")])
+        held, release = threading.Event(), threading.Event()
+
+        def write_slowly() -> None:  # a batch in flight: the writer's lock held
+            with store._serial():
+                held.set()
+                release.wait(timeout=10)
+
+        t = threading.Thread(target=write_slowly)
+        t.start()
+        try:
+            assert held.wait(timeout=10)
+            assert store.uids("a", "INBOX", 7) == [1]
+            assert store.totals() == {"a": (1, len(b"Subject: 1\r\n\r\nx\r\n"))}
+        finally:
+            release.set()
+            t.join(timeout=10)
