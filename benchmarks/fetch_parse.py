@@ -40,6 +40,7 @@ import _corpus
 from guardedpool.imap.parse import parse_fetch
 from guardedpool.imap.protocol import GuardedProtocol
 from guardedpool.imap.tls import TLSLayer, TLSTransport
+from tests.harness.tlsctx import tls_contexts
 
 QUERY = "(UID FLAGS RFC822.SIZE BODY.PEEK[])"
 
@@ -122,17 +123,6 @@ class _Wire(asyncio.Transport):
 
     def close(self) -> None:
         pass
-
-
-def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    import trustme
-
-    ca = trustme.CA()
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("imap.test").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
 
 
 async def run_tls(
@@ -224,7 +214,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     floor: list[float] = []
     tls: list[float] = []
     kinds = ["ours", "floor", *(["tls"] if args.tls else [])]
-    contexts = tls_contexts() if args.tls else None
+    contexts = tls_contexts("imap.test") if args.tls else None
     for r in range(rounds):
         for kind in kinds if r % 2 == 0 else kinds[::-1]:
             t0 = time.process_time()
