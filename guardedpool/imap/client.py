@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import CommandThrottled, ConnectionPoisoned, IMAPCommandError, ProtocolError
 from . import mutf7
-from .guard import GuardedSession, consume
+from .guard import GuardedSession, first_done
 from .literals import criteria_pieces
 from .mutf7 import WireName
 from .parse import Response, parse_enabled
@@ -506,15 +506,12 @@ class IMAPClient(GuardedSession):
 
         async def start() -> Any:
             nonlocal idle_task
-            p.idle_ready.clear()
-            idle_task = asyncio.ensure_future(p.idle())
-            idle_task.add_done_callback(consume)
-            self._inflight.add(idle_task)
-            idle_task.add_done_callback(self._inflight.discard)
-            ack = asyncio.ensure_future(p.idle_ready.wait())
+            ack = p.idle_ready = asyncio.get_running_loop().create_future()
+            idle_task = self._track(asyncio.ensure_future(p.idle()))
             try:
-                await asyncio.wait({idle_task, ack}, return_when=asyncio.FIRST_COMPLETED)
+                await first_done((idle_task, ack), None)
             finally:
+                p.idle_ready = None
                 ack.cancel()
             if idle_task.done():
                 return await idle_task  # IDLE ended before '+': NO/BAD or refused locally
@@ -554,11 +551,9 @@ class IMAPClient(GuardedSession):
         p = self._protocol
         bound = self._bound(timeout)
         get = asyncio.ensure_future(p.idle_queue.get())
-        waits: set[asyncio.Future[Any]] = {get, p.fault, idle}
-        if until is not None:
-            waits.add(until)
+        waits = (get, p.fault, idle) if until is None else (get, p.fault, idle, until)
         try:
-            await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+            await first_done(waits, asyncio.get_running_loop().time() + bound)
         finally:
             if not get.done():
                 get.cancel()

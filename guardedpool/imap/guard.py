@@ -25,8 +25,9 @@ Commands run one at a time (a lock); the time spent queued counts against the bo
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..errors import (
@@ -43,9 +44,14 @@ from .parse import Response
 from .protocol import GuardedProtocol
 from .refusals import classify_refusal
 
-__all__ = ["GuardedSession", "consume"]
+__all__ = ["GuardedSession", "consume", "first_done"]
 
 log = logging.getLogger("guardedpool.imap")
+
+# The context our own wake-up callbacks run in. None of them reads a context variable, and
+# a callback added without one copies the caller's context (one more object per callback,
+# for each command and for as long as an IDLE wait lasts).
+_CALLBACKS = contextvars.Context()
 
 
 def consume(task: asyncio.Future[Any]) -> None:
@@ -53,6 +59,37 @@ def consume(task: asyncio.Future[Any]) -> None:
     "exception was never retrieved"."""
     if not task.cancelled():
         task.exception()
+
+
+async def first_done(futures: Iterable[asyncio.Future[Any]], deadline: float | None) -> None:
+    """Wait until one of ``futures`` is done, or the loop's clock reaches ``deadline``
+    (``loop.time()`` seconds; None: no bound of its own).
+
+    What ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does, for what the guard needs
+    and no more: one waiter, one wake-up callback per future, one timer; no task, no
+    result sets. Returns at once when one is already done. Nothing is cancelled; when the
+    caller is cancelled, ``CancelledError`` propagates and the callbacks are removed.
+    """
+    futures = tuple(futures)
+    if any(f.done() for f in futures):
+        return
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for f in futures:
+        f.add_done_callback(wake, context=_CALLBACKS)
+    timer = loop.call_at(deadline, wake, context=_CALLBACKS) if deadline is not None else None
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for f in futures:
+            f.remove_done_callback(wake)
 
 
 class GuardedSession:
@@ -69,6 +106,7 @@ class GuardedSession:
         self.key = key
         self.op_timeout = op_timeout
         self._lock = asyncio.Lock()
+        self._queued = 0  # commands waiting for the lock (see _run)
         self._poison: ConnectionPoisoned | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
         self._idle: asyncio.Future[Any] | None = None
@@ -157,6 +195,16 @@ class GuardedSession:
 
     # -- plumbing ----------------------------------------------------------------------
 
+    def _track(self, task: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """Keep ``task`` in the set :meth:`abort` cancels until it is done; return it."""
+        self._inflight.add(task)
+        task.add_done_callback(self._forget, context=_CALLBACKS)
+        return task
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._inflight.discard(task)
+        consume(task)
+
     def _bound(self, timeout: float | None) -> float:
         if timeout is None:
             return self.op_timeout
@@ -217,15 +265,23 @@ class GuardedSession:
         bound = self._bound(timeout)
         if deadline is None:
             deadline = loop.time() + bound
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._lock.acquire()
-        except TimeoutError:
-            raise self._poisoned_by(
-                OperationTimeout(
-                    f"{name} on key {self.key!r} waited {bound:.3g} s behind another command"
-                )
-            ) from None
+        if not self._lock.locked() and self._queued == 0:
+            # Free, and nobody queued for it: acquire() returns without suspending, so
+            # there is nothing to bound (and no timeout object to make per command).
+            await self._lock.acquire()
+        else:
+            self._queued += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._lock.acquire()
+            except TimeoutError:
+                raise self._poisoned_by(
+                    OperationTimeout(
+                        f"{name} on key {self.key!r} waited {bound:.3g} s behind another command"
+                    )
+                ) from None
+            finally:
+                self._queued -= 1
         try:
             self._check(name, idle_ok=name == "IDLE DONE")
             raw = await self._race(name, factory, deadline, bound, expect_close=expect_close)
@@ -243,18 +299,10 @@ class GuardedSession:
         expect_close: bool = False,
     ) -> Any:
         proto = self._protocol
-        loop = asyncio.get_running_loop()
         sent_before = proto.sent
-        task = asyncio.ensure_future(factory())
-        task.add_done_callback(consume)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task = self._track(asyncio.ensure_future(factory()))
         try:
-            await asyncio.wait(
-                {task, proto.fault},
-                timeout=max(0.0, deadline - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await first_done((task, proto.fault), deadline)
         except asyncio.CancelledError:
             # The command may be half-sent or half-answered: its state is unknown.
             self._poisoned_by(
