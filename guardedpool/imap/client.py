@@ -15,12 +15,13 @@ from typing import Any
 
 from ..errors import CommandThrottled, ConnectionPoisoned, IMAPCommandError, ProtocolError
 from . import mutf7
-from .guard import GuardedSession, first_done
+from .guard import GuardedSession
 from .literals import criteria_pieces
 from .mutf7 import WireName
 from .parse import Response, parse_enabled
 from .protocol import GuardedProtocol, quoted
 from .refusals import classify_refusal
+from .waits import first_done
 
 __all__ = ["IMAPClient", "WireName"]
 

@@ -25,9 +25,8 @@ Commands run one at a time (a lock); the time spent queued counts against the bo
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import (
@@ -43,15 +42,11 @@ from ..sockets import SocketLike
 from .parse import Response
 from .protocol import GuardedProtocol
 from .refusals import classify_refusal
+from .waits import CALLBACKS, first_done
 
-__all__ = ["GuardedSession", "consume", "first_done"]
+__all__ = ["GuardedSession", "consume"]
 
 log = logging.getLogger("guardedpool.imap")
-
-# The context our own wake-up callbacks run in. None of them reads a context variable, and
-# a callback added without one copies the caller's context (one more object per callback,
-# for each command and for as long as an IDLE wait lasts).
-_CALLBACKS = contextvars.Context()
 
 
 def consume(task: asyncio.Future[Any]) -> None:
@@ -59,37 +54,6 @@ def consume(task: asyncio.Future[Any]) -> None:
     "exception was never retrieved"."""
     if not task.cancelled():
         task.exception()
-
-
-async def first_done(futures: Iterable[asyncio.Future[Any]], deadline: float | None) -> None:
-    """Wait until one of ``futures`` is done, or the loop's clock reaches ``deadline``
-    (``loop.time()`` seconds; None: no bound of its own).
-
-    What ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does, for what the guard needs
-    and no more: one waiter, one wake-up callback per future, one timer; no task, no
-    result sets. Returns at once when one is already done. Nothing is cancelled; when the
-    caller is cancelled, ``CancelledError`` propagates and the callbacks are removed.
-    """
-    futures = tuple(futures)
-    if any(f.done() for f in futures):
-        return
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    for f in futures:
-        f.add_done_callback(wake, context=_CALLBACKS)
-    timer = loop.call_at(deadline, wake, context=_CALLBACKS) if deadline is not None else None
-    try:
-        await waiter
-    finally:
-        if timer is not None:
-            timer.cancel()
-        for f in futures:
-            f.remove_done_callback(wake)
 
 
 class GuardedSession:
@@ -198,7 +162,7 @@ class GuardedSession:
     def _track(self, task: asyncio.Future[Any]) -> asyncio.Future[Any]:
         """Keep ``task`` in the set :meth:`abort` cancels until it is done; return it."""
         self._inflight.add(task)
-        task.add_done_callback(self._forget, context=_CALLBACKS)
+        task.add_done_callback(self._forget, context=CALLBACKS)
         return task
 
     def _forget(self, task: asyncio.Future[Any]) -> None:

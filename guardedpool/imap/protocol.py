@@ -68,6 +68,7 @@ from .literals import Piece, command_chunks, nonsync_limit
 from .parse import parse_capabilities
 from .refusals import Phase, Refusal, classify_refusal
 from .sasl import OAuthExchange
+from .waits import first_done
 
 __all__ = ["GuardedProtocol", "quoted"]
 
@@ -231,7 +232,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         """
         task = asyncio.ensure_future(coro)
         try:
-            await asyncio.wait({task, self.fault}, return_when=asyncio.FIRST_COMPLETED)
+            await first_done((task, self.fault), None)
         except BaseException:
             task.cancel()
             raise
