@@ -21,7 +21,7 @@ from .mutf7 import WireName
 from .parse import Response, parse_enabled
 from .protocol import GuardedProtocol, quoted
 from .refusals import classify_refusal
-from .waits import first_done
+from .waits import CALLBACKS, first_done
 
 __all__ = ["IMAPClient", "WireName"]
 
@@ -95,7 +95,6 @@ _SIMPLE: dict[str, int] = {
     "UNSUBSCRIBE": 1,
 }
 
-_IDLING = Response("OK", [b"+ idling"])
 
 # BODY[1.2] / BODY.PEEK[] (a part number or nothing: RFC 3516 section-binary).
 _BODY_PART = re.compile(r"\bBODY(\.PEEK)?\[([0-9.]*)\]", re.IGNORECASE)
@@ -504,19 +503,27 @@ class IMAPClient(GuardedSession):
         p = self._protocol
         self._check("IDLE")
         idle_task: asyncio.Future[Any] | None = None
+        # One future for the guard to race, no task of its own: resolved by the '+' (see
+        # GuardedProtocol.idle_ready), or with IDLE's own outcome when IDLE ends before it
+        # (NO/BAD, or refused locally).
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-        async def start() -> Any:
-            nonlocal idle_task
-            ack = p.idle_ready = asyncio.get_running_loop().create_future()
-            idle_task = self._track(asyncio.ensure_future(p.idle()))
-            try:
-                await first_done((idle_task, ack), None)
-            finally:
-                p.idle_ready = None
+        def settle(task: asyncio.Future[Any]) -> None:
+            if ack.done():
+                return
+            if task.cancelled():
                 ack.cancel()
-            if idle_task.done():
-                return await idle_task  # IDLE ended before '+': NO/BAD or refused locally
-            return _IDLING
+            elif (exc := task.exception()) is not None:
+                ack.set_exception(exc)
+            else:
+                ack.set_result(task.result())
+
+        def start() -> asyncio.Future[Any]:
+            nonlocal idle_task
+            p.idle_ready = ack
+            idle_task = self._track(asyncio.ensure_future(p.idle()))
+            idle_task.add_done_callback(settle, context=CALLBACKS)
+            return ack
 
         try:
             await self._run("IDLE", start, timeout)
@@ -524,6 +531,10 @@ class IMAPClient(GuardedSession):
             if idle_task is not None and not idle_task.done():
                 idle_task.cancel()
             raise
+        finally:
+            p.idle_ready = None
+            if idle_task is not None:
+                idle_task.remove_done_callback(settle)  # the '+' came: nothing left to settle
         # An OK without '+' would be odd but harmless: there is no IDLE left to end.
         if idle_task is not None and not idle_task.done():
             self._idle = idle_task
