@@ -15,12 +15,13 @@ from typing import Any
 
 from ..errors import CommandThrottled, ConnectionPoisoned, IMAPCommandError, ProtocolError
 from . import mutf7
-from .guard import GuardedSession, consume
+from .guard import GuardedSession
 from .literals import criteria_pieces
 from .mutf7 import WireName
 from .parse import Response, parse_enabled
 from .protocol import GuardedProtocol, quoted
 from .refusals import classify_refusal
+from .waits import CALLBACKS, first_done
 
 __all__ = ["IMAPClient", "WireName"]
 
@@ -94,7 +95,6 @@ _SIMPLE: dict[str, int] = {
     "UNSUBSCRIBE": 1,
 }
 
-_IDLING = Response("OK", [b"+ idling"])
 
 # BODY[1.2] / BODY.PEEK[] (a part number or nothing: RFC 3516 section-binary).
 _BODY_PART = re.compile(r"\bBODY(\.PEEK)?\[([0-9.]*)\]", re.IGNORECASE)
@@ -503,22 +503,27 @@ class IMAPClient(GuardedSession):
         p = self._protocol
         self._check("IDLE")
         idle_task: asyncio.Future[Any] | None = None
+        # One future for the guard to race, no task of its own: resolved by the '+' (see
+        # GuardedProtocol.idle_ready), or with IDLE's own outcome when IDLE ends before it
+        # (NO/BAD, or refused locally).
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-        async def start() -> Any:
-            nonlocal idle_task
-            p.idle_ready.clear()
-            idle_task = asyncio.ensure_future(p.idle())
-            idle_task.add_done_callback(consume)
-            self._inflight.add(idle_task)
-            idle_task.add_done_callback(self._inflight.discard)
-            ack = asyncio.ensure_future(p.idle_ready.wait())
-            try:
-                await asyncio.wait({idle_task, ack}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
+        def settle(task: asyncio.Future[Any]) -> None:
+            if ack.done():
+                return
+            if task.cancelled():
                 ack.cancel()
-            if idle_task.done():
-                return await idle_task  # IDLE ended before '+': NO/BAD or refused locally
-            return _IDLING
+            elif (exc := task.exception()) is not None:
+                ack.set_exception(exc)
+            else:
+                ack.set_result(task.result())
+
+        def start() -> asyncio.Future[Any]:
+            nonlocal idle_task
+            p.idle_ready = ack
+            idle_task = self._track(asyncio.ensure_future(p.idle()))
+            idle_task.add_done_callback(settle, context=CALLBACKS)
+            return ack
 
         try:
             await self._run("IDLE", start, timeout)
@@ -526,6 +531,10 @@ class IMAPClient(GuardedSession):
             if idle_task is not None and not idle_task.done():
                 idle_task.cancel()
             raise
+        finally:
+            p.idle_ready = None
+            if idle_task is not None:
+                idle_task.remove_done_callback(settle)  # the '+' came: nothing left to settle
         # An OK without '+' would be odd but harmless: there is no IDLE left to end.
         if idle_task is not None and not idle_task.done():
             self._idle = idle_task
@@ -554,11 +563,9 @@ class IMAPClient(GuardedSession):
         p = self._protocol
         bound = self._bound(timeout)
         get = asyncio.ensure_future(p.idle_queue.get())
-        waits: set[asyncio.Future[Any]] = {get, p.fault, idle}
-        if until is not None:
-            waits.add(until)
+        waits = (get, p.fault, idle) if until is None else (get, p.fault, idle, until)
         try:
-            await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+            await first_done(waits, asyncio.get_running_loop().time() + bound)
         finally:
             if not get.done():
                 get.cancel()

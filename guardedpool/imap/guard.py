@@ -42,6 +42,7 @@ from ..sockets import SocketLike
 from .parse import Response
 from .protocol import GuardedProtocol
 from .refusals import classify_refusal
+from .waits import CALLBACKS, first_done
 
 __all__ = ["GuardedSession", "consume"]
 
@@ -69,6 +70,7 @@ class GuardedSession:
         self.key = key
         self.op_timeout = op_timeout
         self._lock = asyncio.Lock()
+        self._queued = 0  # commands waiting for the lock (see _run)
         self._poison: ConnectionPoisoned | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
         self._idle: asyncio.Future[Any] | None = None
@@ -157,6 +159,16 @@ class GuardedSession:
 
     # -- plumbing ----------------------------------------------------------------------
 
+    def _track(self, task: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """Keep ``task`` in the set :meth:`abort` cancels until it is done; return it."""
+        self._inflight.add(task)
+        task.add_done_callback(self._forget, context=CALLBACKS)
+        return task
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._inflight.discard(task)
+        consume(task)
+
     def _bound(self, timeout: float | None) -> float:
         if timeout is None:
             return self.op_timeout
@@ -217,15 +229,23 @@ class GuardedSession:
         bound = self._bound(timeout)
         if deadline is None:
             deadline = loop.time() + bound
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._lock.acquire()
-        except TimeoutError:
-            raise self._poisoned_by(
-                OperationTimeout(
-                    f"{name} on key {self.key!r} waited {bound:.3g} s behind another command"
-                )
-            ) from None
+        if not self._lock.locked() and self._queued == 0:
+            # Free, and nobody queued for it: acquire() returns without suspending, so
+            # there is nothing to bound (and no timeout object to make per command).
+            await self._lock.acquire()
+        else:
+            self._queued += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._lock.acquire()
+            except TimeoutError:
+                raise self._poisoned_by(
+                    OperationTimeout(
+                        f"{name} on key {self.key!r} waited {bound:.3g} s behind another command"
+                    )
+                ) from None
+            finally:
+                self._queued -= 1
         try:
             self._check(name, idle_ok=name == "IDLE DONE")
             raw = await self._race(name, factory, deadline, bound, expect_close=expect_close)
@@ -243,18 +263,10 @@ class GuardedSession:
         expect_close: bool = False,
     ) -> Any:
         proto = self._protocol
-        loop = asyncio.get_running_loop()
         sent_before = proto.sent
-        task = asyncio.ensure_future(factory())
-        task.add_done_callback(consume)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task = self._track(asyncio.ensure_future(factory()))
         try:
-            await asyncio.wait(
-                {task, proto.fault},
-                timeout=max(0.0, deadline - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await first_done((task, proto.fault), deadline)
         except asyncio.CancelledError:
             # The command may be half-sent or half-answered: its state is unknown.
             self._poisoned_by(

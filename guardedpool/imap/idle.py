@@ -30,6 +30,7 @@ and one ``OVERFLOW`` event says so (resync, like after a reconnect).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -110,7 +111,11 @@ class IdleSession:
         self.rounds = 0
         self.limited = 0  # server-limit refusals waited out, for stats and tests
         self._limit_streak = 0  # refusals since IDLE was last reached
-        self._queue: asyncio.Queue[IdleEvent | object] = asyncio.Queue(queue_size)
+        # The events not yet taken, and the consumers waiting for one: a bounded queue,
+        # without the Queue's own Event and deques of getters and putters per session.
+        self._queue_size = queue_size
+        self._backlog: collections.deque[IdleEvent | object] = collections.deque()
+        self._waiters: list[asyncio.Future[None]] = []
         self._overflowed = False
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
@@ -142,7 +147,14 @@ class IdleSession:
 
     async def _events(self) -> AsyncIterator[IdleEvent]:
         while True:
-            item = await self._queue.get()
+            while not self._backlog:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                try:
+                    await waiter  # no bound: the session's own events end it (_END)
+                finally:
+                    self._waiters.remove(waiter)
+            item = self._backlog.popleft()
             if item is _END:
                 if self._error is not None:
                     raise self._error
@@ -150,22 +162,27 @@ class IdleSession:
             assert isinstance(item, IdleEvent)
             yield item
 
+    def _put(self, item: IdleEvent | object) -> None:
+        self._backlog.append(item)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _emit(self, event: IdleEvent) -> None:
         if self._overflowed:
             return
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self._backlog) >= self._queue_size:
             self._overflowed = True
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(IdleEvent("OVERFLOW"))
+            self._backlog.clear()
+            self._put(IdleEvent("OVERFLOW"))
+            return
+        self._put(event)
 
     def _finish(self, error: BaseException | None) -> None:
         self._error = error
-        while self._queue.full():  # make room for the end marker
-            self._queue.get_nowait()
-        self._queue.put_nowait(_END)
+        while len(self._backlog) >= self._queue_size:  # make room for the end marker
+            self._backlog.popleft()
+        self._put(_END)
 
     async def _run(self) -> None:
         error: BaseException | None = None

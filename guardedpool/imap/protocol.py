@@ -32,7 +32,7 @@ fixes below. What it changes:
   Lines are routed as aioimaplib routed them (greeting, tagged completion, continued
   command, untagged response, continuation request); literals are appended to their
   command as ``bytes``.
-* The ``+`` that acknowledges IDLE sets :attr:`GuardedProtocol.idle_ready`.
+* The ``+`` that acknowledges IDLE resolves :attr:`GuardedProtocol.idle_ready`.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from .literals import Piece, command_chunks, nonsync_limit
 from .parse import parse_capabilities
 from .refusals import Phase, Refusal, classify_refusal
 from .sasl import OAuthExchange
+from .waits import first_done
 
 __all__ = ["GuardedProtocol", "quoted"]
 
@@ -146,8 +147,9 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             if any (see :mod:`guardedpool.imap.refusals`).
         first_bytes: the first few bytes the server sent (to recognise a TLS record on
             a connection meant to be plaintext).
-        idle_ready: set when the server answers IDLE with its ``+`` continuation request
-            (RFC 2177); clear it before sending IDLE.
+        idle_ready: None, or a future the sender of IDLE puts here before sending it;
+            resolved (None) when the server answers with its ``+`` continuation request
+            (RFC 2177). A future per IDLE, not an Event per connection.
     """
 
     # aioimaplib's public attributes that this class assigns (aioimaplib is untyped)
@@ -162,7 +164,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.logging_out = False
         self.refusal: Refusal | None = None
         self.first_bytes = b""
-        self.idle_ready = asyncio.Event()
+        self.idle_ready: asyncio.Future[None] | None = None
         self._secrets: tuple[str, ...] = ()
         self._sasl_initial: str | None = None
         self._sasl_error_reply = ""
@@ -230,7 +232,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         """
         task = asyncio.ensure_future(coro)
         try:
-            await asyncio.wait({task, self.fault}, return_when=asyncio.FIRST_COMPLETED)
+            await first_done((task, self.fault), None)
         except BaseException:
             task.cancel()
             raise
@@ -419,6 +421,9 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         if not line:
             return None
         if self.state == CONNECTED:
+            if not _BYE.match(line) and self._adopt_greeting_capabilities(line):
+                self._greeted(None)  # what welcome() would do, without a task per connect
+                return None
             task = asyncio.ensure_future(self.welcome(line))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -546,7 +551,9 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             self.transport.write(b"\r\n")
             self.literal_data = None
         elif name == "IDLE":
-            self.idle_ready.set()
+            ready = self.idle_ready
+            if ready is not None and not ready.done():
+                ready.set_result(None)
         else:
             cmd.append_to_resp(line)
             cmd.flush()
