@@ -21,7 +21,7 @@ from .mutf7 import WireName
 from .parse import Response, parse_enabled
 from .protocol import GuardedProtocol, quoted
 from .refusals import classify_refusal
-from .waits import CALLBACKS, first_done
+from .waits import callbacks_context, first_done
 
 __all__ = ["IMAPClient", "WireName"]
 
@@ -522,7 +522,7 @@ class IMAPClient(GuardedSession):
             nonlocal idle_task
             p.idle_ready = ack
             idle_task = self._track(asyncio.ensure_future(p.idle()))
-            idle_task.add_done_callback(settle, context=CALLBACKS)
+            idle_task.add_done_callback(settle, context=callbacks_context())
             return ack
 
         try:

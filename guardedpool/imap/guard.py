@@ -42,7 +42,7 @@ from ..sockets import SocketLike
 from .parse import Response
 from .protocol import GuardedProtocol
 from .refusals import classify_refusal
-from .waits import CALLBACKS, first_done
+from .waits import callbacks_context, first_done
 
 __all__ = ["GuardedSession", "consume"]
 
@@ -162,7 +162,7 @@ class GuardedSession:
     def _track(self, task: asyncio.Future[Any]) -> asyncio.Future[Any]:
         """Keep ``task`` in the set :meth:`abort` cancels until it is done; return it."""
         self._inflight.add(task)
-        task.add_done_callback(self._forget, context=CALLBACKS)
+        task.add_done_callback(self._forget, context=callbacks_context())
         return task
 
     def _forget(self, task: asyncio.Future[Any]) -> None:

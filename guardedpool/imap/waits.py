@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["CALLBACKS", "first_done"]
+__all__ = ["callbacks_context", "first_done"]
 
-# The context our own wake-up callbacks run in. None of them reads a context variable, and
-# a callback added without one copies the caller's context (one more object per callback,
-# for each command and for as long as an IDLE wait lasts).
-CALLBACKS = contextvars.Context()
+_per_thread = threading.local()
+
+
+def callbacks_context() -> contextvars.Context:
+    """The context our own wake-up callbacks run in, one per thread.
+
+    None of them reads a context variable, and a callback added without a context copies
+    the caller's (one more object per callback, for each command and for as long as an
+    IDLE wait lasts). One per thread, not one for the process: a context cannot be
+    entered twice at once, and event loops in two threads run callbacks at the same time.
+    """
+    ctx: contextvars.Context | None = getattr(_per_thread, "context", None)
+    if ctx is None:
+        ctx = _per_thread.context = contextvars.Context()
+    return ctx
 
 
 async def first_done(futures: Iterable[asyncio.Future[Any]], deadline: float | None) -> None:
@@ -39,9 +51,10 @@ async def first_done(futures: Iterable[asyncio.Future[Any]], deadline: float | N
         if not waiter.done():
             waiter.set_result(None)
 
+    ctx = callbacks_context()
     for f in futures:
-        f.add_done_callback(wake, context=CALLBACKS)
-    timer = loop.call_at(deadline, wake, context=CALLBACKS) if deadline is not None else None
+        f.add_done_callback(wake, context=ctx)
+    timer = loop.call_at(deadline, wake, context=ctx) if deadline is not None else None
     try:
         await waiter
     finally:

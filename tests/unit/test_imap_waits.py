@@ -6,13 +6,14 @@ No sockets: futures on the running loop, and an IdleSession whose task is never 
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
 
 from guardedpool import GuardedPool, PoolConfig
 from guardedpool.imap.idle import IdleEvent, IdleSession
-from guardedpool.imap.waits import first_done
+from guardedpool.imap.waits import callbacks_context, first_done
 from guardedpool.testing import MemoryConnector
 
 
@@ -66,6 +67,34 @@ async def _take(session: IdleSession, n: int) -> list[IdleEvent]:
         if len(out) == n:
             break
     return out
+
+
+def test_event_loops_in_two_threads_run_our_callbacks_at_the_same_time() -> None:
+    # A context cannot be entered twice at once: one shared by every thread made a
+    # callback of a second thread's loop fail while the first ran one of its own.
+    inside, leave = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def first() -> None:
+        callbacks_context().run(lambda: (inside.set(), leave.wait(timeout=10)))
+
+    def second() -> None:
+        try:
+            callbacks_context().run(lambda: None)
+        except BaseException as exc:
+            failures.append(exc)
+
+    a = threading.Thread(target=first)
+    a.start()
+    try:
+        assert inside.wait(timeout=10)
+        b = threading.Thread(target=second)
+        b.start()
+        b.join(timeout=10)
+    finally:
+        leave.set()
+        a.join(timeout=10)
+    assert failures == []
 
 
 async def test_events_reach_a_waiting_consumer_in_order() -> None:
