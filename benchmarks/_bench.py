@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,6 +114,24 @@ def loopback_accounts(n: int, port: int, cafile: str) -> dict[str, Any]:
         )
         for i in range(n)
     }
+
+
+async def enter_idle(pool: Any, keys: Iterable[str], timeout: float) -> list[Any]:
+    """One ``idle()`` session per key, entered, and each one's first event (CONNECTED)
+    awaited, all within ``timeout`` seconds; returns the sessions (exit them to end)."""
+    from guardedpool.imap.idle import idle
+
+    sessions = [idle(pool, key) for key in keys]
+    for s in sessions:
+        await s.__aenter__()
+
+    async def connected(session: Any) -> None:
+        event = await session.__aiter__().__anext__()
+        if event.kind != "CONNECTED":
+            raise RuntimeError(f"first IDLE event {event}")
+
+    await asyncio.wait_for(asyncio.gather(*(connected(s) for s in sessions)), timeout)
+    return sessions
 
 
 def _cpu_model() -> str:

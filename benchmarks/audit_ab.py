@@ -70,24 +70,13 @@ def quantiles(values: list[float]) -> dict[str, float]:
 async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds: int) -> Any:
     from guardedpool import GuardedPool, PoolConfig
     from guardedpool.imap import IMAPConnector
-    from guardedpool.imap.idle import idle
 
     accounts = _bench.loopback_accounts(n, port, cafile)
     config = PoolConfig(max_per_key=1, max_total=n, acquire_timeout=300.0)
     pool: GuardedPool[Any] = GuardedPool(IMAPConnector(accounts), config)
     pool.start()
-    sessions = [idle(pool, key) for key in accounts]
-    for s in sessions:
-        await s.__aenter__()
-    iterators = [s.__aiter__() for s in sessions]
-
-    async def connected(it: Any) -> None:
-        event = await it.__anext__()
-        if event.kind != "CONNECTED":
-            raise RuntimeError(f"first IDLE event {event}")
-
     t0 = time.perf_counter()
-    await asyncio.wait_for(asyncio.gather(*(connected(it) for it in iterators)), 900)
+    sessions = await _bench.enter_idle(pool, accounts, 900)
     _bench.log(f"{n} sessions in IDLE after {time.perf_counter() - t0:.1f} s")
     target = pool.audit_target
     out: dict[str, Any] = {}

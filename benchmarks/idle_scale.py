@@ -351,7 +351,6 @@ async def run_floor(n: int, port: int, cafile: str, window: float, freeze: bool)
 async def run_pool(n: int, port: int, cafile: str, window: float, freeze: bool) -> dict[str, Any]:
     from guardedpool import GuardedPool, PoolConfig
     from guardedpool.imap import IMAPConnector
-    from guardedpool.imap.idle import idle
 
     accounts = _bench.loopback_accounts(n, port, cafile)
     config = PoolConfig(max_per_key=1, max_total=n, acquire_timeout=300.0)
@@ -359,18 +358,8 @@ async def run_pool(n: int, port: int, cafile: str, window: float, freeze: bool) 
     gc.collect()
     rss0 = _bench.rss_bytes()
     pool.start()
-    sessions = [idle(pool, key) for key in accounts]
     t0, c0 = time.perf_counter(), time.process_time()
-    for s in sessions:
-        await s.__aenter__()
-    iterators = [s.__aiter__() for s in sessions]
-
-    async def connected(it: Any) -> None:
-        event = await it.__anext__()
-        if event.kind != "CONNECTED":
-            raise RuntimeError(f"first IDLE event {event}")
-
-    await asyncio.wait_for(asyncio.gather(*(connected(it) for it in iterators)), 600)
+    sessions = await _bench.enter_idle(pool, accounts, 600)
     open_s, open_cpu = time.perf_counter() - t0, time.process_time() - c0
     gc.collect()
     rss = _bench.rss_bytes()
