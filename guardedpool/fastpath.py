@@ -36,6 +36,12 @@ nothing else changes.
    down, lifetime left: keep it) and calls the policy for every other case. Saves ~680
    instructions per release on 3.11 (a call with six arguments). Not a version trick.
 
+6. :meth:`GuardedPool.acquire` makes its :class:`~guardedpool.acquisition.Acquisition`
+   with ``object.__new__`` and sets its three slots itself, instead of calling the
+   class (whose ``__init__`` is a Python frame of its own). Saves ~420 instructions per
+   acquire on 3.11 (17,250 -> 16,832). Not a version trick; ``Acquisition(pool, key)``
+   still works and does the same. Delete it when the benchmark's ratio allows it.
+
    Tricks 4 and 5 together: 18,488 -> 17,296 instructions per acquire + release on 3.11.
    They copy policy rules, so ``tests/unit/test_pool_fastpath.py`` drives a real pool
    across every threshold and holds each hand-out and release against the policy

@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+from asyncio import current_task
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GuardedPool"]
 
+_new_acquisition = object.__new__  # see GuardedPool.acquire (fastpath 6)
 log = logging.getLogger("guardedpool.pool")
 
 
@@ -392,7 +394,10 @@ class GuardedPool(Generic[C]):
         An error raised inside the ``async with`` block that came from the connection
         retires it; it is never handed out again.
         """
-        return Acquisition(self, key)
+        # Acquisition(self, key) without the call to its __init__ (fastpath 6)
+        acq: Acquisition[C] = _new_acquisition(Acquisition)
+        acq._pool, acq._key, acq._conn = self, key, None
+        return acq
 
     def _take_ready(self, key: str) -> C | None:
         """The fast path, without an await: an idle connection nobody queues for, ready as
@@ -416,7 +421,7 @@ class GuardedPool(Generic[C]):
         ):
             return None
         slot.fresh = False
-        borrower = asyncio.current_task(self._loop) or _NO_TASK
+        borrower = current_task(self._loop) or _NO_TASK
         conn: C = self._books.lend(slot, borrower, now, now)
         self._borrowed[id(conn)] = slot
         return conn
@@ -448,7 +453,7 @@ class GuardedPool(Generic[C]):
             if self._leases is not None and not self._leases.usable(slot):
                 self._retire(slot, CloseReason.ERROR, "fleet lease not valid")
                 continue
-            borrower = asyncio.current_task(self._loop) or _NO_TASK
+            borrower = current_task(self._loop) or _NO_TASK
             conn: C = self._books.lend(slot, borrower, now, started)
             self._borrowed[id(conn)] = slot
             return conn
