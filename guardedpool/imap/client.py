@@ -535,10 +535,13 @@ class IMAPClient(GuardedSession):
             p.idle_ready = None
             if idle_task is not None:
                 idle_task.remove_done_callback(settle)  # the '+' came: nothing left to settle
-        # An OK without '+' would be odd but harmless: there is no IDLE left to end.
-        if idle_task is not None and not idle_task.done():
+        if idle_task is not None:
+            # Even when IDLE already ended (a server may answer '+', its pushes and a
+            # tagged OK in one write, or OK without '+'): wait_server_push hands over the
+            # pushes, then reports a server that ended IDLE without DONE (RFC 3501 6.3.10
+            # says only the client's DONE ends it), which poisons; idle_done returns OK.
             self._idle = idle_task
-            self._idle_command = p.pending_sync_command
+            self._idle_command = None if idle_task.done() else p.pending_sync_command
             self._done_sent = False
 
     async def wait_server_push(
@@ -562,6 +565,8 @@ class IMAPClient(GuardedSession):
         self._check("IDLE", idle_ok=True)
         p = self._protocol
         bound = self._bound(timeout)
+        if not p.idle_queue.empty():  # pushes already read: hand them over before anything
+            return [bytes(line) for line in p.idle_queue.get_nowait()]
         get = asyncio.ensure_future(p.idle_queue.get())
         waits = (get, p.fault, idle) if until is None else (get, p.fault, idle, until)
         try:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from harness import DovecotServer, ProxyFactory, make_message
-from harness.configs import DEFAULTS, config
+from harness.configs import DEFAULTS, FAST_RETRY, config
 from harness.scripted import ScriptConn, ScriptedIMAP
 
 from guardedpool import GuardedPool
@@ -299,3 +299,49 @@ async def test_compress_refused_stays_uncompressed() -> None:
         assert not client.compressed
         await client.noop()
         await connector.close(client, T)
+
+
+# -- IDLE ended by the server in the same write as its '+' ----------------------------------
+
+
+async def test_idle_ended_with_its_continuation_reconnects_the_session() -> None:
+    """A server may answer IDLE with '+', a push and the tagged OK in one write (a restart,
+    say). The session must not die of it (it did, with RuntimeError); only the client's
+    DONE ends IDLE (RFC 3501 section 6.3.10), so the connection is poisoned and the session
+    reconnects and says so (CONNECTED, resumed)."""
+    from guardedpool.imap.idle import idle
+
+    idles = 0
+
+    async def script(conn: ScriptConn) -> None:
+        nonlocal idles
+        await conn.greet()
+        line = await conn.serve(until=b"IDLE")
+        if b"LOGOUT" in line.upper():
+            return
+        idles += 1
+        tag = line.split(b" ")[0]
+        if idles == 1:
+            await conn.send(b"+ idling\r\n* 4 EXISTS\r\n" + tag + b" OK IDLE terminated\r\n")
+            return
+        await conn.send(b"+ idling\r\n")
+        await conn.line()  # DONE
+        await conn.send(tag + b" OK IDLE done\r\n")
+        await conn.serve()
+
+    async with ScriptedIMAP(script) as srv:
+        acct = IMAPAccount(
+            host="127.0.0.1", port=srv.port, username="u", password="p", tls=False
+        )
+        pool = GuardedPool(IMAPConnector({"k": acct}), config(CFG, retry=config(FAST_RETRY)))
+        async with pool, idle(pool, "k", renew_after=5.0) as pushes:
+            events = aiter(pushes)
+            seen = []
+            for _ in range(5):  # bounded: CONNECTED, maybe EXISTS, CONNECTED (resumed)
+                event = await asyncio.wait_for(anext(events), 10)
+                seen.append((event.kind, event.resumed))
+                if event.resumed:
+                    break
+        assert seen[0] == ("CONNECTED", False)
+        assert seen[-1] == ("CONNECTED", True), seen
+        assert idles == 2
