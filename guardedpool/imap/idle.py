@@ -160,6 +160,9 @@ class IdleSession:
                     raise self._error
                 return
             assert isinstance(item, IdleEvent)
+            if item.kind == "OVERFLOW":
+                # The consumer has it and will resync: pushes from here on are news again.
+                self._overflowed = False
             yield item
 
     def _put(self, item: IdleEvent | object) -> None:

@@ -116,6 +116,19 @@ async def test_a_consumer_behind_by_more_than_queue_size_gets_one_overflow() -> 
     assert [e.kind for e in got] == ["OVERFLOW"]
 
 
+async def test_pushes_after_the_overflow_is_taken_reach_the_consumer() -> None:
+    # OVERFLOW says "resync"; what is pushed once the consumer has it is news again (it
+    # was dropped until the next reconnect, possibly max_lifetime away).
+    session = _session(2)
+    for n in range(3):
+        session._emit(IdleEvent("EXISTS", n))
+    got = await asyncio.wait_for(_take(session, 1), 5)
+    assert [e.kind for e in got] == ["OVERFLOW"]
+    session._emit(IdleEvent("EXISTS", 99))
+    got = await asyncio.wait_for(_take(session, 1), 5)
+    assert [(e.kind, e.number) for e in got] == [("EXISTS", 99)]
+
+
 async def test_the_end_marker_makes_room_and_raises_the_sessions_error() -> None:
     session = _session(2)
     session._emit(IdleEvent("EXISTS", 1))
