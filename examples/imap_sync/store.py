@@ -135,7 +135,9 @@ class Store(SqlMirror):
 
     _GREATEST = "MAX"
 
-    def __init__(self, db: sqlite3.Connection, reader: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, reader: sqlite3.Connection | None, path: Path
+    ) -> None:
         super().__init__()
         self._db = db
         self._reader = reader  # read-only, for queries (see the module docstring)
@@ -170,23 +172,29 @@ class Store(SqlMirror):
             if version == 1:
                 _migrate_1_to_2(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            reader = sqlite3.connect(
-                f"{p.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            with opening(reader, sqlite3.Error, str(p)):
-                reader.execute("PRAGMA busy_timeout=5000")
+            reader = None  # a database in memory has no second connection: one for all
+            if str(path) not in ("", ":memory:"):
+                reader = sqlite3.connect(
+                    f"{p.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                with opening(reader, sqlite3.Error, str(p)):
+                    reader.execute("PRAGMA busy_timeout=5000")
         return cls(db, reader, p)
 
     def _close(self) -> None:
-        with self._serial(self._reading):
-            self._reader.close()
+        if self._reader is not None:
+            with self._serial(self._reading):
+                self._reader.close()
         self._db.close()
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        """The rows of one query, on the read-only connection (holding its own lock)."""
+        """The rows of one query, on the read-only connection (holding its own lock), or
+        on the one connection of a database in memory."""
+        if self._reader is None:
+            return super()._read(sql, args)
         with self._serial(self._reading):
             return list(self._reader.execute(sql, args).fetchall())
 

@@ -116,3 +116,12 @@ def test_a_query_does_not_wait_for_a_write_in_another_thread(tmp_path: Path) -> 
         finally:
             release.set()
             t.join(timeout=10)
+
+
+def test_a_store_in_memory_reads_on_its_one_connection() -> None:
+    # ":memory:" has no file for a second, read-only connection to open.
+    with Store.open(":memory:") as store:
+        store.ensure_account("a", "h", "u")
+        store.reset_mailbox("a", "INBOX", 7)
+        store.store_batch("a", "INBOX", 7, [NewMessage(1, (), b"Subject: 1\r\n\r\nx\r\n")])
+        assert store.uids("a", "INBOX", 7) == [1]
