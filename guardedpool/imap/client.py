@@ -538,8 +538,9 @@ class IMAPClient(GuardedSession):
         if idle_task is not None:
             # Even when IDLE already ended (a server may answer '+', its pushes and a
             # tagged OK in one write, or OK without '+'): wait_server_push hands over the
-            # pushes, then reports a server that ended IDLE without DONE (RFC 3501 6.3.10
-            # says only the client's DONE ends it), which poisons; idle_done returns OK.
+            # pushes already queued, then reports a server that ended IDLE without DONE
+            # (RFC 3501 6.3.10: only the client's DONE ends it), which poisons; idle_done
+            # returns OK.
             self._idle = idle_task
             self._idle_command = None if idle_task.done() else p.pending_sync_command
             self._done_sent = False
