@@ -133,16 +133,10 @@ def main() -> None:
     for spec in args.variant:
         label, _, path = spec.partition("=")
         variants[label] = Path(path).resolve()
-    import trustme
-
     _bench.raise_nofile()
     with tempfile.TemporaryDirectory() as tmp:
         certdir = Path(tmp)
-        ca = trustme.CA()
-        cert = ca.issue_cert("localhost", "127.0.0.1")
-        cert.private_key_pem.write_to_path(str(certdir / "key.pem"))
-        (certdir / "cert.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-        ca.cert_pem.write_to_path(str(certdir / "ca.pem"))
+        idle_scale.write_certs(certdir)
         with idle_scale.ServerProcess(certdir) as server:
             result = asyncio.run(
                 run(args.n, server.port, str(certdir / "ca.pem"), variants, args.rounds)

@@ -434,19 +434,25 @@ def _client(
     return result
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def write_certs(certdir: Path) -> None:
+    """A fresh CA (``ca.pem``) and the server's key and chain for localhost and
+    127.0.0.1 (``key.pem``, ``cert.pem``) in ``certdir``, for :class:`ServerProcess`."""
     import trustme
 
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(certdir / "key.pem"))
+    (certdir / "cert.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(certdir / "ca.pem"))
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
     n = 200 if args.quick else args.n
     rounds = args.rounds or (1 if args.quick else 2)
     _bench.raise_nofile()
     with tempfile.TemporaryDirectory() as tmp:
         certdir = Path(tmp)
-        ca = trustme.CA()
-        cert = ca.issue_cert("localhost", "127.0.0.1")
-        cert.private_key_pem.write_to_path(str(certdir / "key.pem"))
-        (certdir / "cert.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-        ca.cert_pem.write_to_path(str(certdir / "ca.pem"))
+        write_certs(certdir)
         runs: dict[str, list[dict[str, Any]]] = {"floor": [], "pool": []}
         with ServerProcess(certdir) as server:
             for r in range(rounds):

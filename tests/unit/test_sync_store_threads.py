@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -68,25 +70,31 @@ def test_close_waits_for_the_batches_submitted(tmp_path: Path) -> None:
         assert len(again.uids("a", "A", 1)) == 200
 
 
+@contextmanager
+def writer_busy(store: Store) -> Iterator[None]:
+    """Another thread holds the store's writer lock for as long as the block runs."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._serial():
+            held.set()
+            release.wait(timeout=10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(timeout=10)
+        yield
+    finally:
+        release.set()
+        t.join(timeout=10)
+
+
 def test_a_store_held_too_long_by_another_thread_raises(tmp_path: Path) -> None:
     with Store.open(tmp_path / "s.sqlite3") as store:
         store.lock_timeout = 0.05  # type: ignore[misc]
-        held, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with store._serial():
-                held.set()
-                release.wait(timeout=10)
-
-        t = threading.Thread(target=hold)
-        t.start()
-        try:
-            assert held.wait(timeout=10)
-            with pytest.raises(StoreError, match="busy in another thread"):
-                store.ensure_account("a", "h", "u")
-        finally:
-            release.set()
-            t.join(timeout=10)
+        with writer_busy(store), pytest.raises(StoreError, match="busy in another thread"):
+            store.ensure_account("a", "h", "u")
         store.ensure_account("a", "h", "u")
         assert store.totals() == {"a": (0, 0)}
 
@@ -100,22 +108,9 @@ def test_a_query_does_not_wait_for_a_write_in_another_thread(tmp_path: Path) -> 
         store.ensure_account("a", "h", "u")
         store.reset_mailbox("a", "INBOX", 7)
         store.store_batch("a", "INBOX", 7, [NewMessage(1, (), b"Subject: 1\r\n\r\nx\r\n")])
-        held, release = threading.Event(), threading.Event()
-
-        def write_slowly() -> None:  # a batch in flight: the writer's lock held
-            with store._serial():
-                held.set()
-                release.wait(timeout=10)
-
-        t = threading.Thread(target=write_slowly)
-        t.start()
-        try:
-            assert held.wait(timeout=10)
+        with writer_busy(store):  # a batch in flight: the writer's lock held
             assert store.uids("a", "INBOX", 7) == [1]
             assert store.totals() == {"a": (1, len(b"Subject: 1\r\n\r\nx\r\n"))}
-        finally:
-            release.set()
-            t.join(timeout=10)
 
 
 def test_a_store_in_memory_reads_on_its_one_connection() -> None:
