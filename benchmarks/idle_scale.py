@@ -13,7 +13,9 @@ Measured per client, once all N are in IDLE: RSS per connection (RSS growth from
 the first connect, over N, after ``gc.collect()``), idle CPU (process CPU time over a
 ``--window`` of wall time, as % of a core), the longest loop stall in a second window as
 long (the lateness of a 1 ms ticker; split into the time the thread waited for a CPU, its
-CPU time, garbage-collection pauses and hypervisor steal, see :class:`StallProbe`), the
+CPU time, garbage-collection pauses and hypervisor steal, see :class:`StallProbe`; and
+the same ticker in a control process that holds nothing, over the same second: how long
+this machine stalls a process that does nothing, see :func:`_stall_window`), the
 time of one full ``gc.collect()`` of the heap, the time to open all N, the time to close
 them (the pool: ``pool.close()`` with every session still in IDLE; the floor: DONE +
 LOGOUT + close on each), WARNING records logged while closing (and the first three of
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import gc
 import json
 import logging
@@ -164,24 +167,53 @@ class GcPauses:
         gc.callbacks.remove(self._callback)
 
 
-def _steal() -> float:
+class _ProcCounter:
+    """One number from a /proc file, read through an fd kept open (``pread`` at 0 makes
+    procfs render the file afresh): a tick of the probe must not open and close files."""
+
+    def __init__(self, path: str, line: int, field: int, scale: float) -> None:
+        self.line, self.field, self.scale = line, field, scale
+        try:
+            self.fd: int | None = os.open(path, os.O_RDONLY)
+        except OSError:
+            self.fd = None
+
+    def read(self) -> float:
+        if self.fd is None:
+            return 0.0
+        try:
+            text = os.pread(self.fd, 4096, 0)
+            return int(text.split(b"\n")[self.line].split()[self.field]) / self.scale
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _steal_counter() -> _ProcCounter:
     """Seconds the hypervisor gave this VM's CPUs to others, summed over CPUs (Linux
     ``/proc/stat``, ``steal``; in 10 ms ticks, so only a coarse sign); 0.0 elsewhere."""
-    try:
-        with open("/proc/stat", "rb") as f:
-            return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return _ProcCounter("/proc/stat", 0, 8, os.sysconf("SC_CLK_TCK"))
+
+
+def _runqueue_counter() -> _ProcCounter:
+    """Seconds this thread has waited for a CPU while runnable (Linux
+    ``/proc/thread-self/schedstat``, second field, ns); 0.0 where it cannot be read."""
+    return _ProcCounter("/proc/thread-self/schedstat", 0, 1, 1e9)
 
 
 def _runqueue_wait() -> float:
-    """Seconds this thread has waited for a CPU while runnable (Linux
-    ``/proc/thread-self/schedstat``, second field, ns); 0.0 where it cannot be read."""
+    counter = _runqueue_counter()
     try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+        return counter.read()
+    finally:
+        counter.close()
+
+
+LATE_MS = 2.0  # ticks later than this are listed (with their start), for comparing two probes
 
 
 class StallProbe:
@@ -193,32 +225,40 @@ class StallProbe:
     ``worst_gc`` the garbage collections' pauses in it and ``worst_steal`` the VM's steal
     time meanwhile (both CPUs, 10 ms ticks). ``busiest`` is the most CPU time the thread
     spent between two ticks: the longest the process itself held the loop. ``gc`` counts
-    every collection during the probe."""
+    every collection during the probe. ``late`` lists ``(start, lateness)`` of every tick
+    later than ``LATE_MS`` (``time.monotonic()`` seconds, the same clock in every process
+    of the machine), at most 10,000."""
 
     def __init__(self) -> None:
         self.worst = self.worst_cpu = self.worst_runqueue = self.worst_gc = 0.0
         self.worst_steal = self.busiest = 0.0
+        self.late: list[tuple[float, float]] = []
         self.gc = GcPauses()
         self._task: asyncio.Task[None] | None = None
+        self._runqueue = _runqueue_counter()
+        self._steal = _steal_counter()
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
+        runqueue, steal = self._runqueue.read, self._steal.read
         while True:
-            before, cpu, wait, paused, steal = (
+            before, cpu, wait, paused, stolen = (
                 loop.time(),
                 time.thread_time(),
-                _runqueue_wait(),
+                runqueue(),
                 self.gc.total,
-                _steal(),
+                steal(),
             )
             await asyncio.sleep(0.001)
             late = loop.time() - before - 0.001
             used = time.thread_time() - cpu
             self.busiest = max(self.busiest, used)
+            if late * 1000 > LATE_MS and len(self.late) < 10_000:
+                self.late.append((before, late))
             if late > self.worst:
-                self.worst, self.worst_runqueue = late, _runqueue_wait() - wait
+                self.worst, self.worst_runqueue = late, runqueue() - wait
                 self.worst_cpu, self.worst_gc = used, self.gc.total - paused
-                self.worst_steal = _steal() - steal
+                self.worst_steal = steal() - stolen
 
     def __enter__(self) -> StallProbe:
         self.gc.__enter__()
@@ -229,6 +269,8 @@ class StallProbe:
         assert self._task is not None
         self._task.cancel()
         self.gc.__exit__()
+        self._runqueue.close()
+        self._steal.close()
 
     def figures(self) -> dict[str, float]:
         """The probe's figures, ms (and the collection count)."""
@@ -239,9 +281,66 @@ class StallProbe:
             "longest_stall_gc_ms": 1000 * self.worst_gc,
             "longest_stall_steal_ms": 1000 * self.worst_steal,
             "longest_busy_ms": 1000 * self.busiest,
+            "stalls_over_2_ms": len(self.late),
             "stall_window_gc_count": self.gc.count,
             "stall_window_gc_longest_ms": 1000 * self.gc.longest,
         }
+
+
+async def _control_probe(seconds: float) -> None:
+    """The control: the same ticker in a process that holds nothing (``python idle_scale.py
+    control SECONDS``). Prints ``ready``, then after ``seconds`` one JSON line: its figures
+    and its late ticks. What it sees is the machine's doing, not a pool's."""
+    print("ready", flush=True)
+    with StallProbe() as probe:
+        await asyncio.sleep(seconds)
+    print(json.dumps({**probe.figures(), "late": probe.late}), flush=True)
+
+
+def _unshared(mine: list[tuple[float, float]], theirs: list[tuple[float, float]]) -> float:
+    """The longest of ``mine``'s late ticks that overlaps none of ``theirs`` in time: a
+    stall the control did not see at the same moment (each tick spans ``start`` to
+    ``start + 1 ms + lateness``); 0.0 when every one was shared."""
+    # One probe's ticks follow each other, so its spans do not overlap: of those starting
+    # before ours ends, only the last can reach into ours.
+    spans = sorted((s, s + 0.001 + late) for s, late in theirs)
+    starts = [s for s, _ in spans]
+    worst = 0.0
+    for start, late in mine:
+        i = bisect.bisect_left(starts, start + 0.001 + late)
+        if i == 0 or spans[i - 1][1] <= start:
+            worst = max(worst, late)
+    return worst
+
+
+async def _stall_window(seconds: float) -> dict[str, float]:
+    """The longest stall over ``seconds`` (:class:`StallProbe`), with a control probe in a
+    separate, empty process over the same seconds: ``control_longest_stall_ms`` is the
+    longest stall this machine gave a process doing nothing, and
+    ``longest_stall_unshared_ms`` the longest of this process's stalls that the control did
+    not have at the same moment. On a VM whose CPUs are taken away now and then (steal),
+    both probes see stalls the code under test did not cause."""
+    control = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "control",
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert control.stdout is not None
+    await asyncio.wait_for(control.stdout.readline(), 60)  # "ready"
+    with StallProbe() as probe:
+        await asyncio.sleep(seconds)
+    out = probe.figures()
+    line = await asyncio.wait_for(control.stdout.readline(), 60)
+    await asyncio.wait_for(control.wait(), 60)
+    theirs: dict[str, Any] = json.loads(line)
+    out["control_longest_stall_ms"] = theirs["longest_stall_ms"]
+    out["control_longest_busy_ms"] = theirs["longest_busy_ms"]
+    out["control_stalls_over_2_ms"] = theirs["stalls_over_2_ms"]
+    late = [(float(s), float(x)) for s, x in theirs["late"]]
+    out["longest_stall_unshared_ms"] = 1000 * _unshared(probe.late, late)
+    return out
 
 
 class WarningCounter(logging.Handler):
@@ -289,9 +388,7 @@ async def _idle_window(seconds: float, freeze: bool) -> dict[str, float]:
     await asyncio.sleep(seconds)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
     out["idle_cpu_pct_of_core"] = 100 * cpu / wall
-    with StallProbe() as probe:
-        await asyncio.sleep(seconds)
-    out.update(probe.figures())
+    out.update(await _stall_window(seconds))
     return out
 
 
@@ -530,6 +627,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
         asyncio.run(_serve(Path(sys.argv[2])))
+        sys.exit(0)
+    if sys.argv[1:2] == ["control"]:
+        asyncio.run(_control_probe(float(sys.argv[2])))
         sys.exit(0)
     if sys.argv[1:2] == ["client"]:
         kind, n, port, cafile, window, freeze = sys.argv[2:8]
