@@ -54,8 +54,11 @@ from aioimaplib.aioimaplib import (
     Abort,
     AllowedVersions,
     Command,
+    Commands,
     Error,
+    Exec,
     FetchCommand,
+    IdleCommand,
     IMAP4ClientProtocol,
     message_data_re,
     quoted,
@@ -150,6 +153,9 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         idle_ready: None, or a future the sender of IDLE puts here before sending it;
             resolved (None) when the server answers with its ``+`` continuation request
             (RFC 2177). A future per IDLE, not an Event per connection.
+        push_ready: None, or a future the waiter for IDLE pushes puts here; resolved
+            (None) once a read has put pushes in ``idle_queue``. A future per wait, not a
+            task blocked in ``idle_queue.get()``.
     """
 
     # aioimaplib's public attributes that this class assigns (aioimaplib is untyped)
@@ -165,6 +171,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.refusal: Refusal | None = None
         self.first_bytes = b""
         self.idle_ready: asyncio.Future[None] | None = None
+        self.push_ready: asyncio.Future[None] | None = None
+        # The command sent by submit() and not yet completed: it, its future, and the
+        # state an OK moves to.
+        self._submitted: tuple[Any, asyncio.Future[Any], str | None] | None = None
         self._secrets: tuple[str, ...] = ()
         self._sasl_initial: str | None = None
         self._sasl_error_reply = ""
@@ -292,6 +302,9 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             if self.pending_sync_command is not None:
                 # IDLE's buffered pushes reach its queue once per read, as in aioimaplib.
                 self.pending_sync_command.flush()
+                ready = self.push_ready
+                if ready is not None and not ready.done() and not self.idle_queue.empty():
+                    ready.set_result(None)
         except Exception as exc:  # anything the parser chokes on, e.g. aioimaplib's Abort
             self.fail(
                 ProtocolError(
@@ -482,6 +495,15 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             del self.pending_async_commands[name]
         result, _, text = response.partition(b" ")
         command.close(text, result=result.decode("ascii", "replace"))
+        submitted = self._submitted
+        if submitted is not None and submitted[0] is command:
+            self._submitted = None
+            _, future, ok_state = submitted
+            response = command.response
+            if ok_state is not None and response.result == "OK":
+                self.state = ok_state
+            if not future.done():
+                future.set_result(response)
 
     def classify_bye(self, line: bytes) -> Refusal:
         """Classify an untagged ``BYE`` line (remembered as :attr:`refusal`)."""
@@ -598,6 +620,61 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
     def _greeted(self, reason: str | None) -> None:
         if not self.greeting.done():
             self.greeting.set_result(reason)
+
+    # -- commands without a task ------------------------------------------------------
+
+    def submit(self, command: Any, *, ok_state: str | None = None) -> asyncio.Future[Any]:
+        """Send ``command`` (an aioimaplib ``Command``) now; return a future of its
+        ``Response``.
+
+        What aioimaplib's ``execute`` (under its ``change_state`` lock) does for a command
+        sent when nothing else is pending -- the client's lock makes it so -- without the
+        coroutines, the task and the ``Event`` waiter it costs per command: the future is
+        resolved by the command's tagged completion (RFC 3501 section 7.1, see
+        :meth:`_tagged_done`). ``ok_state``: the protocol state after an ``OK`` (SELECT:
+        ``SELECTED``). Never raises: a command refused before anything is written (not
+        valid in this state, or another command pending) gets aioimaplib's ``Abort`` in
+        the future. No bound of its own: the caller races :attr:`fault` under its timeout.
+        """
+        future: asyncio.Future[Any] = self.loop.create_future()
+        spec = Commands.get(command.name)
+        if spec is None or self.state not in spec.valid_states:
+            future.set_exception(Abort(f"command {command.name} illegal in state {self.state}"))
+            return future
+        if (
+            self._submitted is not None
+            or self.pending_sync_command is not None
+            or self.pending_async_commands
+        ):
+            future.set_exception(Abort(f"{command.name} while another command is pending"))
+            return future
+        if spec.exec == Exec.is_sync:
+            self.pending_sync_command = command
+        else:
+            self.pending_async_commands[command.untagged_resp_name] = command
+        self._submitted = (command, future, ok_state)
+        self.send(str(command))
+        return future
+
+    def select_command(self, mailbox: str) -> asyncio.Future[Any]:
+        """SELECT ``mailbox`` (already quoted) through :meth:`submit`; ``SELECTED`` on OK,
+        as aioimaplib's ``select``."""
+        try:
+            command = Command("SELECT", self.new_tag(), mailbox, loop=self.loop)
+        except ValueError as exc:  # a control character in the name: refused, not sent
+            future: asyncio.Future[Any] = self.loop.create_future()
+            future.set_exception(exc)
+            return future
+        return self.submit(command, ok_state=SELECTED)
+
+    def idle_command(self) -> asyncio.Future[Any]:
+        """IDLE (RFC 2177) through :meth:`submit`, as aioimaplib's ``idle``: the future
+        resolves when IDLE ends (its tagged completion); pushes go to ``idle_queue``."""
+        if "IDLE" not in self.capabilities:
+            future: asyncio.Future[Any] = self.loop.create_future()
+            future.set_exception(Abort("server has not IDLE capability"))
+            return future
+        return self.submit(IdleCommand(self.new_tag(), self.idle_queue, loop=self.loop))
 
     # -- commands with literals ------------------------------------------------------
 
