@@ -32,7 +32,27 @@ def callbacks_context() -> contextvars.Context:
     return ctx
 
 
-async def first_done(futures: Iterable[asyncio.Future[Any]], deadline: float | None) -> None:
+class _Wake:
+    """The wake-up callback of one wait: resolves its waiter, once. One small object, not
+    a closure (a function, its cell and the tuple of cells) per wait."""
+
+    __slots__ = ("waiter",)
+
+    def __init__(self, waiter: asyncio.Future[None]) -> None:
+        self.waiter = waiter
+
+    def __call__(self, _: object = None) -> None:
+        waiter = self.waiter
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+async def first_done(
+    futures: Iterable[asyncio.Future[Any]],
+    deadline: float | None,
+    *,
+    waiter: asyncio.Future[None] | None = None,
+) -> None:
     """Wait until one of ``futures`` is done, or the loop's clock reaches ``deadline``
     (``loop.time()`` seconds; None: no bound of its own).
 
@@ -40,17 +60,19 @@ async def first_done(futures: Iterable[asyncio.Future[Any]], deadline: float | N
     and no more: one waiter, one wake-up callback per future, one timer; no task, no
     result sets. Returns at once when one is already done. Nothing is cancelled; when the
     caller is cancelled, ``CancelledError`` propagates and the callbacks are removed.
+
+    ``waiter``: a pending future of the caller's to wait on, which someone else may also
+    resolve (say, a protocol when data arrives); it ends the wait as one of ``futures``
+    would, without a future of its own. It is resolved (None) when the wait ends otherwise
+    (not when one of ``futures`` was done already: then nothing is waited for).
     """
     futures = tuple(futures)
     if any(f.done() for f in futures):
         return
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
+    if waiter is None:
+        waiter = loop.create_future()
+    wake = _Wake(waiter)
     ctx = callbacks_context()
     for f in futures:
         f.add_done_callback(wake, context=ctx)

@@ -579,9 +579,9 @@ class IMAPClient(GuardedSession):
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         p.push_ready = ready
-        waits = (ready, p.fault, idle) if until is None else (ready, p.fault, idle, until)
+        waits = (p.fault, idle) if until is None else (p.fault, idle, until)
         try:
-            await first_done(waits, loop.time() + bound)
+            await first_done(waits, loop.time() + bound, waiter=ready)
         finally:
             if p.push_ready is ready:
                 p.push_ready = None
