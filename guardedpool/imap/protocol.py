@@ -58,7 +58,6 @@ from aioimaplib.aioimaplib import (
     Error,
     Exec,
     FetchCommand,
-    IdleCommand,
     IMAP4ClientProtocol,
     message_data_re,
     quoted,
@@ -66,6 +65,7 @@ from aioimaplib.aioimaplib import (
 )
 
 from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError, ServerBusyClosed
+from .calls import Call, IdleCall
 from .framing import Framer
 from .literals import Piece, command_chunks, nonsync_limit
 from .parse import parse_capabilities
@@ -624,8 +624,8 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
     # -- commands without a task ------------------------------------------------------
 
     def submit(self, command: Any, *, ok_state: str | None = None) -> asyncio.Future[Any]:
-        """Send ``command`` (an aioimaplib ``Command``) now; return a future of its
-        ``Response``.
+        """Send ``command`` (a :class:`~guardedpool.imap.calls.Call`, or an aioimaplib
+        ``Command``) now; return a future of its ``Response``.
 
         What aioimaplib's ``execute`` (under its ``change_state`` lock) does for a command
         sent when nothing else is pending -- the client's lock makes it so -- without the
@@ -653,6 +653,8 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         else:
             self.pending_async_commands[command.untagged_resp_name] = command
         self._submitted = (command, future, ok_state)
+        if isinstance(command, Call):
+            command.future = future
         self.send(str(command))
         return future
 
@@ -660,7 +662,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         """SELECT ``mailbox`` (already quoted) through :meth:`submit`; ``SELECTED`` on OK,
         as aioimaplib's ``select``."""
         try:
-            command = Command("SELECT", self.new_tag(), mailbox, loop=self.loop)
+            command = Call("SELECT", self.new_tag(), mailbox)
         except ValueError as exc:  # a control character in the name: refused, not sent
             future: asyncio.Future[Any] = self.loop.create_future()
             future.set_exception(exc)
@@ -674,7 +676,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             future: asyncio.Future[Any] = self.loop.create_future()
             future.set_exception(Abort("server has not IDLE capability"))
             return future
-        return self.submit(IdleCommand(self.new_tag(), self.idle_queue, loop=self.loop))
+        return self.submit(IdleCall(self.new_tag(), self.idle_queue))
 
     # -- commands with literals ------------------------------------------------------
 
