@@ -12,11 +12,36 @@ garbage collection to walk.
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
 
 from aioimaplib.aioimaplib import CONTROL_CHARS, Response
 
-__all__ = ["Call", "IdleCall"]
+__all__ = ["Call", "IdleCall", "PushQueue"]
+
+
+class PushQueue(collections.deque[list[Any]]):
+    """IDLE's pushes not yet taken, one list of lines per read, oldest first.
+
+    The part of ``asyncio.Queue`` the client uses (``put_nowait``, ``get_nowait``,
+    ``empty``), as one object: a ``Queue`` is six (its deques of items, getters and
+    putters, and an ``Event`` with its own), kept by every connection for its lifetime.
+    Nobody blocks on it: the protocol resolves its ``push_ready`` future instead.
+    """
+
+    __slots__ = ()
+
+    def put_nowait(self, item: list[Any]) -> None:
+        self.append(item)
+
+    def get_nowait(self) -> list[Any]:
+        """The oldest batch; ``asyncio.QueueEmpty`` when there is none."""
+        if not self:
+            raise asyncio.QueueEmpty
+        return self.popleft()
+
+    def empty(self) -> bool:
+        return not self
 
 
 class Call:
@@ -75,7 +100,7 @@ class IdleCall(Call):
 
     __slots__ = ("buffer", "queue")
 
-    def __init__(self, tag: str, queue: asyncio.Queue[Any]) -> None:
+    def __init__(self, tag: str, queue: PushQueue) -> None:
         super().__init__("IDLE", tag)
         self.queue = queue
         self.buffer: list[Any] | None = None  # made at the first push: most rounds have none

@@ -65,7 +65,7 @@ from aioimaplib.aioimaplib import (
 )
 
 from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError, ServerBusyClosed
-from .calls import Call, IdleCall
+from .calls import Call, IdleCall, PushQueue
 from .framing import Framer
 from .literals import Piece, command_chunks, nonsync_limit
 from .parse import parse_capabilities
@@ -161,9 +161,13 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
     # aioimaplib's public attributes that this class assigns (aioimaplib is untyped)
     pending_sync_command: Any  # the synchronous command in flight, if any
     literal_data: bytes | None  # APPEND's message, until the server's "+" asks for it
+    idle_queue: PushQueue  # IDLE's pushes, one list per read
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop, None)
+        # IDLE's pushes (aioimaplib's public idle_queue): one deque, not an asyncio.Queue
+        # (six objects per connection); only IdleCall fills it (see calls.PushQueue).
+        self.idle_queue = PushQueue()
         self.fault: asyncio.Future[ConnectionPoisoned] = loop.create_future()
         self.greeting: asyncio.Future[str | None] = loop.create_future()
         self.sent = 0
