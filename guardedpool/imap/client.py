@@ -149,7 +149,7 @@ class IMAPClient(GuardedSession):
 
     def __init__(self, protocol: GuardedProtocol, *, key: str, op_timeout: float) -> None:
         super().__init__(protocol, key=key, op_timeout=op_timeout)
-        self._idle_command: Any = None  # aioimaplib's IdleCommand of the current round
+        self._idle_command: Any = None  # the IdleCall of the current round (calls.py)
         self._done_sent = False
         self.selected: str | None = None
         """The mailbox selected (or examined) last, None when none is."""
