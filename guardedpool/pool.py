@@ -45,6 +45,7 @@ from .reconnect import Reconnector, record_short_life
 from .records import CloseReason, ConnectionRecord, ConnState, Event
 from .shutdown import ShutdownTally
 from .sockets import identify, is_open
+from .waits import first_done
 
 if TYPE_CHECKING:
     from .audit.report import AuditReport
@@ -493,7 +494,8 @@ class GuardedPool(Generic[C]):
             while True:
                 remaining = deadline - self._clock()
                 if remaining > 0:
-                    await asyncio.wait((waiter,), timeout=remaining)  # never cancels it
+                    # Never cancels it; one waiter and one timer, no task or sets.
+                    await first_done((waiter,), asyncio.get_running_loop().time() + remaining)
                 if waiter.done():
                     return waiter.result()  # a slot, or what the pool failed it with
                 later = self._queued_until(ks, started)

@@ -101,6 +101,11 @@ _BODY_PART = re.compile(r"\bBODY(\.PEEK)?\[([0-9.]*)\]", re.IGNORECASE)
 _CHARSET = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 
 
+async def _until_done(future: asyncio.Future[Any]) -> Any:
+    """``future``'s result, awaited in a task of its own (cancelling it cancels both)."""
+    return await future
+
+
 def _idle_refusal(
     idle: asyncio.Future[Any], redact: Callable[[str], str]
 ) -> CommandThrottled | None:
@@ -144,7 +149,7 @@ class IMAPClient(GuardedSession):
 
     def __init__(self, protocol: GuardedProtocol, *, key: str, op_timeout: float) -> None:
         super().__init__(protocol, key=key, op_timeout=op_timeout)
-        self._idle_command: Any = None  # aioimaplib's IdleCommand of the current round
+        self._idle_command: Any = None  # the IdleCall of the current round (calls.py)
         self._done_sent = False
         self.selected: str | None = None
         """The mailbox selected (or examined) last, None when none is."""
@@ -197,7 +202,7 @@ class IMAPClient(GuardedSession):
         self.selected = None
         try:
             if name == "SELECT":
-                resp = await self._run(name, lambda: p.select(arg), timeout)
+                resp = await self._run(name, lambda: p.select_command(arg), timeout)
             else:
                 resp = await self._run(name, lambda: p.simple_command("EXAMINE", arg), timeout)
         except IMAPCommandError:
@@ -521,7 +526,9 @@ class IMAPClient(GuardedSession):
         def start() -> asyncio.Future[Any]:
             nonlocal idle_task
             p.idle_ready = ack
-            idle_task = self._track(asyncio.ensure_future(p.idle()))
+            # A task, as aioimaplib's idle() was: one event-loop teardown cancels (so the
+            # session says "cancelled", not "timed out"); one coroutine, not four.
+            idle_task = self._track(asyncio.ensure_future(_until_done(p.idle_command())))
             idle_task.add_done_callback(settle, context=callbacks_context())
             return ack
 
@@ -568,15 +575,18 @@ class IMAPClient(GuardedSession):
         bound = self._bound(timeout)
         if not p.idle_queue.empty():  # pushes already read: hand them over before anything
             return [bytes(line) for line in p.idle_queue.get_nowait()]
-        get = asyncio.ensure_future(p.idle_queue.get())
-        waits = (get, p.fault, idle) if until is None else (get, p.fault, idle, until)
+        # A future the protocol resolves when a read queues pushes: no task in get().
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        p.push_ready = ready
+        waits = (p.fault, idle) if until is None else (p.fault, idle, until)
         try:
-            await first_done(waits, asyncio.get_running_loop().time() + bound)
+            await first_done(waits, loop.time() + bound, waiter=ready)
         finally:
-            if not get.done():
-                get.cancel()
-        if get.done() and not get.cancelled():
-            return [bytes(line) for line in get.result()]
+            if p.push_ready is ready:
+                p.push_ready = None
+        if not p.idle_queue.empty():
+            return [bytes(line) for line in p.idle_queue.get_nowait()]
         if p.fault.done() or self._poison is not None:
             raise self._poisoned_by(self._fault_error("IDLE"))
         if idle.done() and not self._done_sent:

@@ -264,7 +264,8 @@ class GuardedSession:
     ) -> Any:
         proto = self._protocol
         sent_before = proto.sent
-        task = self._track(asyncio.ensure_future(factory()))
+        task = asyncio.ensure_future(factory())
+        self._inflight.add(task)  # abort() cancels it while it is in flight
         try:
             await first_done((task, proto.fault), deadline)
         except asyncio.CancelledError:
@@ -273,6 +274,12 @@ class GuardedSession:
                 ConnectionPoisoned(f"{name} on key {self.key!r} was cancelled in flight")
             )
             raise
+        finally:
+            if task.done():
+                # Done within the wait (most commands): forget it now, no callback.
+                self._forget(task)
+            else:
+                task.add_done_callback(self._forget, context=callbacks_context())
         if task.done() and not task.cancelled():
             exc = task.exception()
             if exc is None:

@@ -54,7 +54,9 @@ from aioimaplib.aioimaplib import (
     Abort,
     AllowedVersions,
     Command,
+    Commands,
     Error,
+    Exec,
     FetchCommand,
     IMAP4ClientProtocol,
     message_data_re,
@@ -63,6 +65,7 @@ from aioimaplib.aioimaplib import (
 )
 
 from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError, ServerBusyClosed
+from .calls import Call, IdleCall, PushQueue
 from .framing import Framer
 from .literals import Piece, command_chunks, nonsync_limit
 from .parse import parse_capabilities
@@ -150,14 +153,21 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         idle_ready: None, or a future the sender of IDLE puts here before sending it;
             resolved (None) when the server answers with its ``+`` continuation request
             (RFC 2177). A future per IDLE, not an Event per connection.
+        push_ready: None, or a future the waiter for IDLE pushes puts here; resolved
+            (None) once a read has put pushes in ``idle_queue``. A future per wait, not a
+            task blocked in ``idle_queue.get()``.
     """
 
     # aioimaplib's public attributes that this class assigns (aioimaplib is untyped)
     pending_sync_command: Any  # the synchronous command in flight, if any
     literal_data: bytes | None  # APPEND's message, until the server's "+" asks for it
+    idle_queue: PushQueue  # IDLE's pushes, one list per read
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop, None)
+        # IDLE's pushes (aioimaplib's public idle_queue): one deque, not an asyncio.Queue
+        # (six objects per connection); only IdleCall fills it (see calls.PushQueue).
+        self.idle_queue = PushQueue()
         self.fault: asyncio.Future[ConnectionPoisoned] = loop.create_future()
         self.greeting: asyncio.Future[str | None] = loop.create_future()
         self.sent = 0
@@ -165,6 +175,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.refusal: Refusal | None = None
         self.first_bytes = b""
         self.idle_ready: asyncio.Future[None] | None = None
+        self.push_ready: asyncio.Future[None] | None = None
+        # The command sent by submit() and not yet completed: it, its future, and the
+        # state an OK moves to.
+        self._submitted: tuple[Any, asyncio.Future[Any], str | None] | None = None
         self._secrets: tuple[str, ...] = ()
         self._sasl_initial: str | None = None
         self._sasl_error_reply = ""
@@ -292,6 +306,9 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             if self.pending_sync_command is not None:
                 # IDLE's buffered pushes reach its queue once per read, as in aioimaplib.
                 self.pending_sync_command.flush()
+                ready = self.push_ready
+                if ready is not None and not ready.done() and not self.idle_queue.empty():
+                    ready.set_result(None)
         except Exception as exc:  # anything the parser chokes on, e.g. aioimaplib's Abort
             self.fail(
                 ProtocolError(
@@ -482,6 +499,15 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             del self.pending_async_commands[name]
         result, _, text = response.partition(b" ")
         command.close(text, result=result.decode("ascii", "replace"))
+        submitted = self._submitted
+        if submitted is not None and submitted[0] is command:
+            self._submitted = None
+            _, future, ok_state = submitted
+            response = command.response
+            if ok_state is not None and response.result == "OK":
+                self.state = ok_state
+            if not future.done():
+                future.set_result(response)
 
     def classify_bye(self, line: bytes) -> Refusal:
         """Classify an untagged ``BYE`` line (remembered as :attr:`refusal`)."""
@@ -598,6 +624,63 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
     def _greeted(self, reason: str | None) -> None:
         if not self.greeting.done():
             self.greeting.set_result(reason)
+
+    # -- commands without a task ------------------------------------------------------
+
+    def submit(self, command: Any, *, ok_state: str | None = None) -> asyncio.Future[Any]:
+        """Send ``command`` (a :class:`~guardedpool.imap.calls.Call`, or an aioimaplib
+        ``Command``) now; return a future of its ``Response``.
+
+        What aioimaplib's ``execute`` (under its ``change_state`` lock) does for a command
+        sent when nothing else is pending -- the client's lock makes it so -- without the
+        coroutines, the task and the ``Event`` waiter it costs per command: the future is
+        resolved by the command's tagged completion (RFC 3501 section 7.1, see
+        :meth:`_tagged_done`). ``ok_state``: the protocol state after an ``OK`` (SELECT:
+        ``SELECTED``). Never raises: a command refused before anything is written (not
+        valid in this state, or another command pending) gets aioimaplib's ``Abort`` in
+        the future. No bound of its own: the caller races :attr:`fault` under its timeout.
+        """
+        future: asyncio.Future[Any] = self.loop.create_future()
+        spec = Commands.get(command.name)
+        if spec is None or self.state not in spec.valid_states:
+            future.set_exception(Abort(f"command {command.name} illegal in state {self.state}"))
+            return future
+        if (
+            self._submitted is not None
+            or self.pending_sync_command is not None
+            or self.pending_async_commands
+        ):
+            future.set_exception(Abort(f"{command.name} while another command is pending"))
+            return future
+        if spec.exec == Exec.is_sync:
+            self.pending_sync_command = command
+        else:
+            self.pending_async_commands[command.untagged_resp_name] = command
+        self._submitted = (command, future, ok_state)
+        if isinstance(command, Call):
+            command.future = future
+        self.send(str(command))
+        return future
+
+    def select_command(self, mailbox: str) -> asyncio.Future[Any]:
+        """SELECT ``mailbox`` (already quoted) through :meth:`submit`; ``SELECTED`` on OK,
+        as aioimaplib's ``select``."""
+        try:
+            command = Call("SELECT", self.new_tag(), mailbox)
+        except ValueError as exc:  # a control character in the name: refused, not sent
+            future: asyncio.Future[Any] = self.loop.create_future()
+            future.set_exception(exc)
+            return future
+        return self.submit(command, ok_state=SELECTED)
+
+    def idle_command(self) -> asyncio.Future[Any]:
+        """IDLE (RFC 2177) through :meth:`submit`, as aioimaplib's ``idle``: the future
+        resolves when IDLE ends (its tagged completion); pushes go to ``idle_queue``."""
+        if "IDLE" not in self.capabilities:
+            future: asyncio.Future[Any] = self.loop.create_future()
+            future.set_exception(Abort("server has not IDLE capability"))
+            return future
+        return self.submit(IdleCall(self.new_tag(), self.idle_queue))
 
     # -- commands with literals ------------------------------------------------------
 

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProtocolError
+from ..waits import first_done
 
 __all__ = ["TLSLayer", "TLSTransport", "open_tls"]
 
@@ -124,10 +125,15 @@ class TLSLayer(asyncio.BufferedProtocol):
         cancellation included.
         """
         self.plain.set_protocol(self)
+        handshake = self._handshake
         try:
-            async with asyncio.timeout(timeout):
-                self._step_handshake()
-                await asyncio.shield(self._handshake)
+            deadline = asyncio.get_running_loop().time() + timeout
+            self._step_handshake()
+            # Never cancels the handshake's future (as a shield would not), one timer.
+            await first_done((handshake,), deadline)
+            if not handshake.done():
+                raise TimeoutError(f"TLS handshake not done within {timeout:.3g} s")
+            handshake.result()  # the handshake's own error, if it failed
         except BaseException:
             self.plain.abort()
             raise
