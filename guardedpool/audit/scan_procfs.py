@@ -26,8 +26,10 @@ the event loop back between the two (see :func:`guardedpool.audit.scan.scan`).
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
+import operator
 import os
 import select
 import socket
@@ -50,6 +52,8 @@ _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 _NEWS = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0x2000)
 
 _NONE: frozenset[int] = frozenset()
+_MODE = operator.attrgetter("st_mode")
+_INO = operator.attrgetter("st_ino")
 
 Quiet = dict[int, int]
 ScanSteps = Generator[None, None, tuple[list[OsSocket], Quiet, int, list[str]]]
@@ -121,6 +125,81 @@ def _chunks(numbers: Iterable[int], size: int) -> Iterator[Sequence[int]]:
         yield batch
 
 
+def _consume(calls: Iterable[object]) -> None:
+    """Run every call of a ``map`` in C (a loop of Python calls costs twice as much)."""
+    collections.deque(calls, maxlen=0)
+
+
+def _fstat_each(fds: Iterable[int]) -> tuple[list[int], list[os.stat_result]]:
+    """``fstat`` of each of ``fds`` that is still open: (the open ones, their results)."""
+    opened: list[int] = []
+    stats: list[os.stat_result] = []
+    for fd in fds:
+        try:
+            stats.append(os.fstat(fd))
+        except OSError:
+            continue
+        opened.append(fd)
+    return opened, stats
+
+
+class Tally:
+    """The fd table's sockets as the scan sorts them, chunk after chunk (in fd order).
+
+    ``first``: a known inode -> its first fd; ``dups``: (fd, inode) of every further fd of
+    a known inode; ``foreign``: fd -> inode of the sockets not known; ``loud``: known
+    inodes with news (poll events on the first fd) or at more than one fd; ``fds_used``:
+    open fds seen, sockets or not.
+    """
+
+    __slots__ = ("dups", "fds_used", "first", "foreign", "loud")
+
+    def __init__(self) -> None:
+        self.first: dict[int, int] = {}
+        self.dups: list[tuple[int, int]] = []
+        self.foreign: dict[int, int] = {}  # int-only dicts cost the GC nothing
+        self.loud: set[int] = set()
+        self.fds_used = 0
+
+    def add(
+        self, fds: Sequence[int], inodes: Sequence[int], flagged: Set[int], known: Set[int]
+    ) -> None:
+        """Sort one chunk's socket fds (ascending, after every fd already added) and their
+        inodes; ``flagged``: fds with poll events. Same result as :meth:`add_each`,
+        in C where the chunk is the common one: every socket at one fd."""
+        pairs = dict(zip(inodes, fds, strict=True))
+        if len(pairs) != len(fds) or not self.first.keys().isdisjoint(pairs):
+            self.add_each(fds, inodes, flagged, known)  # a socket at more than one fd
+            return
+        if all(map(known.__contains__, pairs)):
+            self.first.update(pairs)
+        else:
+            for inode, fd in pairs.items():
+                if inode in known:
+                    self.first[inode] = fd
+                else:
+                    self.foreign[fd] = inode
+        if flagged:
+            news = zip(fds, inodes, strict=True)
+            self.loud.update(i for fd, i in news if fd in flagged and i in known)
+
+    def add_each(
+        self, fds: Sequence[int], inodes: Sequence[int], flagged: Set[int], known: Set[int]
+    ) -> None:
+        """:meth:`add`, one fd at a time: the rule as it reads."""
+        first = self.first
+        for fd, inode in zip(fds, inodes, strict=True):
+            if inode not in known:
+                self.foreign[fd] = inode
+            elif inode in first:
+                self.dups.append((fd, inode))
+                self.loud.add(inode)
+            else:
+                first[inode] = fd
+                if fd in flagged:
+                    self.loud.add(inode)
+
+
 def scan_procfs(
     known: Set[int],
     endpoints: Set[Address],
@@ -144,19 +223,11 @@ def scan_procfs(
     because at 10,000 connections building one each costs as much as the rest of the scan.
     """
     notes: list[str] = []
-    first: dict[int, int] = {}  # known inode -> its first fd
-    dups: list[tuple[int, int]] = []  # further (fd, inode) of a known inode
-    foreign: dict[int, int] = {}  # fd -> inode (int-only dicts cost the GC nothing)
-    loud: set[int] = set()  # known inodes with news (poll events) or at more than one fd
-    fds_used = 0
-    is_sock = stat.S_ISSOCK
-    fstat = os.fstat
+    t = Tally()
     nval = select.POLLNVAL
     for numbers in _chunks(_table_numbers() if probe is None else probe, chunk):
         poller = select.poll()
-        register = poller.register
-        for fd in numbers:
-            register(fd, _NEWS)
+        _consume(map(poller.register, numbers, itertools.repeat(_NEWS)))
         news = poller.poll(0)
         closed = {fd for fd, events in news if events & nval}
         flagged = {fd for fd, events in news if not events & nval} if news else _NONE
@@ -164,26 +235,21 @@ def scan_procfs(
         yield  # the poll and the fstat calls are a turn of work each
         if len(closed) == len(numbers):  # past the highest fd (most of a large table)
             continue
-        for fd in numbers:
-            if fd in closed:
-                continue
-            try:
-                st = fstat(fd)
-            except OSError:  # closed since the poll
-                continue
-            fds_used += 1
-            if is_sock(st.st_mode):
-                inode = st.st_ino
-                if inode not in known:
-                    foreign[fd] = inode
-                elif inode in first:
-                    dups.append((fd, inode))
-                    loud.add(inode)
-                else:
-                    first[inode] = fd
-                    if fd in flagged:
-                        loud.add(inode)
+        fds = list(itertools.filterfalse(closed.__contains__, numbers))
+        try:
+            stats = list(map(os.fstat, fds))
+        except OSError:  # one closed since the poll: one at a time
+            fds, stats = _fstat_each(fds)
+        t.fds_used += len(stats)
+        socks = list(map(stat.S_ISSOCK, map(_MODE, stats)))
+        inos = list(map(_INO, stats))
+        if not all(socks):
+            fds = list(itertools.compress(fds, socks))
+            inos = list(itertools.compress(inos, socks))
+        t.add(fds, inos, flagged, known)
         yield
+    first, dups, foreign, loud = t.first, t.dups, t.foreign, t.loud
+    fds_used = t.fds_used
     # Whatever is not flagged, dup'd or inspected stays in ``first``: that is ``quiet``.
     if inspect_all:
         loud.update(first)
