@@ -265,9 +265,10 @@ def classify(
     """Decide every finding; see the module docstring for the rules.
 
     ``quiet`` (from a procfs scan) maps inode -> fd for the pool's sockets that are
-    ESTABLISHED at a single fd; they count as rows. The loop below takes a short cut
-    for records on such a socket that are neither overdue nor leaking, because at 10,000
-    connections this function's cost is the event loop's longest stall.
+    ESTABLISHED at a single fd; they count as rows. Records on such a socket that are
+    open and neither overdue nor leaking are settled in one lean pass first
+    (``_unsettled``), because at 10,000 connections this function's cost is the event
+    loop's longest stall; only the rest take the full look.
 
     ``foreign``: inodes owned by other pools in this process (never orphans of this one);
     ``foreign_connecting``: their connects in flight, which defer orphans like ours do.
