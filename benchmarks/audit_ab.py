@@ -59,6 +59,18 @@ def load_variant(src: Path, name: str, into: Path) -> ModuleType:
     return importlib.import_module(f"{name}.audit.auditor")
 
 
+def forget(auditor: ModuleType) -> None:
+    """Empty what a variant's audit keeps from one audit to the next, where it has it:
+    the inode sets (``auditor._INODES``) and the scan's poll objects (``scan_procfs``'s
+    per-thread ``_THREAD``). The connector's endpoint cache belongs to the pool's checkout
+    and stays."""
+    getattr(auditor, "_INODES", {}).clear()
+    procfs = sys.modules.get(auditor.__name__.rpartition(".")[0] + ".scan_procfs")
+    kept = getattr(procfs, "_THREAD", None)
+    if kept is not None:
+        vars(kept).clear()
+
+
 async def own_cpu(coro: Coroutine[Any, Any, T]) -> tuple[T, float]:
     """``coro``'s result, and this thread's CPU seconds spent inside its own steps.
 
@@ -127,7 +139,7 @@ async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds:
 
             def audit(auditor: ModuleType = auditor, cold: bool = label.endswith("-cold")) -> Any:
                 if cold:
-                    getattr(auditor, "_INODES", {}).clear()
+                    forget(auditor)
                 return auditor.run_audit(target)
 
             audits[label] = audit
@@ -169,7 +181,7 @@ def main() -> None:
         "--variant",
         action="append",
         required=True,
-        help="NAME=PATH of a guardedpool package directory (repeat; *-cold: empty inode cache)",
+        help="NAME=PATH of a guardedpool package directory (repeat; *-cold: empty caches)",
     )
     args = parser.parse_args()
     variants = {}
