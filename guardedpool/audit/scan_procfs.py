@@ -27,8 +27,8 @@ At 10,000 sockets (stop 13, same machine, one process) the scan's CPU is mostly 
 kernel's and ``os.fstat``'s: ``fstat`` ~16 ms (~1.3 us per call even on one hot fd, most
 of it building the ``stat_result``), ``poll`` ~6 ms. What Python adds per fd is kept small:
 the poll objects keep their registered numbers from scan to scan (:class:`_Pollers`),
-``fstat`` runs over a chunk in one ``map``, and a chunk's sockets are sorted with dict and
-set operations (:meth:`Tally.add`) unless one of them sits at two fds.
+``fstat`` runs over a chunk in one ``map``, and the table's sockets are sorted once, with dict and
+set operations (:meth:`Tally.sort`), unless one of them sits at two fds.
 """
 
 from __future__ import annotations
@@ -198,51 +198,54 @@ def _kept_pollers() -> _Pollers:
 
 
 class Tally:
-    """The fd table's sockets as the scan sorts them, chunk after chunk (in fd order).
+    """The fd table's sockets, collected chunk after chunk (in fd order), then sorted.
 
-    ``first``: a known inode -> its first fd; ``dups``: (fd, inode) of every further fd of
-    a known inode; ``foreign``: fd -> inode of the sockets not known; ``loud``: known
-    inodes with news (poll events on the first fd) or at more than one fd; ``fds_used``:
-    open fds seen, sockets or not.
+    :meth:`add` collects a chunk's socket fds and inodes; :meth:`sort` sorts them all once
+    the table is read, setting ``first``: a known inode -> its first fd; ``dups``: (fd,
+    inode) of every further fd of a known inode; ``foreign``: fd -> inode of the sockets
+    not known (by fd); ``loud``: known inodes with news (poll events on their first fd) or
+    at more than one fd. ``fds_used`` counts the open fds seen, sockets or not.
     """
 
-    __slots__ = ("dups", "fds_used", "first", "foreign", "loud")
+    __slots__ = ("_fds", "_flagged", "_inodes", "dups", "fds_used", "first", "foreign", "loud")
 
     def __init__(self) -> None:
+        self._fds: list[int] = []
+        self._inodes: list[int] = []
+        self._flagged: set[int] = set()  # inodes whose fd had poll events
         self.first: dict[int, int] = {}
         self.dups: list[tuple[int, int]] = []
         self.foreign: dict[int, int] = {}  # int-only dicts cost the GC nothing
         self.loud: set[int] = set()
         self.fds_used = 0
 
-    def add(
-        self, fds: Sequence[int], inodes: Sequence[int], flagged: Set[int], known: Set[int]
-    ) -> None:
-        """Sort one chunk's socket fds (ascending, after every fd already added) and their
-        inodes; ``flagged``: fds with poll events. Same result as :meth:`add_each`,
-        in C where the chunk is the common one: every socket at one fd."""
-        pairs = dict(zip(inodes, fds, strict=True))
-        if len(pairs) != len(fds) or not self.first.keys().isdisjoint(pairs):
-            self.add_each(fds, inodes, flagged, known)  # a socket at more than one fd
-            return
-        if all(map(known.__contains__, pairs)):
-            self.first.update(pairs)
-        else:
-            for inode, fd in pairs.items():
-                if inode in known:
-                    self.first[inode] = fd
-                else:
-                    self.foreign[fd] = inode
+    def add(self, fds: Iterable[int], inodes: Iterable[int], flagged: Set[int]) -> None:
+        """Collect one chunk's socket fds (ascending, after every fd already added) and
+        their inodes; ``flagged``: fds with poll events."""
         if flagged:
             news = zip(fds, inodes, strict=True)
-            self.loud.update(i for fd, i in news if fd in flagged and i in known)
+            self._flagged.update(i for fd, i in news if fd in flagged)
+        self._fds += fds
+        self._inodes += inodes
 
-    def add_each(
-        self, fds: Sequence[int], inodes: Sequence[int], flagged: Set[int], known: Set[int]
-    ) -> None:
-        """:meth:`add`, one fd at a time: the rule as it reads."""
+    def sort(self, known: Set[int]) -> None:
+        """Sort what was collected against ``known`` (the pool's inodes). Same result as
+        :meth:`sort_each`, in C where the table is the common one: every socket at one fd
+        (then each flagged inode's fd is its first)."""
+        first = dict(zip(self._inodes, self._fds, strict=True))
+        if len(first) != len(self._inodes):
+            self.sort_each(known)  # a socket at more than one fd
+            return
+        strangers = list(itertools.filterfalse(known.__contains__, first))
+        self.foreign = dict(sorted((first.pop(inode), inode) for inode in strangers))
+        self.loud = {inode for inode in self._flagged if inode in known}
+        self.first = first
+
+    def sort_each(self, known: Set[int]) -> None:
+        """:meth:`sort`, one fd at a time: the rule as it reads."""
         first = self.first
-        for fd, inode in zip(fds, inodes, strict=True):
+        flagged = self._flagged
+        for fd, inode in zip(self._fds, self._inodes, strict=True):
             if inode not in known:
                 self.foreign[fd] = inode
             elif inode in first:
@@ -250,7 +253,7 @@ class Tally:
                 self.loud.add(inode)
             else:
                 first[inode] = fd
-                if fd in flagged:
+                if inode in flagged:
                     self.loud.add(inode)
 
 
@@ -299,9 +302,10 @@ def scan_procfs(
         if not all(socks):
             fds = list(itertools.compress(fds, socks))
             inos = list(itertools.compress(inos, socks))
-        t.add(fds, inos, flagged, known)
+        t.add(fds, inos, flagged)
         yield
     pollers.prune()
+    t.sort(known)
     first, dups, foreign, loud = t.first, t.dups, t.foreign, t.loud
     fds_used = t.fds_used
     # Whatever is not flagged, dup'd or inspected stays in ``first``: that is ``quiet``.

@@ -7,8 +7,8 @@ every threshold:
 * ``classify._unsettled`` settles a record that is open, quiet, not overdue and not a leak
   suspect (``leaks.leak_suspect`` written out). Classification with it must equal
   classification where it settles nothing, so every record takes the full look.
-* ``scan_procfs.Tally.add`` sorts a chunk of fds with dict and set operations when every
-  socket in it sits at one fd; it must leave the tally exactly as ``Tally.add_each`` (one
+* ``scan_procfs.Tally.sort`` sorts the fd table's sockets with dict and set operations when
+  every socket sits at one fd; it must leave the tally exactly as ``Tally.sort_each`` (one
   fd at a time) does, whatever the chunks hold: dup'd fds within a chunk or across two,
   foreign sockets, sockets with poll news.
 """
@@ -175,13 +175,14 @@ def tallied(
 ) -> tuple[object, ...]:
     t = Tally()
     for fds, inodes, flagged in chunks:
-        (t.add_each if each else t.add)(fds, inodes, flagged, known)
+        t.add(fds, inodes, flagged)
+    (t.sort_each if each else t.sort)(known)
     return list(t.first.items()), t.dups, list(t.foreign.items()), t.loud
 
 
 @settings(max_examples=500)
 @given(fd_tables())
-def test_sorting_a_chunk_in_bulk_equals_one_fd_at_a_time(
+def test_sorting_the_table_in_bulk_equals_one_fd_at_a_time(
     table: tuple[list[tuple[list[int], list[int], set[int]]], set[int]],
 ) -> None:
     chunks, known = table
