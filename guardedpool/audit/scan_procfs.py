@@ -306,6 +306,7 @@ def scan_procfs(
         yield
     pollers.prune()
     t.sort(known)
+    yield  # sorting 10,000 sockets is a turn of work: not in the same one as the caller's
     first, dups, foreign, loud = t.first, t.dups, t.foreign, t.loud
     fds_used = t.fds_used
     # Whatever is not flagged, dup'd or inspected stays in ``first``: that is ``quiet``.
