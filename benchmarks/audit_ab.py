@@ -5,9 +5,11 @@ Opens idle_scale's pool (N accounts, one IMAPS connection each, held in
 ``run_audit(pool.audit_target)`` with the audit package of each ``--variant``, alternating
 round by round on the same sockets, records and heap: what a change to the audit costs or
 saves, without the noise of two processes opened minutes apart. Per audit: the process's
-CPU time and the longest gap between two turns of a task that only yields (the loop
-stall). A variant named ``*-cold`` starts each audit with an empty ``InodeCache`` (what a
-first audit costs). Prints JSON (milliseconds; min, lower quartile, median).
+CPU time, the audit's own CPU time (``own_cpu_ms``: this thread's CPU inside the audit's
+steps only, not what the event loop runs between them: timers falling due, other tasks;
+see :func:`own_cpu`), and the longest gap between two turns of a task that only yields
+(the loop stall). A variant named ``*-cold`` starts each audit with empty caches (what a
+first audit costs). Prints JSON (milliseconds; min, lower quartile, median, max).
 
 A variant is loaded from ``PATH/audit`` (plus ``sockets.py`` and ``leaks.py``) as a
 package of its own that shares ``records``, ``config`` and ``errors`` with the pool, so
@@ -28,13 +30,15 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import _bench
 import idle_scale
+
+T = TypeVar("T")
 
 
 def load_variant(src: Path, name: str, into: Path) -> ModuleType:
@@ -55,16 +59,64 @@ def load_variant(src: Path, name: str, into: Path) -> ModuleType:
     return importlib.import_module(f"{name}.audit.auditor")
 
 
-async def timed(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, float]:
-    """(result, process CPU s, longest loop stall s) of ``work()``."""
+def forget(auditor: ModuleType) -> None:
+    """Empty what a variant's audit keeps from one audit to the next, where it has it:
+    the inode sets (``auditor._INODES``) and the scan's poll objects (``scan_procfs``'s
+    per-thread ``_THREAD``). The connector's endpoint cache belongs to the pool's checkout
+    and stays."""
+    getattr(auditor, "_INODES", {}).clear()
+    procfs = sys.modules.get(auditor.__name__.rpartition(".")[0] + ".scan_procfs")
+    kept = getattr(procfs, "_THREAD", None)
+    if kept is not None:
+        vars(kept).clear()
+
+
+async def own_cpu(coro: Coroutine[Any, Any, T]) -> tuple[T, float]:
+    """``coro``'s result, and this thread's CPU seconds spent inside its own steps.
+
+    The coroutine is driven by hand, one step (``send``) at a time, each step timed with
+    ``time.thread_time()``; between two steps this task awaits what the step yielded (a
+    future, or a bare yield: one loop turn), so the event loop runs as it would under
+    ``await coro``, but its work (callbacks, timers falling due, other tasks) is not
+    counted. An exception from what it awaited is thrown into ``coro``, as ``await`` does.
+    """
+    spent = 0.0
+    throw: BaseException | None = None
+    while True:
+        t0 = time.thread_time()
+        try:
+            yielded = coro.send(None) if throw is None else coro.throw(throw)
+        except StopIteration as done:
+            spent += time.thread_time() - t0
+            return done.value, spent
+        spent += time.thread_time() - t0
+        throw = None
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                await yielded
+        except BaseException as exc:  # handed to the coroutine, as await does
+            throw = exc
+
+
+async def timed(work: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, float, float, float]:
+    """(result, process CPU s, own CPU s, longest loop stall s) of ``work()``."""
+    own = 0.0
+
+    async def driven() -> T:
+        nonlocal own
+        result, own = await own_cpu(work())
+        return result
+
     c0 = time.process_time()
-    result, worst = await _bench.with_longest_stall(work)
-    return result, time.process_time() - c0, worst
+    result, worst = await _bench.with_longest_stall(driven)
+    return result, time.process_time() - c0, own, worst
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
     v = sorted(values)
-    return {"min": v[0], "p25": v[len(v) // 4], "median": _bench.median(v)}
+    return {"min": v[0], "p25": v[len(v) // 4], "median": _bench.median(v), "max": v[-1]}
 
 
 async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds: int) -> Any:
@@ -81,17 +133,18 @@ async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds:
     target = pool.audit_target
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        audits: dict[str, Callable[[], Awaitable[Any]]] = {}
+        audits: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {}
         for i, (label, src) in enumerate(variants.items()):
             auditor = load_variant(src, f"_audit_variant_{i}", Path(tmp))
 
             def audit(auditor: ModuleType = auditor, cold: bool = label.endswith("-cold")) -> Any:
                 if cold:
-                    getattr(auditor, "_INODES", {}).clear()
+                    forget(auditor)
                 return auditor.run_audit(target)
 
             audits[label] = audit
         cpu: dict[str, list[float]] = {label: [] for label in audits}
+        own: dict[str, list[float]] = {label: [] for label in audits}
         stall: dict[str, list[float]] = {label: [] for label in audits}
         reports: set[str] = set()
         for audit in audits.values():
@@ -99,8 +152,9 @@ async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds:
         for r in range(rounds):
             order = list(audits) if r % 2 == 0 else list(reversed(audits))
             for label in order:
-                report, c, s = await timed(audits[label])
+                report, c, o, s = await timed(audits[label])
                 cpu[label].append(1000 * c)
+                own[label].append(1000 * o)
                 stall[label].append(1000 * s)
                 reports.add(
                     f"findings {len(report.findings)}, sockets {report.sockets_seen}, "
@@ -109,6 +163,7 @@ async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds:
         for label in audits:
             out[label] = {
                 "cpu_ms": quantiles(cpu[label]),
+                "own_cpu_ms": quantiles(own[label]),
                 "loop_stall_ms": quantiles(stall[label]),
             }
         out["reports"] = sorted(reports)  # one line: every variant saw the same
@@ -126,7 +181,7 @@ def main() -> None:
         "--variant",
         action="append",
         required=True,
-        help="NAME=PATH of a guardedpool package directory (repeat; *-cold: empty inode cache)",
+        help="NAME=PATH of a guardedpool package directory (repeat; *-cold: empty caches)",
     )
     args = parser.parse_args()
     variants = {}
