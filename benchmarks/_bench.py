@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +92,35 @@ async def with_longest_stall(work: Callable[[], Awaitable[T]]) -> tuple[T, float
         done = True
         await tick
     return result, worst
+
+
+async def own_cpu(coro: Coroutine[Any, Any, T]) -> tuple[T, float]:
+    """``coro``'s result, and this thread's CPU seconds spent inside its own steps.
+
+    The coroutine is driven by hand, one step (``send``) at a time, each step timed with
+    ``time.thread_time()``; between two steps this task awaits what the step yielded (a
+    future, or a bare yield: one loop turn), so the event loop runs as it would under
+    ``await coro``, but its work (callbacks, timers falling due, other tasks) is not
+    counted. An exception from what it awaited is thrown into ``coro``, as ``await`` does.
+    """
+    spent = 0.0
+    throw: BaseException | None = None
+    while True:
+        t0 = time.thread_time()
+        try:
+            yielded = coro.send(None) if throw is None else coro.throw(throw)
+        except StopIteration as done:
+            spent += time.thread_time() - t0
+            return done.value, spent
+        spent += time.thread_time() - t0
+        throw = None
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                await yielded
+        except BaseException as exc:  # handed to the coroutine, as await does
+            throw = exc
 
 
 def loopback_accounts(n: int, port: int, cafile: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ round by round on the same sockets, records and heap: what a change to the audit
 saves, without the noise of two processes opened minutes apart. Per audit: the process's
 CPU time, the audit's own CPU time (``own_cpu_ms``: this thread's CPU inside the audit's
 steps only, not what the event loop runs between them: timers falling due, other tasks;
-see :func:`own_cpu`), and the longest gap between two turns of a task that only yields
+see :func:`_bench.own_cpu`), and the longest gap between two turns of a task that only yields
 (the loop stall). A variant named ``*-cold`` starts each audit with empty caches (what a
 first audit costs). Prints JSON (milliseconds; min, lower quartile, median, max).
 
@@ -52,10 +52,10 @@ def load_variant(src: Path, name: str, into: Path) -> ModuleType:
     if str(into) not in sys.path:
         sys.path.insert(0, str(into))
     package = importlib.import_module(name)
-    for shared in ("records", "config", "errors"):
-        module = importlib.import_module(f"guardedpool.{shared}")
-        sys.modules[f"{name}.{shared}"] = module
-        setattr(package, shared, module)
+    for shared_name in ("records", "config", "errors"):
+        shared = importlib.import_module(f"guardedpool.{shared_name}")
+        sys.modules[f"{name}.{shared_name}"] = shared
+        setattr(package, shared_name, shared)
     return importlib.import_module(f"{name}.audit.auditor")
 
 
@@ -71,42 +71,13 @@ def forget(auditor: ModuleType) -> None:
         vars(kept).clear()
 
 
-async def own_cpu(coro: Coroutine[Any, Any, T]) -> tuple[T, float]:
-    """``coro``'s result, and this thread's CPU seconds spent inside its own steps.
-
-    The coroutine is driven by hand, one step (``send``) at a time, each step timed with
-    ``time.thread_time()``; between two steps this task awaits what the step yielded (a
-    future, or a bare yield: one loop turn), so the event loop runs as it would under
-    ``await coro``, but its work (callbacks, timers falling due, other tasks) is not
-    counted. An exception from what it awaited is thrown into ``coro``, as ``await`` does.
-    """
-    spent = 0.0
-    throw: BaseException | None = None
-    while True:
-        t0 = time.thread_time()
-        try:
-            yielded = coro.send(None) if throw is None else coro.throw(throw)
-        except StopIteration as done:
-            spent += time.thread_time() - t0
-            return done.value, spent
-        spent += time.thread_time() - t0
-        throw = None
-        try:
-            if yielded is None:
-                await asyncio.sleep(0)
-            else:
-                await yielded
-        except BaseException as exc:  # handed to the coroutine, as await does
-            throw = exc
-
-
 async def timed(work: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, float, float, float]:
     """(result, process CPU s, own CPU s, longest loop stall s) of ``work()``."""
     own = 0.0
 
     async def driven() -> T:
         nonlocal own
-        result, own = await own_cpu(work())
+        result, own = await _bench.own_cpu(work())
         return result
 
     c0 = time.process_time()
@@ -137,12 +108,12 @@ async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds:
         for i, (label, src) in enumerate(variants.items()):
             auditor = load_variant(src, f"_audit_variant_{i}", Path(tmp))
 
-            def audit(auditor: ModuleType = auditor, cold: bool = label.endswith("-cold")) -> Any:
+            def run(auditor: ModuleType = auditor, cold: bool = label.endswith("-cold")) -> Any:
                 if cold:
                     forget(auditor)
                 return auditor.run_audit(target)
 
-            audits[label] = audit
+            audits[label] = run
         cpu: dict[str, list[float]] = {label: [] for label in audits}
         own: dict[str, list[float]] = {label: [] for label in audits}
         stall: dict[str, list[float]] = {label: [] for label in audits}

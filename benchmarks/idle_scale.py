@@ -20,7 +20,9 @@ time of one full ``gc.collect()`` of the heap, the time to open all N, the time 
 them (the pool: ``pool.close()`` with every session still in IDLE; the floor: DONE +
 LOGOUT + close on each), WARNING records logged while closing (and the first three of
 them), the pool's summary line of ``close()``, and the pool's ``audit()`` time (and the
-collections' pauses in it; its CPU and run-queue wait; ``audit_again_*``: the next audit).
+collections' pauses in it; its CPU and run-queue wait; ``audit_own_cpu_ms``: the CPU of
+the audit's own steps, without what the loop ran between them, see
+:func:`_bench.own_cpu`; ``audit_again_*``: the next audit).
 ``--gc-freeze``: both clients call ``gc.freeze()`` once all N are open. Opening and
 closing also report the client's CPU seconds (``*_cpu_s``): on a shared machine they say
 more than the wall times. ``--only pool`` (or ``floor``) runs one client, for development.
@@ -468,15 +470,17 @@ async def run_pool(n: int, port: int, cafile: str, window: float, freeze: bool) 
     out.update(await _idle_window(window, freeze))
     t0, c0, w0 = time.perf_counter(), time.thread_time(), _runqueue_wait()
     with GcPauses() as collections:
-        report = await pool.audit()
+        report, own = await _bench.own_cpu(pool.audit())
     out["audit_ms"] = 1000 * (time.perf_counter() - t0)
     out["audit_cpu_ms"] = 1000 * (time.thread_time() - c0)
+    out["audit_own_cpu_ms"] = 1000 * own
     out["audit_runqueue_ms"] = 1000 * (_runqueue_wait() - w0)
     out["audit_gc_ms"] = 1000 * collections.total
     t0, c0 = time.perf_counter(), time.thread_time()
-    await pool.audit()  # right after the first: what a warm audit costs
+    _, own = await _bench.own_cpu(pool.audit())  # right after the first: a warm audit
     out["audit_again_ms"] = 1000 * (time.perf_counter() - t0)
     out["audit_again_cpu_ms"] = 1000 * (time.thread_time() - c0)
+    out["audit_again_own_cpu_ms"] = 1000 * own
     out["audit_findings"] = len(getattr(report, "findings", ()) or ())
     warnings = WarningCounter()
     logging.getLogger().addHandler(warnings)
