@@ -10,7 +10,7 @@ variant's audit package (loaded as in ``audit_ab.py``) twice, back to back.
 
 Per audit: wall time, this thread's CPU time (``cpu_ms``, what ``idle_scale.py`` reports
 as ``audit_cpu_ms``), and the audit's own CPU time (``own_cpu_ms``: inside its own steps
-only, see ``audit_ab.own_cpu``). ``cpu_ms - own_cpu_ms`` is what the event loop ran between
+only, see ``_bench.own_cpu``). ``cpu_ms - own_cpu_ms`` is what the event loop ran between
 the audit's turns (timers falling due, other tasks): the loop's work, not the audit's.
 Prints JSON (milliseconds; median, min, max per variant and audit).
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import _bench
 import idle_scale
-from audit_ab import load_variant, own_cpu
+from audit_ab import load_variant
 
 AUDITS = ("first", "second")
 
@@ -56,7 +56,7 @@ async def _audits(n: int, port: int, cafile: str, src: Path, settle: float) -> d
         await asyncio.sleep(settle)
         for name in AUDITS:
             t0, c0 = time.perf_counter(), time.thread_time()
-            report, own = await own_cpu(auditor.run_audit(pool.audit_target))
+            report, own = await _bench.own_cpu(auditor.run_audit(pool.audit_target))
             out[name] = {
                 "wall_ms": 1000 * (time.perf_counter() - t0),
                 "cpu_ms": 1000 * (time.thread_time() - c0),
