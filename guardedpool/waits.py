@@ -47,31 +47,21 @@ class _Wake:
             waiter.set_result(None)
 
 
-async def first_done(
-    futures: Iterable[asyncio.Future[Any]],
-    deadline: float | None,
-    *,
-    waiter: asyncio.Future[None] | None = None,
-) -> None:
+async def first_done(futures: Iterable[asyncio.Future[Any]], deadline: float | None) -> None:
     """Wait until one of ``futures`` is done, or the loop's clock reaches ``deadline``
     (``loop.time()`` seconds; None: no bound of its own).
 
     What ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does, for what the guard needs
     and no more: one waiter, one wake-up callback per future, one timer; no task, no
-    result sets. Returns at once when one is already done. Nothing is cancelled; when the
-    caller is cancelled, ``CancelledError`` propagates and the callbacks are removed.
-
-    ``waiter``: a pending future of the caller's to wait on, which someone else may also
-    resolve (say, a protocol when data arrives); it ends the wait as one of ``futures``
-    would, without a future of its own. It is resolved (None) when the wait ends otherwise
-    (not when one of ``futures`` was done already: then nothing is waited for).
+    result sets. Returns at once when one is already done. None of ``futures`` is
+    cancelled; when the caller is cancelled, ``CancelledError`` propagates and the
+    callbacks are removed.
     """
     futures = tuple(futures)
     if any(f.done() for f in futures):
         return
     loop = asyncio.get_running_loop()
-    if waiter is None:
-        waiter = loop.create_future()
+    waiter: asyncio.Future[None] = loop.create_future()
     wake = _Wake(waiter)
     ctx = callbacks_context()
     for f in futures:

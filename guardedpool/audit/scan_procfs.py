@@ -159,17 +159,18 @@ class _Pollers:
     of a process with 10,000 sockets cost ~3 ms of each audit; kept, it costs nothing after
     the first (and ~1.3 MB). Kept per thread (:func:`_kept_pollers`): a poll object must
     not be polled by two threads at once, and scans on one thread poll one at a time.
-    Ranges not polled by a scan are dropped at its end (:meth:`prune`): the table grew.
+    At the end of a scan, ranges it did not poll are dropped (:meth:`prune`, given the
+    scan's own ranges: scans interleaved on one thread do not drop each other's).
     """
 
-    __slots__ = ("_kept", "_used")
+    __slots__ = ("_kept",)
 
     def __init__(self) -> None:
         self._kept: dict[tuple[int, int], select.poll] = {}
-        self._used: set[tuple[int, int]] = set()
 
-    def poller(self, numbers: Sequence[int]) -> select.poll:
-        """A poll object with ``numbers`` registered (kept when they are a range)."""
+    def poller(self, numbers: Sequence[int], used: set[tuple[int, int]]) -> select.poll:
+        """A poll object with ``numbers`` registered (kept when they are a range, whose
+        (start, stop) is added to ``used``)."""
         key = (numbers.start, numbers.stop) if isinstance(numbers, range) else None
         poller = self._kept.get(key) if key is not None else None
         if poller is None:
@@ -178,13 +179,13 @@ class _Pollers:
             if key is not None:
                 self._kept[key] = poller
         if key is not None:
-            self._used.add(key)
+            used.add(key)
         return poller
 
-    def prune(self) -> None:
-        for key in self._kept.keys() - self._used:
+    def prune(self, used: set[tuple[int, int]]) -> None:
+        """Drop the poll objects of ranges not in ``used`` (the table has grown since)."""
+        for key in self._kept.keys() - used:
             del self._kept[key]
-        self._used.clear()
 
 
 _THREAD = threading.local()
@@ -283,8 +284,9 @@ def scan_procfs(
     t = Tally()
     nval = select.POLLNVAL
     pollers = _kept_pollers() if probe is None else _Pollers()
+    used: set[tuple[int, int]] = set()  # this scan's ranges
     for numbers in _chunks(_table_numbers() if probe is None else probe, chunk):
-        news = pollers.poller(numbers).poll(0)
+        news = pollers.poller(numbers, used).poll(0)
         closed = {fd for fd, events in news if events & nval}
         flagged = {fd for fd, events in news if not events & nval} if news else _NONE
         del news  # up to ``chunk`` tuples: not kept through the fstat calls
@@ -304,7 +306,7 @@ def scan_procfs(
             inos = list(itertools.compress(inos, socks))
         t.add(fds, inos, flagged)
         yield
-    pollers.prune()
+    pollers.prune(used)
     t.sort(known)
     yield  # sorting 10,000 sockets is a turn of work: not in the same one as the caller's
     first, dups, foreign, loud = t.first, t.dups, t.foreign, t.loud

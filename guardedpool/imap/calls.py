@@ -115,6 +115,12 @@ class IdleCall(Call):
         else:
             self.buffer.append(line)
 
+    def close(self, line: bytes, result: str) -> None:
+        """IDLE's tagged completion; pushes read with it reach the queue first (a server
+        may send them in the same read as the line that ends IDLE)."""
+        self.flush()
+        super().close(line, result)
+
     def flush(self) -> None:
         if self.buffer:
             self.queue.put_nowait(self.buffer)

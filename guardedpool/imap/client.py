@@ -572,19 +572,21 @@ class IMAPClient(GuardedSession):
             raise RuntimeError("wait_server_push() without idle_start()")
         self._check("IDLE", idle_ok=True)
         p = self._protocol
-        bound = self._bound(timeout)
-        if not p.idle_queue.empty():  # pushes already read: hand them over before anything
-            return [bytes(line) for line in p.idle_queue.get_nowait()]
-        # A future the protocol resolves when a read queues pushes: no task in get().
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        p.push_ready = ready
-        waits = (p.fault, idle) if until is None else (p.fault, idle, until)
-        try:
-            await first_done(waits, loop.time() + bound, waiter=ready)
-        finally:
-            if p.push_ready is ready:
-                p.push_ready = None
+        deadline = loop.time() + self._bound(timeout)
+        while True:
+            if not p.idle_queue.empty():  # pushes read: hand them over before anything
+                return [bytes(line) for line in p.idle_queue.get_nowait()]
+            # A future the protocol resolves when a read queues pushes (no task blocked in
+            # a queue's get()); every waiter of this connection shares it.
+            ready = p.push_ready
+            if ready is None or ready.done():
+                ready = p.push_ready = loop.create_future()
+            waits = (ready, p.fault, idle) if until is None else (ready, p.fault, idle, until)
+            await first_done(waits, deadline)
+            if not ready.done() or not p.idle_queue.empty():
+                break
+            # Woken by pushes another waiter took first: wait on, within the same bound.
         if not p.idle_queue.empty():
             return [bytes(line) for line in p.idle_queue.get_nowait()]
         if p.fault.done() or self._poison is not None:

@@ -264,7 +264,11 @@ class GuardedSession:
     ) -> Any:
         proto = self._protocol
         sent_before = proto.sent
-        task = asyncio.ensure_future(factory())
+        try:
+            task: asyncio.Future[Any] = asyncio.ensure_future(factory())
+        except Exception as refused:  # raised before it ran (a line that cannot be encoded)
+            task = asyncio.get_running_loop().create_future()
+            task.set_exception(refused)  # judged below like any failed command
         self._inflight.add(task)  # abort() cancels it while it is in flight
         try:
             await first_done((task, proto.fault), deadline)
@@ -284,9 +288,10 @@ class GuardedSession:
             exc = task.exception()
             if exc is None:
                 return task.result()
-            if proto.sent == sent_before and not proto.fault.done():
-                # aioimaplib refused it before writing anything (wrong state, missing
-                # capability, bad argument): a usage error, the connection is untouched.
+            if proto.sent == sent_before and not proto.fault.done() and not proto.pending():
+                # Refused before anything was written (wrong state, missing capability,
+                # bad argument), and nothing left waiting for an answer that will never
+                # come: a usage error, the connection is untouched.
                 if isinstance(exc, ValueError | NotImplementedError):
                     raise exc
                 raise IMAPCommandError(name, "BAD", f"refused by the client: {exc}") from None

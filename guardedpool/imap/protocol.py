@@ -153,9 +153,10 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         idle_ready: None, or a future the sender of IDLE puts here before sending it;
             resolved (None) when the server answers with its ``+`` continuation request
             (RFC 2177). A future per IDLE, not an Event per connection.
-        push_ready: None, or a future the waiter for IDLE pushes puts here; resolved
-            (None) once a read has put pushes in ``idle_queue``. A future per wait, not a
-            task blocked in ``idle_queue.get()``.
+        push_ready: None, or a future the waiters for IDLE pushes share; resolved (None)
+            once a read has put pushes in ``idle_queue`` (pushes read together with the
+            line that ends IDLE are queued too; the end of IDLE wakes the waiters). A
+            future per round of waiting, not a task blocked in ``idle_queue.get()``.
     """
 
     # aioimaplib's public attributes that this class assigns (aioimaplib is untyped)
@@ -412,13 +413,33 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
     # -- aioimaplib's public methods, overridden ----------------------------------------
 
     def send(self, line: str, scrub: str | None = None) -> None:
-        data = f"{line}\r\n".encode()
+        self.write_line(self.encode_line(line), line, scrub)
+
+    @staticmethod
+    def encode_line(line: str) -> bytes:
+        """``line`` as sent (UTF-8, CRLF); ``UnicodeEncodeError`` for a line that has no
+        encoding (a lone surrogate), before anything is written."""
+        return f"{line}\r\n".encode()
+
+    def write_line(self, data: bytes, line: str, scrub: str | None = None) -> None:
+        """Write one encoded command line (``line``: its text, for the wire log; redacted
+        when it holds a secret or ``scrub`` is given). A write that raises (a TLS error,
+        a closed transport) is a fault: the connection's state is unknown from there."""
         if scrub is not None or (self._secrets and any(s in line for s in self._secrets)):
             # Log the tag and the command name only: the rest is a credential.
             wire_log.debug("send %s <credentials redacted>", " ".join(line.split(" ", 2)[:2]))
         elif wire_log.isEnabledFor(logging.DEBUG):
             wire_log.debug("send %r", data[:_MAX_TEXT])
-        self.transport.write(data)
+        try:
+            self.transport.write(data)
+        except Exception as exc:
+            self.fail(
+                ProtocolError(
+                    f"writing a command failed: {type(exc).__name__}: "
+                    f"{self.redact(str(exc))[:200]}"
+                )
+            )
+            raise
         self.sent += 1
 
     # -- routing server lines (RFC 3501 section 7) -------------------------------------
@@ -627,6 +648,15 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
 
     # -- commands without a task ------------------------------------------------------
 
+    def pending(self) -> bool:
+        """Whether a command waits for its tagged completion (aioimaplib's pending
+        commands, or one sent by :meth:`submit`)."""
+        return bool(
+            self._submitted is not None
+            or self.pending_sync_command is not None
+            or self.pending_async_commands
+        )
+
     def submit(self, command: Any, *, ok_state: str | None = None) -> asyncio.Future[Any]:
         """Send ``command`` (a :class:`~guardedpool.imap.calls.Call`, or an aioimaplib
         ``Command``) now; return a future of its ``Response``.
@@ -636,22 +666,22 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         coroutines, the task and the ``Event`` waiter it costs per command: the future is
         resolved by the command's tagged completion (RFC 3501 section 7.1, see
         :meth:`_tagged_done`). ``ok_state``: the protocol state after an ``OK`` (SELECT:
-        ``SELECTED``). Never raises: a command refused before anything is written (not
-        valid in this state, or another command pending) gets aioimaplib's ``Abort`` in
-        the future. No bound of its own: the caller races :attr:`fault` under its timeout.
+        ``SELECTED``). A command refused before anything is written (not valid in this
+        state, or another command pending) gets aioimaplib's ``Abort`` in the future, and
+        a line that cannot be encoded (``UnicodeEncodeError``, e.g. a lone surrogate in a
+        mailbox name) is raised here: in both cases nothing is sent and nothing stays
+        pending. A write that fails is a fault (:meth:`fail`). No bound of its own: the
+        caller races :attr:`fault` under its timeout.
         """
         future: asyncio.Future[Any] = self.loop.create_future()
         spec = Commands.get(command.name)
         if spec is None or self.state not in spec.valid_states:
             future.set_exception(Abort(f"command {command.name} illegal in state {self.state}"))
             return future
-        if (
-            self._submitted is not None
-            or self.pending_sync_command is not None
-            or self.pending_async_commands
-        ):
+        if self.pending():
             future.set_exception(Abort(f"{command.name} while another command is pending"))
             return future
+        data = self.encode_line(str(command))  # raises before anything is pending
         if spec.exec == Exec.is_sync:
             self.pending_sync_command = command
         else:
@@ -659,7 +689,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self._submitted = (command, future, ok_state)
         if isinstance(command, Call):
             command.future = future
-        self.send(str(command))
+        self.write_line(data, str(command))
         return future
 
     def select_command(self, mailbox: str) -> asyncio.Future[Any]:

@@ -307,6 +307,26 @@ def test_procfs_scan_gives_the_loop_a_turn_every_chunk_of_fd_numbers() -> None:
     assert turns >= 10
 
 
+def test_scans_interleaved_on_one_thread_keep_the_poll_objects_kept() -> None:
+    """Two audits at once on one thread (two pools, or a probe's audit beside the periodic
+    one) step their scans in turn: neither may drop the other's kept poll objects (the
+    first to finish dropped every range, and the next audit registered them all again)."""
+    table = scan_procfs._table_numbers()
+    ranges = {(r.start, r.stop) for r in scan_procfs._chunks(table, 100)}
+    kept = scan_procfs._kept_pollers()
+    scans = [scan_procfs.scan_procfs(set(), frozenset(), chunk=100) for _ in range(2)]
+    for _ in range(100_000):  # bounded: each scan ends after a few steps per chunk
+        if not scans:
+            break
+        for steps in list(scans):
+            try:
+                next(steps)
+            except StopIteration:
+                scans.remove(steps)
+    assert not scans
+    assert ranges <= kept._kept.keys()
+
+
 async def test_rst_socket_is_close_in_procfs_and_missed_by_psutil(
     server: Server, sockets: Sockets
 ) -> None:

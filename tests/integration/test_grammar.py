@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from typing import Any
 
 import pytest
 from harness import DovecotServer, ProxyFactory, make_message
@@ -15,7 +16,7 @@ from harness.configs import DEFAULTS, FAST_RETRY, config
 from harness.scripted import ScriptConn, ScriptedIMAP
 
 from guardedpool import GuardedPool
-from guardedpool.errors import IMAPCommandError, OperationTimeout
+from guardedpool.errors import IMAPCommandError, OperationTimeout, ProtocolError
 from guardedpool.imap import IMAPAccount, IMAPConnector, parse_fetch, parse_search
 from guardedpool.sockets import identify, is_open
 
@@ -345,3 +346,101 @@ async def test_idle_ended_with_its_continuation_reconnects_the_session() -> None
         assert seen[0] == ("CONNECTED", False)
         assert seen[-1] == ("CONNECTED", True), seen
         assert idles == 2
+
+
+# -- IDLE pushes: shared waits, and pushes that come with the end of IDLE ---------------------
+
+
+async def _idling_client(script: Any) -> tuple[ScriptedIMAP, IMAPConnector, Any]:
+    srv = ScriptedIMAP(script)
+    await srv.__aenter__()
+    acc = IMAPAccount(host="127.0.0.1", port=srv.port, username="u", password="p", tls=False)
+    connector = IMAPConnector({"k": acc})
+    client = await connector.open("k", CFG)
+    await client.select()
+    await client.idle_start()
+    return srv, connector, client
+
+
+async def test_two_push_waiters_on_one_connection_each_get_a_batch_in_order() -> None:
+    """Two tasks waiting for pushes at once: the first gets the first batch and the second
+    the next, each as it comes (not after its timeout, as when the second waiter's future
+    replaced the first's)."""
+
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet()
+        tag = (await conn.serve(until=b"IDLE")).split(b" ")[0]
+        await conn.send(b"+ idling\r\n")
+        await asyncio.sleep(0.1)
+        await conn.send(b"* 5 EXISTS\r\n")
+        await asyncio.sleep(0.1)
+        await conn.send(b"* 6 EXISTS\r\n")
+        await conn.line()  # DONE
+        await conn.send(tag + b" OK IDLE done\r\n")
+        await conn.serve()
+
+    srv, connector, client = await _idling_client(script)
+    try:
+        first = asyncio.ensure_future(client.wait_server_push(timeout=30))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(client.wait_server_push(timeout=30))
+        got = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert got == [[b"5 EXISTS"], [b"6 EXISTS"]]
+        await client.idle_done()
+        assert not client.poisoned
+        await connector.close(client, T)
+    finally:
+        await srv.__aexit__(None, None, None)
+
+
+async def test_pushes_sent_with_the_servers_end_of_idle_are_handed_over_first() -> None:
+    """A server that ends IDLE itself (RFC 3501 section 6.3.10 says only DONE should) may
+    send its last pushes in the same write as the tagged OK: they are returned before the
+    end of IDLE is reported (they were dropped)."""
+
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet()
+        tag = (await conn.serve(until=b"IDLE")).split(b" ")[0]
+        await conn.send(b"+ idling\r\n")
+        await asyncio.sleep(0.1)
+        await conn.send(b"* 9 EXISTS\r\n" + tag + b" OK IDLE over, server timeout\r\n")
+        await conn.drain()
+
+    srv, connector, client = await _idling_client(script)
+    try:
+        assert await client.wait_server_push(timeout=10) == [b"9 EXISTS"]
+        with pytest.raises(ProtocolError, match="without DONE"):
+            await client.wait_server_push(timeout=10)
+        assert client.poisoned
+    finally:
+        client.abort()
+        await srv.__aexit__(None, None, None)
+
+
+async def test_a_mailbox_name_that_cannot_be_encoded_is_a_usage_error_and_the_pool_goes_on() -> (
+    None
+):
+    """A name with a lone surrogate (a WireName passes it through) cannot be sent: that is
+    the caller's error (UnicodeEncodeError, a ValueError), nothing is written and nothing
+    stays pending, so the same connection serves the next borrower (it answered every later
+    command with "BAD ... another command pending" until a health check gave up on it)."""
+    from guardedpool.imap import WireName
+
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet()
+        await conn.serve()
+
+    async with ScriptedIMAP(script) as srv:
+        acct = IMAPAccount(
+            host="127.0.0.1", port=srv.port, username="u", password="p", tls=False
+        )
+        pool = GuardedPool(IMAPConnector({"k": acct}), config(CFG, max_per_key=1))
+        async with pool:
+            with pytest.raises(UnicodeEncodeError):
+                async with pool.acquire("k") as client:
+                    await client.select(WireName("Entw\udcfcrfe"))
+            async with pool.acquire("k") as client:
+                assert not client.poisoned
+                await client.select("INBOX")
+            assert pool.stats()["total"]["opened"] == 1
+    assert not any(b"Entw" in line for line in srv.received)

@@ -1,5 +1,5 @@
 """GuardedProtocol.submit (a command without aioimaplib's execute task), IDLE's push_ready
-future, and first_done's caller-supplied waiter.
+future and queue, and first_done.
 
 No sockets: the protocol gets a transport that records writes, and server lines go in
 through ``data_received`` as they would from the wire.
@@ -124,37 +124,46 @@ async def test_idle_pushes_resolve_push_ready_and_done_ends_it() -> None:
     assert protocol.pending_sync_command is None
 
 
-async def test_first_done_with_a_waiter_of_the_callers_ends_when_someone_resolves_it() -> None:
+async def test_first_done_cancelled_cancels_none_of_the_futures() -> None:
     loop = asyncio.get_running_loop()
     other: asyncio.Future[Any] = loop.create_future()
-    waiter: asyncio.Future[None] = loop.create_future()
-    loop.call_soon(waiter.set_result, None)
-    await asyncio.wait_for(first_done((other,), None, waiter=waiter), 5)
-    assert not other.done()
-    other.set_result(1)  # its wake-up callback was removed: nothing resolves twice
-    await asyncio.sleep(0)
-
-
-async def test_first_done_resolves_the_callers_waiter_when_a_future_ends_the_wait() -> None:
-    loop = asyncio.get_running_loop()
-    other: asyncio.Future[Any] = loop.create_future()
-    waiter: asyncio.Future[None] = loop.create_future()
-    loop.call_later(0.01, other.set_result, 1)
-    await asyncio.wait_for(first_done((other,), None, waiter=waiter), 5)
-    assert waiter.done()
-    waiting = asyncio.ensure_future(
-        first_done((loop.create_future(),), loop.time() + 0.01, waiter=loop.create_future())
-    )
-    await asyncio.wait_for(waiting, 5)  # the deadline ends it as well
-
-
-async def test_cancelling_first_done_with_a_waiter_cancels_none_of_the_futures() -> None:
-    loop = asyncio.get_running_loop()
-    other: asyncio.Future[Any] = loop.create_future()
-    waiter: asyncio.Future[None] = loop.create_future()
-    waiting = asyncio.ensure_future(first_done((other,), None, waiter=waiter))
+    waiting = asyncio.ensure_future(first_done((other,), None))
     await asyncio.sleep(0)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert not other.done()
+    other.set_result(1)  # its wake-up callback was removed: nothing resolves twice
+    await asyncio.sleep(0)
+
+
+async def test_a_line_that_cannot_be_encoded_is_raised_unsent_and_leaves_nothing_pending() -> None:
+    protocol, sink = _protocol()
+    with pytest.raises(UnicodeEncodeError):
+        protocol.select_command('"caf\udcfc"')
+    assert sink.written == [] and protocol.sent == 0
+    assert not protocol.pending()
+    future = protocol.select_command("INBOX")  # the next command goes out as usual
+    assert len(sink.written) == 1 and not future.done()
+
+
+async def test_a_write_that_fails_is_a_fault() -> None:
+    protocol, sink = _protocol()
+
+    def broken(data: bytes) -> None:
+        raise OSError("write on a broken transport")
+
+    sink.write = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        protocol.select_command("INBOX")
+    assert protocol.fault.done()
+    assert "writing a command failed" in str(protocol.fault.result())
+
+
+async def test_pushes_read_with_the_line_that_ends_idle_reach_the_queue() -> None:
+    protocol, sink = _protocol(state="SELECTED")
+    idle = protocol.idle_command()
+    tag = sink.written[0].split(b" ")[0]
+    protocol.data_received(b"+ idling\r\n* 5 EXISTS\r\n" + tag + b" OK IDLE ended by server\r\n")
+    assert idle.result().result == "OK"
+    assert [bytes(x) for x in protocol.idle_queue.get_nowait()] == [b"5 EXISTS"]
