@@ -88,9 +88,9 @@ class Call:
 
     async def wait(self) -> None:
         """Until the command is complete (aioimaplib's ``execute`` waits so for a pending
-        command before it sends another). No bound of its own: it runs inside a command
-        the client bounds (``op_timeout``), which the client's lock keeps from starting
-        while this one is pending in the first place."""
+        command before it sends another). No bound of its own: it is only reached from
+        inside a command the client bounds (``op_timeout``), and the client's lock keeps
+        a second command from starting while this one is pending."""
         future = self.future
         if future is not None and not future.done():
             await asyncio.wait((future,))

@@ -294,7 +294,9 @@ class GuardedSession:
                 # come: a usage error, the connection is untouched.
                 if isinstance(exc, ValueError | NotImplementedError):
                     raise exc
-                raise IMAPCommandError(name, "BAD", f"refused by the client: {exc}") from None
+                raise IMAPCommandError(
+                    name, "BAD", f"refused by the client on key {self.key!r}: {exc}"
+                ) from None
             raise self._poisoned_by(
                 ProtocolError(
                     f"{name} on key {self.key!r} failed: {type(exc).__name__}: "

@@ -1,8 +1,9 @@
 """The aioimaplib edge: its client protocol with the known bugs made harmless.
 
-This is the only module that imports aioimaplib (2.0.x, pinned below 3). It uses only
-aioimaplib's public names: its command objects (``Command``, their ``append_to_resp``,
-``close``, ``wait``), the protocol's public methods and attributes (``execute``,
+This is where aioimaplib (2.0.x, pinned below 3) is used; elsewhere only its ``Command``
+class (``rfc2971.py``), its ``Response`` shape and a module constant (``calls.py``) are
+imported. It uses only aioimaplib's public names: its command objects (``Command``,
+their ``append_to_resp``, ``close``, ``wait``), the protocol's public methods and attributes (``execute``,
 ``welcome``, ``login``, ``pending_sync_command``, ``pending_async_commands``,
 ``literal_data``, ``tasks``...) and its module constants. It overrides none of aioimaplib's
 private methods: server data reaches commands through our own framing and line routing
@@ -661,8 +662,8 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         """Send ``command`` (a :class:`~guardedpool.imap.calls.Call`, or an aioimaplib
         ``Command``) now; return a future of its ``Response``.
 
-        What aioimaplib's ``execute`` (under its ``change_state`` lock) does for a command
-        sent when nothing else is pending -- the client's lock makes it so -- without the
+        What aioimaplib's ``execute`` does for a command sent when nothing else is pending
+        (the client's lock makes it so; otherwise the command is refused), without the
         coroutines, the task and the ``Event`` waiter it costs per command: the future is
         resolved by the command's tagged completion (RFC 3501 section 7.1, see
         :meth:`_tagged_done`). ``ok_state``: the protocol state after an ``OK`` (SELECT:
