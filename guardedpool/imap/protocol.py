@@ -2,9 +2,9 @@
 
 This is where aioimaplib (2.0.x, pinned below 3) is used; elsewhere only its ``Command``
 class (``rfc2971.py``), its ``Response`` shape and a module constant (``calls.py``) are
-imported. It uses only aioimaplib's public names: its command objects (``Command``,
-their ``append_to_resp``, ``close``, ``wait``), the protocol's public methods and attributes (``execute``,
-``welcome``, ``login``, ``pending_sync_command``, ``pending_async_commands``,
+imported. It uses only aioimaplib's public names: its command objects (``Command``, their
+``append_to_resp``, ``close``, ``wait``), the protocol's public methods and attributes
+(``execute``, ``welcome``, ``login``, ``pending_sync_command``, ``pending_async_commands``,
 ``literal_data``, ``tasks``...) and its module constants. It overrides none of aioimaplib's
 private methods: server data reaches commands through our own framing and line routing
 (:meth:`GuardedProtocol._route_line`), which is aioimaplib's dispatch re-stated with the
