@@ -406,7 +406,7 @@ async def test_pushes_sent_with_the_servers_end_of_idle_are_handed_over_first() 
         await conn.send(b"* 9 EXISTS\r\n" + tag + b" OK IDLE over, server timeout\r\n")
         await conn.drain()
 
-    srv, connector, client = await _idling_client(script)
+    srv, _, client = await _idling_client(script)
     try:
         assert await client.wait_server_push(timeout=10) == [b"9 EXISTS"]
         with pytest.raises(ProtocolError, match="without DONE"):

@@ -16,6 +16,7 @@ import itertools
 from typing import Any
 
 from aioimaplib.aioimaplib import FetchCommand
+from harness.transports import RecordingTransport
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,26 +25,12 @@ from guardedpool.imap.parse import Value
 from guardedpool.imap.protocol import GuardedProtocol
 
 
-class _Sink:
-    def write(self, data: bytes) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
 def framed(chunks: list[bytes]) -> list[bytes]:
     """Response.lines of a FETCH whose server data arrives as ``chunks``."""
     loop = asyncio.new_event_loop()
     try:
         protocol = GuardedProtocol(loop)
-        protocol.connection_made(_Sink())
+        protocol.connection_made(RecordingTransport())
         protocol.state = "SELECTED"
         command = FetchCommand("T1", "1:*", "(ALL)", loop=loop)
         protocol.pending_async_commands["FETCH"] = command

@@ -12,31 +12,15 @@ from typing import Any
 
 import pytest
 from aioimaplib.aioimaplib import Abort, Command
+from harness.transports import RecordingTransport
 
 from guardedpool.imap.protocol import GuardedProtocol
 from guardedpool.waits import first_done
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def abort(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
-def _protocol(state: str = "AUTH") -> tuple[GuardedProtocol, _Recorder]:
+def _protocol(state: str = "AUTH") -> tuple[GuardedProtocol, RecordingTransport]:
     protocol = GuardedProtocol(asyncio.get_running_loop())
-    sink = _Recorder()
+    sink = RecordingTransport()
     protocol.connection_made(sink)
     protocol.state = state
     protocol.capabilities = {"IMAP4REV1", "IDLE"}
