@@ -145,6 +145,18 @@ def loopback_accounts(n: int, port: int, cafile: str) -> dict[str, Any]:
     }
 
 
+def idle_pool(n: int, port: int, cafile: str) -> tuple[Any, dict[str, Any]]:
+    """A :class:`GuardedPool` (not started) over :func:`loopback_accounts`, as the
+    10,000-connection scripts hold them: one connection per account (``max_per_key`` 1,
+    ``max_total`` ``n``), acquires bounded at 300 s; returns (pool, accounts)."""
+    from guardedpool import GuardedPool, PoolConfig
+    from guardedpool.imap import IMAPConnector
+
+    accounts = loopback_accounts(n, port, cafile)
+    config = PoolConfig(max_per_key=1, max_total=n, acquire_timeout=300.0)
+    return GuardedPool(IMAPConnector(accounts), config), accounts
+
+
 async def enter_idle(pool: Any, keys: Iterable[str], timeout: float) -> list[Any]:
     """One ``idle()`` session per key, entered, and each one's first event (CONNECTED)
     awaited, all within ``timeout`` seconds; returns the sessions (exit them to end)."""

@@ -91,12 +91,7 @@ def quantiles(values: list[float]) -> dict[str, float]:
 
 
 async def run(n: int, port: int, cafile: str, variants: dict[str, Path], rounds: int) -> Any:
-    from guardedpool import GuardedPool, PoolConfig
-    from guardedpool.imap import IMAPConnector
-
-    accounts = _bench.loopback_accounts(n, port, cafile)
-    config = PoolConfig(max_per_key=1, max_total=n, acquire_timeout=300.0)
-    pool: GuardedPool[Any] = GuardedPool(IMAPConnector(accounts), config)
+    pool, accounts = _bench.idle_pool(n, port, cafile)
     pool.start()
     t0 = time.perf_counter()
     sessions = await _bench.enter_idle(pool, accounts, 900)

@@ -448,12 +448,7 @@ async def run_floor(n: int, port: int, cafile: str, window: float, freeze: bool)
 
 
 async def run_pool(n: int, port: int, cafile: str, window: float, freeze: bool) -> dict[str, Any]:
-    from guardedpool import GuardedPool, PoolConfig
-    from guardedpool.imap import IMAPConnector
-
-    accounts = _bench.loopback_accounts(n, port, cafile)
-    config = PoolConfig(max_per_key=1, max_total=n, acquire_timeout=300.0)
-    pool: GuardedPool[Any] = GuardedPool(IMAPConnector(accounts), config)
+    pool, accounts = _bench.idle_pool(n, port, cafile)
     gc.collect()
     rss0 = _bench.rss_bytes()
     pool.start()
