@@ -224,8 +224,14 @@ class IMAPConnector:
                 if (account.host, account.port) not in self._resolved:
                     await self._resolve(account)
                 stage = "connect"
-                transport, _ = await loop.create_connection(factory, account.host, account.port)
+                raw = await _connected_socket(loop, account.host, account.port)
+                try:
+                    transport, _ = await loop.create_connection(factory, sock=raw)
+                except BaseException:
+                    raw.close()
+                    raise
                 protocol = made[-1]
+                protocol.own_socket(raw, key)
                 sock: SocketLike | None = transport.get_extra_info("socket")
                 if sock is not None:
                     set_keepalive(
@@ -593,6 +599,43 @@ class IMAPConnector:
             # aioimaplib's own errors may quote the command line; never pass their text.
             return ConnectError(f"{where}: {type(exc).__name__} at {stage}")
         return None  # CancelledError, KeyboardInterrupt...
+
+
+async def _connected_socket(
+    loop: asyncio.AbstractEventLoop, host: str, port: int
+) -> socket.socket:
+    """A connected, non-blocking TCP socket to ``host``:``port``: each address in turn, as
+    ``loop.create_connection(host=..., port=...)`` does, but a socket of our own, so that
+    the protocol can let go of it when its fd was closed behind its back (see
+    :meth:`GuardedProtocol.abort`; asyncio's transport offers no way to).
+
+    An IP literal needs no lookup; a name goes through ``loop.getaddrinfo``. Raises the
+    connect's ``OSError`` (one address), or an ``OSError`` naming each one's; the caller
+    bounds the wait.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if len(errors) == 1:
+        raise errors[0]
+    if not errors:
+        raise OSError(f"no address for {host!r} port {port}")
+    raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
 
 
 def _numeric(host: str, port: int) -> frozenset[Address] | None:

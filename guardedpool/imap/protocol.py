@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import socket
 import weakref
 import zlib
 from collections.abc import Awaitable
@@ -178,6 +180,9 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self.first_bytes = b""
         self.idle_ready: asyncio.Future[None] | None = None
         self.push_ready: asyncio.Future[None] | None = None
+        self._socket: socket.socket | None = None  # see own_socket
+        self._socket_inode = 0
+        self._key = ""
         # The command sent by submit() and not yet completed: it, its future, and the
         # state an OK moves to.
         self._submitted: tuple[Any, asyncio.Future[Any], str | None] | None = None
@@ -201,13 +206,51 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             log.debug("imap connection fault: %s", exc, extra={"reason": str(exc)})
         self.abort()
 
+    def own_socket(self, sock: socket.socket, key: str) -> None:
+        """Keep the connected socket under the transport (the connector made it for pool
+        key ``key``), and its inode, so that :meth:`abort` can tell whether its fd number
+        still holds it."""
+        self._socket = sock
+        self._socket_inode = os.fstat(sock.fileno()).st_ino
+        self._key = key
+
     def abort(self) -> None:
-        """Abort the transport (RST, no flush) and stop aioimaplib's helper tasks."""
+        """Abort the transport (RST, no flush) and stop aioimaplib's helper tasks.
+
+        If the connection's fd number no longer holds its socket (someone closed the fd
+        behind the pool's back, and the number may now be another socket's), the socket
+        is let go of first (``socket.detach()``), so that closing the transport closes
+        nothing: closing that number would close whatever sits there now.
+        """
+        self._let_go_if_not_ours()
         transport = self.transport
         if transport is not None:
             transport.abort()
         for task in list(self.tasks):
             task.cancel()
+
+    def _let_go_if_not_ours(self) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        fd = sock.fileno()
+        if fd < 0:
+            return  # closed or let go already
+        try:
+            ours = os.fstat(fd).st_ino == self._socket_inode
+        except OSError:
+            ours = False  # closed: the number is free, and may be taken any moment
+        if not ours:
+            sock.detach()
+            log.warning(
+                "imap connection for key %r: its fd %d no longer holds its socket (inode "
+                "%d), which was closed behind the connection's back; letting go of the fd "
+                "number without closing it, so that whatever holds it now stays open",
+                self._key,
+                fd,
+                self._socket_inode,
+                extra={"key": self._key, "fd": fd, "inode": self._socket_inode},
+            )
 
     @property
     def closing(self) -> bool:

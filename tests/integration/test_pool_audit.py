@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable
 
 import aioimaplib
@@ -102,6 +104,49 @@ async def test_half_open_after_rst_is_poisoned_and_replaced(
         async with pool.acquire("k") as imap:  # a replacement, not the dead one
             await imap.noop()
         assert pool.stats()["keys"]["k"]["closed"]["audit"] == 1
+
+
+async def test_a_pooled_fd_closed_behind_the_pools_back_and_reused_is_not_closed_again(
+    dovecot: DovecotServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """User code closes a pooled connection's fd and a new socket gets the same number: the
+    audit finds the record half-open (no fd holds its inode) and retires it, and retiring
+    it must not close that number again. It did: asyncio closed the transport's fd, which
+    was the unrelated socket by then."""
+    pool = imap_pool(dovecot.host, dovecot.port, "dave", dovecot.users["dave"])
+    async with pool:
+        async with pool.acquire("k") as imap:
+            await imap.noop()
+            fd = imap.socket.fileno()  # type: ignore[union-attr]
+        os.close(fd)  # behind the pool's back
+        spare: list[socket.socket] = []
+        try:
+            for _ in range(64):  # the lowest free number is taken first: bounded, soon
+                other = socket.create_connection((dovecot.host, dovecot.port), timeout=5)
+                if other.fileno() == fd:
+                    break
+                spare.append(other)
+            else:
+                raise AssertionError(f"no new socket got fd {fd}")
+            inode = os.fstat(fd).st_ino
+            with caplog.at_level(logging.WARNING, logger="guardedpool"):
+                report = await pool.audit()
+                kinds = [(f.kind, f.action) for f in report.findings]
+                assert (Kind.HALF_OPEN, Action.POISONED) in kinds, kinds
+                for _ in range(250):  # bounded: the retirement's close runs on the loop
+                    if pool.stats()["keys"]["k"]["closed"].get("audit") == 1:
+                        break
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.05)  # asyncio closes a transport a turn later
+            assert os.fstat(fd).st_ino == inode  # still the other socket's
+            other.getpeername()  # and still connected
+            assert any("letting go of the fd number" in r.getMessage() for r in caplog.records)
+            assert pool.stats()["keys"]["k"]["closed"]["audit"] == 1
+            async with pool.acquire("k") as imap:  # a replacement
+                await imap.noop()
+        finally:
+            for sock in (*spare, other):
+                sock.close()
 
 
 async def test_half_open_after_the_server_stopped(
