@@ -64,7 +64,6 @@ from aioimaplib.aioimaplib import (
     IMAP4ClientProtocol,
     message_data_re,
     quoted,
-    tagged_status_response_re,
 )
 
 from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError, ServerBusyClosed
@@ -82,6 +81,10 @@ log = logging.getLogger("guardedpool.imap")
 wire_log = logging.getLogger("guardedpool.imap.wire")
 
 _BYE = re.compile(rb"^\* BYE\b", re.IGNORECASE)
+# A tagged status line: one of our tags (aioimaplib's: upper-case letters and digits), then
+# OK, NO or BAD in any case (RFC 3501 section 9: keywords are case-insensitive; aioimaplib's
+# own pattern takes upper case only, so a server's "a1 ok" left the command waiting).
+_TAGGED_STATUS = re.compile(rb"[A-Z0-9]+ (?i:OK|NO|BAD)")
 
 # Protocols whose credentials are on the wire right now (LOGIN or AUTHENTICATE pending).
 _AUTHENTICATING: weakref.WeakSet[GuardedProtocol] = weakref.WeakSet()
@@ -524,7 +527,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             else:
                 self.fail(ProtocolError(f"server said {_text(said)}"))
             return None
-        if tagged_status_response_re.match(line):
+        if _TAGGED_STATUS.match(line):
             self._tagged_done(line)
             return None
         if current_cmd is not None:
@@ -563,7 +566,7 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
             name, command = waiting[0]
             del self.pending_async_commands[name]
         result, _, text = response.partition(b" ")
-        command.close(text, result=result.decode("ascii", "replace"))
+        command.close(text, result=result.decode("ascii", "replace").upper())
         submitted = self._submitted
         if submitted is not None and submitted[0] is command:
             self._submitted = None

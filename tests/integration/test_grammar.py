@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from harness import DovecotServer, ProxyFactory, make_message
 from harness.configs import DEFAULTS, FAST_RETRY, config
-from harness.scripted import ScriptConn, ScriptedIMAP
+from harness.scripted import CAPS, ScriptConn, ScriptedIMAP
 
 from guardedpool import GuardedPool
 from guardedpool.errors import IMAPCommandError, OperationTimeout, ProtocolError
@@ -444,3 +444,41 @@ async def test_a_mailbox_name_that_cannot_be_encoded_is_a_usage_error_and_the_po
                 await client.select("INBOX")
             assert pool.stats()["total"]["opened"] == 1
     assert not any(b"Entw" in line for line in srv.received)
+
+
+async def test_tagged_statuses_in_lower_case_complete_their_commands() -> None:
+    """RFC 3501 section 9: OK, NO and BAD are case-insensitive. A server answering "a1 ok"
+    must complete the command (it waited until op_timeout and poisoned the connection)."""
+
+    async def script(conn: ScriptConn) -> None:
+        await conn.greet()
+        for _ in range(10):  # bounded: LOGIN, NOOP, SELECT, IDLE (+ DONE), EXAMINE, LOGOUT
+            line = await conn.line()
+            tag, _, rest = line.partition(b" ")
+            verb = rest.split(b" ", 1)[0].strip().upper()
+            if verb == b"LOGIN":
+                await conn.send(tag + f" ok [CAPABILITY {CAPS}] logged in\r\n".encode())
+            elif verb == b"IDLE":
+                await conn.send(b"+ idling\r\n")
+                await conn.line()  # DONE
+                await conn.send(tag + b" ok idle done\r\n")
+            elif verb == b"EXAMINE":
+                await conn.send(tag + b" no [NONEXISTENT] no such mailbox\r\n")
+            elif verb == b"LOGOUT":
+                await conn.send(b"* BYE bye\r\n" + tag + b" ok bye\r\n")
+                return
+            else:
+                await conn.send(b"* 1 EXISTS\r\n" + tag + b" ok done\r\n")
+
+    async with ScriptedIMAP(script) as srv:
+        acc = IMAPAccount(host="127.0.0.1", port=srv.port, username="u", password="p", tls=False)
+        connector = IMAPConnector({"k": acc})
+        client = await connector.open("k", CFG)
+        assert (await client.noop()).result == "OK"
+        assert (await client.select("INBOX")).result == "OK"
+        await client.idle_start()
+        assert (await client.idle_done()).result == "OK"
+        with pytest.raises(IMAPCommandError, match="NO"):
+            await client.examine("Nope")
+        assert not client.poisoned
+        await connector.close(client, T)
