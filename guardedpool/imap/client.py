@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CommandThrottled, ConnectionPoisoned, IMAPCommandError, ProtocolError
+from ..waits import callbacks_context, first_done
 from . import mutf7
 from .guard import GuardedSession
 from .literals import criteria_pieces
@@ -21,7 +22,6 @@ from .mutf7 import WireName
 from .parse import Response, parse_enabled
 from .protocol import GuardedProtocol, quoted
 from .refusals import classify_refusal
-from .waits import callbacks_context, first_done
 
 __all__ = ["IMAPClient", "WireName"]
 
@@ -584,11 +584,10 @@ class IMAPClient(GuardedSession):
                 ready = p.push_ready = loop.create_future()
             waits = (ready, p.fault, idle) if until is None else (ready, p.fault, idle, until)
             await first_done(waits, deadline)
-            if not ready.done() or not p.idle_queue.empty():
-                break
-            # Woken by pushes another waiter took first: wait on, within the same bound.
-        if not p.idle_queue.empty():
-            return [bytes(line) for line in p.idle_queue.get_nowait()]
+            if not ready.done() and p.idle_queue.empty():
+                break  # not pushes: the deadline, a fault, the end of IDLE or ``until``
+            # Pushes (or the end of IDLE with pushes queued): the loop's top hands them
+            # over; if another waiter took them first, wait on within the same bound.
         if p.fault.done() or self._poison is not None:
             raise self._poisoned_by(self._fault_error("IDLE"))
         if idle.done() and not self._done_sent:

@@ -98,10 +98,6 @@ class IMAPConnector:
             ``KeyError`` from any of them means :class:`UnknownKey`.
     """
 
-    # endpoints(): the accounts it last read, and their (host, port) pairs
-    _endpoint_accounts: list[IMAPAccount] | tuple[()] = ()
-    _endpoint_wheres: frozenset[Address] = frozenset()
-
     def __init__(self, accounts: AccountSource) -> None:
         if not isinstance(accounts, Mapping) and not callable(accounts):
             raise ValueError(
@@ -111,6 +107,9 @@ class IMAPConnector:
         self._accounts = accounts
         self._seen: dict[str, IMAPAccount] = {}
         self._resolved: dict[Address, frozenset[Address]] = {}
+        # endpoints(): the accounts it last read, and their (host, port) pairs
+        self._endpoint_accounts: list[IMAPAccount] = []
+        self._endpoint_wheres: frozenset[Address] = frozenset()
         self._observed: set[Address] = set()
         self._default_ctx: ssl.SSLContext | None = None
         self._usable_ctx: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
@@ -613,9 +612,8 @@ async def _connected_socket(
     connect's ``OSError`` (one address), or an ``OSError`` naming each one's; the caller
     bounds the wait.
     """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    except (OSError, UnicodeError):
+    infos = _numeric_infos(host, port)
+    if infos is None:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     errors: list[OSError] = []
     for family, kind, proto, _, address in infos:
@@ -638,10 +636,17 @@ async def _connected_socket(
     raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
 
 
+def _numeric_infos(host: str, port: int) -> list[Any] | None:
+    """``getaddrinfo``'s answer for an IP literal, without any lookup; None for a name."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        return None
+
+
 def _numeric(host: str, port: int) -> frozenset[Address] | None:
     """The address of an IP literal without any lookup, or None for a host name."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    except (OSError, UnicodeError):
+    infos = _numeric_infos(host, port)
+    if infos is None:
         return None
     return frozenset((str(info[4][0]), int(info[4][1])) for info in infos)

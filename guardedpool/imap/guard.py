@@ -39,10 +39,10 @@ from ..errors import (
     ServerBusyClosed,
 )
 from ..sockets import SocketLike
+from ..waits import callbacks_context, first_done
 from .parse import Response
 from .protocol import GuardedProtocol
 from .refusals import classify_refusal
-from .waits import callbacks_context, first_done
 
 __all__ = ["GuardedSession", "consume"]
 

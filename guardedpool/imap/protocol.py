@@ -67,13 +67,13 @@ from aioimaplib.aioimaplib import (
 )
 
 from ..errors import ConnectionLost, ConnectionPoisoned, ProtocolError, ServerBusyClosed
+from ..waits import first_done
 from .calls import Call, IdleCall, PushQueue
 from .framing import Framer
 from .literals import Piece, command_chunks, nonsync_limit
 from .parse import parse_capabilities
 from .refusals import Phase, Refusal, classify_refusal
 from .sasl import OAuthExchange
-from .waits import first_done
 
 __all__ = ["GuardedProtocol", "quoted"]
 
@@ -720,15 +720,14 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         pending. A write that fails is a fault (:meth:`fail`). No bound of its own: the
         caller races :attr:`fault` under its timeout.
         """
-        future: asyncio.Future[Any] = self.loop.create_future()
         spec = Commands.get(command.name)
         if spec is None or self.state not in spec.valid_states:
-            future.set_exception(Abort(f"command {command.name} illegal in state {self.state}"))
-            return future
+            return self._refused(Abort(f"command {command.name} illegal in state {self.state}"))
         if self.pending():
-            future.set_exception(Abort(f"{command.name} while another command is pending"))
-            return future
-        data = self.encode_line(str(command))  # raises before anything is pending
+            return self._refused(Abort(f"{command.name} while another command is pending"))
+        line = str(command)
+        data = self.encode_line(line)  # raises before anything is pending
+        future: asyncio.Future[Any] = self.loop.create_future()
         if spec.exec == Exec.is_sync:
             self.pending_sync_command = command
         else:
@@ -736,7 +735,13 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         self._submitted = (command, future, ok_state)
         if isinstance(command, Call):
             command.future = future
-        self.write_line(data, str(command))
+        self.write_line(data, line)
+        return future
+
+    def _refused(self, exc: Exception) -> asyncio.Future[Any]:
+        """A command's future that holds ``exc``: refused before anything was sent."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+        future.set_exception(exc)
         return future
 
     def select_command(self, mailbox: str) -> asyncio.Future[Any]:
@@ -745,18 +750,14 @@ class GuardedProtocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib 
         try:
             command = Call("SELECT", self.new_tag(), mailbox)
         except ValueError as exc:  # a control character in the name: refused, not sent
-            future: asyncio.Future[Any] = self.loop.create_future()
-            future.set_exception(exc)
-            return future
+            return self._refused(exc)
         return self.submit(command, ok_state=SELECTED)
 
     def idle_command(self) -> asyncio.Future[Any]:
         """IDLE (RFC 2177) through :meth:`submit`, as aioimaplib's ``idle``: the future
         resolves when IDLE ends (its tagged completion); pushes go to ``idle_queue``."""
         if "IDLE" not in self.capabilities:
-            future: asyncio.Future[Any] = self.loop.create_future()
-            future.set_exception(Abort("server has not IDLE capability"))
-            return future
+            return self._refused(Abort("server has not IDLE capability"))
         return self.submit(IdleCall(self.new_tag(), self.idle_queue))
 
     # -- commands with literals ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""guardedpool.imap.waits.first_done, and the IDLE session's bounded backlog of events.
+"""guardedpool.waits.first_done, and the IDLE session's bounded backlog of events.
 
 No sockets: futures on the running loop, and an IdleSession whose task is never started.
 """
@@ -13,8 +13,8 @@ import pytest
 
 from guardedpool import GuardedPool, PoolConfig
 from guardedpool.imap.idle import IdleEvent, IdleSession
-from guardedpool.imap.waits import callbacks_context, first_done
 from guardedpool.testing import MemoryConnector
+from guardedpool.waits import callbacks_context, first_done
 
 
 async def test_first_done_returns_when_one_future_completes() -> None:
