@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 from harness import DovecotServer, make_message
@@ -38,22 +39,35 @@ async def test_a_timed_out_read_leaves_the_iterator_reading(
         tls=False,
     )
     pool = GuardedPool(IMAPConnector({"u": account}), CFG)
-    async with pool, idle(pool, "u", renew_after=30.0) as pushes:
-        it = aiter(pushes)
-        first = await asyncio.wait_for(anext(it), 3.0)
-        assert first.kind == "CONNECTED"
-        with pytest.raises(TimeoutError):  # nothing pushed: the read is cancelled
-            await asyncio.wait_for(anext(it), 0.2)
-        async with pool.acquire("u") as imap:
-            await imap.append(make_message(1), mailbox="INBOX")
-        for _ in range(10):  # the same iterator: the push, maybe after keepalive OKs
-            event = await asyncio.wait_for(anext(it), 3.0)
-            if event.kind == "EXISTS":
-                break
-        assert (event.kind, event.number) == ("EXISTS", 1)
+    async with pool:
+        session = idle(pool, "u", renew_after=30.0)
+        async with session as pushes:
+            await read_after_a_timeout(pool, aiter(pushes))
+        # Only the session's end ends an iteration, for every iterator, every read after.
+        async with asyncio.timeout(2.0):  # what was queued before the end (RECENT...)
+            left = [event async for event in session]
+        assert all(event.kind != "CONNECTED" for event in left), left
+        for it in (aiter(session), aiter(session)):
+            for _ in range(2):
+                with pytest.raises(StopAsyncIteration):
+                    await asyncio.wait_for(anext(it), 1.0)
 
 
-PUSHES = 60  # cancel points swept: 0..11 loop turns after each push is triggered
+async def read_after_a_timeout(pool: GuardedPool[IMAPClient], it: AsyncIterator[IdleEvent]) -> None:
+    first = await asyncio.wait_for(anext(it), 3.0)
+    assert first.kind == "CONNECTED"
+    with pytest.raises(TimeoutError):  # nothing pushed: the read is cancelled
+        await asyncio.wait_for(anext(it), 0.2)
+    async with pool.acquire("u") as imap:
+        await imap.append(make_message(1), mailbox="INBOX")
+    for _ in range(10):  # the same iterator: the push, maybe after keepalive OKs
+        event = await asyncio.wait_for(anext(it), 3.0)
+        if event.kind == "EXISTS":
+            break
+    assert (event.kind, event.number) == ("EXISTS", 1)
+
+
+PUSHES = 40  # cancel points swept: 0..39 loop turns after a push is triggered
 
 
 class PushingServer:
@@ -86,6 +100,9 @@ class PushingServer:
 
 
 async def test_cancelled_reads_lose_and_duplicate_no_event() -> None:
+    """Push n is triggered, a read started and cancelled n - 1 loop turns later: before
+    the push arrived, just as it arrived (the read's wake-up already due), or after the
+    read returned it. Whichever, push n is read exactly once, in order."""
     srv = PushingServer()
     async with srv.server:
         account = IMAPAccount(
@@ -102,18 +119,15 @@ async def test_cancelled_reads_lose_and_duplicate_no_event() -> None:
             for n in range(1, PUSHES + 1):
                 srv.triggers.put_nowait(n)
                 read = asyncio.ensure_future(anext(it))
-                for _ in range(n % 12):
+                for _ in range(n - 1):  # the cancel point: n - 1 loop turns after the trigger
                     await asyncio.sleep(0)
                 read.cancel()
                 await asyncio.wait({read}, timeout=3.0)
-                if read.cancelled():
+                if read.cancelled():  # then push n is the next read's, however far it got
                     cancelled += 1
+                    got.append(await asyncio.wait_for(anext(it), 3.0))
                 else:
-                    got.append(read.result())  # raises what a read raised (an ended iterator)
-            for _ in range(PUSHES + 1):  # then plain reads, bounded, until all arrived
-                if len(got) >= PUSHES:
-                    break
-                got.append(await asyncio.wait_for(anext(it), 3.0))
+                    got.append(read.result())  # raises what the read raised
             with contextlib.suppress(TimeoutError):  # and nothing more: no duplicate
                 got.append(await asyncio.wait_for(anext(it), 0.3))
         assert [(e.kind, e.number) for e in got] == [("EXISTS", n) for n in range(1, PUSHES + 1)]
