@@ -31,9 +31,11 @@ iteration.
 
 Each reconnect is logged at INFO in words: the key, the connection lost and the error
 (its type and redacted text), or that no connection came within ``acquire_timeout``
-(a :class:`~guardedpool.errors.PoolTimeout`: nothing was lost), and that the session
-reconnects at once: it asks the pool again, and the pool paces failing connects with the
-key's backoff (its own lines say how long each retry waits).
+(a :class:`~guardedpool.errors.PoolTimeout`: nothing was lost) or none could be had (a
+transient connect error), and that the session reconnects at once: it asks the pool
+again, and the pool paces failing connects with the key's backoff (its own lines say how
+long each retry waits). ``extra=``: ``key``, ``conn_id`` (None without a connection),
+``error``, ``error_type``.
 """
 
 from __future__ import annotations
@@ -225,10 +227,10 @@ class IdleSession:
                 except (ConnectionPoisoned, OSError, TimeoutError) as exc:
                     self._log_reconnect(exc, self._conn_id)
                 except PoolError as exc:
-                    if is_transient(exc):
-                        continue
-                    error = exc
-                    return
+                    if not is_transient(exc):
+                        error = exc
+                        return
+                    self._log_reconnect(exc, self._conn_id)  # a connect error, say
         except PoolClosed:
             return
         except asyncio.CancelledError:
@@ -250,12 +252,17 @@ class IdleSession:
             what = "could not get a connection"
         else:
             what = f"lost connection {conn_id}"
+        then = (
+            "not reconnecting: the pool is closing"
+            if self.pool.closed
+            else "reconnecting now (the pool paces failing connects with the key's backoff)"
+        )
         log.info(
-            "guardedpool: IDLE on key %r %s: %s; reconnecting now (the pool paces "
-            "failing connects with the key's backoff)",
+            "guardedpool: IDLE on key %r %s: %s; %s",
             self.key,
             what,
             error,
+            then,
             extra={
                 "key": self.key,
                 "conn_id": conn_id,
