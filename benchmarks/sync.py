@@ -59,6 +59,10 @@ Targets: the worker at least as fast as mbsync on the full and the incremental s
     python benchmarks/sync.py            # 50 x 1,000, 3 rounds (~20 min)
     python benchmarks/sync.py --quick    # 5 x 200, 1 round (~1 min)
 
+Without ``--tools``, a default tool whose program is not installed (mbsync, offlineimap)
+is left out, with a line on stderr and its reason in the JSON (``tools_left_out``); a tool
+named in ``--tools`` that is not installed stops the run before it starts.
+
 ``--shape 20:20`` puts every tool behind the harness's fault proxy shaped to a WAN link
 (20 Mbit/s each way, 20 ms one way: ``Mode.SHAPE``) and reports the bytes each run put on
 the wire (``wire_mb_down`` / ``wire_mb_up``, counted by the proxy), e.g.
@@ -106,6 +110,8 @@ ALL_TOOLS = (
     "raw_files",
 )
 DEFAULT_TOOLS = ("worker", "mbsync", "mbsync_parallel", "offlineimap", "raw", "raw_files")
+# What a tool needs beyond Python and Dovecot, by the start of its name: (binary, package).
+NEEDS = {"mbsync": ("mbsync", "isync"), "offlineimap": ("offlineimap", "offlineimap3")}
 # The floor: a raw asyncio client (benchmarks/_rawfetch.py); it has no state to sync
 # incrementally, so it runs in the full phase only.
 FULL_ONLY = ("raw", "raw_files")
@@ -787,17 +793,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for spec in args.variant:
         name, _, path = spec.partition("=")
         args.variants[f"worker-{name}"] = path
-    tools = [t for t in args.tools.split(",") if t] + list(args.variants)
+    asked = args.tools is not None
+    names = args.tools.split(",") if asked else list(DEFAULT_TOOLS)
+    tools = [t for t in names if t] + list(args.variants)
     for t in tools:
         if t not in ALL_TOOLS and t not in args.variants:
             raise SystemExit(f"unknown tool {t!r} (known: {', '.join(ALL_TOOLS)})")
-    missing = [
-        b
-        for b, t in (("mbsync", "mbsync"), ("offlineimap", "offlineimap"))
-        if any(x.startswith(t) for x in tools) and shutil.which(b) is None
-    ]
-    if missing:
-        raise SystemExit(f"missing {missing}: apt-get install -y isync offlineimap3")
+    left_out = not_installed(tools)
+    if left_out and asked:
+        raise SystemExit(f"--tools asks for what is not installed: {'; '.join(left_out.values())}")
+    for tool, why in left_out.items():
+        _bench.log(f"leaving out default tool {tool}: {why} (--tools {tool} makes it an error)")
+    tools = [t for t in tools if t not in left_out]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _bench.log(f"corpus {inboxes} x {per_inbox} in {workdir}")
@@ -889,6 +896,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         + (f", through a link shaped to {args.shape} (Mbit/s : ms one way)" if args.shape else ""),
         "corpus": corpus.summary(),
         "rounds": rounds,
+        "tools": tools,
+        "tools_left_out": left_out,
         "offlineimap_rounds": min(oi_rounds, rounds),
         "incremental_change": {
             "new_messages": changed,
@@ -912,6 +921,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             for t, ph in runs.items()
         },
     }
+
+
+def not_installed(tools: list[str]) -> dict[str, str]:
+    """The tools whose binary is not on PATH, each with why (and the package to install)."""
+    left_out: dict[str, str] = {}
+    for tool in tools:
+        for prefix, (binary, package) in NEEDS.items():
+            if tool.startswith(prefix) and shutil.which(binary) is None:
+                left_out[tool] = f"{binary} not installed (apt-get install -y {package})"
+    return left_out
 
 
 def versions() -> dict[str, str | None]:
@@ -945,8 +964,11 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--tools",
-        default=",".join(DEFAULT_TOOLS),
-        help=f"comma-separated, from {', '.join(ALL_TOOLS)}",
+        default=None,
+        help=f"comma-separated, from {', '.join(ALL_TOOLS)}; default "
+        f"{','.join(DEFAULT_TOOLS)}, leaving out (with a word on stderr and in the JSON's "
+        "tools_left_out) those not installed; a tool asked for here that is not installed "
+        "is an error",
     )
     parser.add_argument(
         "--change",

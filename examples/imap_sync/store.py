@@ -163,9 +163,11 @@ class Store(SqlMirror):
                 raise UnusableStore(f"{p}: schema version {version}, expected {SCHEMA_VERSION}")
             # Only takes on a new file; 16 KiB: see the module docstring.
             db.execute("PRAGMA page_size=32768")
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode fsyncs at checkpoints only, never per commit.
+            # NORMAL in WAL mode fsyncs at checkpoints only, never per commit. Set before
+            # the switch to WAL: on a new file that switch is a write of its own (a
+            # rollback journal, the header), fsynced unless OFF is already in force.
             db.execute(f"PRAGMA synchronous={'NORMAL' if fsync else 'OFF'}")
+            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)

@@ -24,7 +24,18 @@ its connection back still in IDLE (the pool's close sends DONE and LOGOUT) and e
 
 The session runs as a task feeding a bounded queue, so a slow consumer never delays a
 DONE. If the consumer falls more than ``queue_size`` events behind, the backlog is dropped
-and one ``OVERFLOW`` event says so (resync, like after a reconnect).
+and one ``OVERFLOW`` event says so (resync, like after a reconnect). A read may be
+cancelled (``asyncio.wait_for(it.__anext__(), t)`` timing out): it takes nothing from the
+queue, and the same iterator goes on with the next event; only the session's end ends an
+iteration.
+
+Each reconnect is logged at INFO in words: the key, the connection lost and the error
+(its type and redacted text), or that no connection came within ``acquire_timeout``
+(a :class:`~guardedpool.errors.PoolTimeout`: nothing was lost) or none could be had (a
+transient connect error), and that the session reconnects at once: it asks the pool
+again, and the pool paces failing connects with the key's backoff (its own lines say how
+long each retry waits). ``extra=``: ``key``, ``conn_id`` (None without a connection),
+``error``, ``error_type``.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from ..errors import (
     ServerBusyClosed,
     ServerLimit,
 )
+from ..logs import error_text
 from ..policy import is_transient
 from ..pool import GuardedPool
 from .client import IMAPClient
@@ -81,6 +93,15 @@ _END = object()
 
 class IdleSession:
     """The running IDLE loop behind :func:`idle`. Use it as an async context manager.
+
+    ``async for event in session`` reads its events. Every ``__aiter__()`` returns an
+    iterator over the one queue of the session (each event goes to one reader). A read
+    that is cancelled -- ``asyncio.wait_for(it.__anext__(), t)`` timing out, a task
+    cancelled -- takes no event: the event it would have returned stays queued, and the
+    next ``__anext__()`` of the same iterator returns it; the iterator is not closed
+    (an async generator would be). The iteration ends only with the session: when it is
+    stopped or the pool closes (``StopAsyncIteration``, for every iterator and every read
+    after), or with the permanent error that ended it (raised by each read).
 
     Args:
         pool: a pool of :class:`IMAPClient` connections.
@@ -119,6 +140,7 @@ class IdleSession:
         self._overflowed = False
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
+        self._conn_id: int | None = None  # the connection in use, for the log
 
     async def __aenter__(self) -> IdleSession:
         self._task = asyncio.get_running_loop().create_task(
@@ -143,27 +165,29 @@ class IdleSession:
                 await task
 
     def __aiter__(self) -> AsyncIterator[IdleEvent]:
-        return self._events()
+        return _Events(self)
 
-    async def _events(self) -> AsyncIterator[IdleEvent]:
-        while True:
-            while not self._backlog:
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiters.append(waiter)
-                try:
-                    await waiter  # no bound: the session's own events end it (_END)
-                finally:
-                    self._waiters.remove(waiter)
-            item = self._backlog.popleft()
-            if item is _END:
-                if self._error is not None:
-                    raise self._error
-                return
-            assert isinstance(item, IdleEvent)
-            if item.kind == "OVERFLOW":
-                # The consumer has it and will resync: pushes from here on are news again.
-                self._overflowed = False
-            yield item
+    async def _next_event(self) -> IdleEvent:
+        """The next event, waiting for one; see the class docstring for cancellation."""
+        while not self._backlog:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter  # no bound: the session's own events end it (_END)
+            finally:
+                self._waiters.remove(waiter)
+        # From here to the return, no await: a cancelled read took nothing.
+        item = self._backlog[0]
+        if item is _END:  # left in place: every later read ends as well
+            if self._error is not None:
+                raise self._error
+            raise StopAsyncIteration
+        self._backlog.popleft()
+        assert isinstance(item, IdleEvent)
+        if item.kind == "OVERFLOW":
+            # The consumer has it and will resync: pushes from here on are news again.
+            self._overflowed = False
+        return item
 
     def _put(self, item: IdleEvent | object) -> None:
         self._backlog.append(item)
@@ -197,17 +221,16 @@ class IdleSession:
                     raise
                 except ServerLimit as exc:
                     await self._wait_out(exc)
-                except (ConnectionPoisoned, PoolTimeout, OSError, TimeoutError) as exc:
+                except PoolTimeout as exc:
                     # The pool paces reconnects (per-key backoff); we just ask again.
-                    log.info(
-                        "guardedpool: IDLE connection lost; reconnecting",
-                        extra={"key": self.key, "error": f"{type(exc).__name__}: {exc}"},
-                    )
+                    self._log_reconnect(exc, None)
+                except (ConnectionPoisoned, OSError, TimeoutError) as exc:
+                    self._log_reconnect(exc, self._conn_id)
                 except PoolError as exc:
-                    if is_transient(exc):
-                        continue
-                    error = exc
-                    return
+                    if not is_transient(exc):
+                        error = exc
+                        return
+                    self._log_reconnect(exc, self._conn_id)  # a connect error, say
         except PoolClosed:
             return
         except asyncio.CancelledError:
@@ -216,6 +239,37 @@ class IdleSession:
             error = exc
         finally:
             self._finish(error)
+
+    def _log_reconnect(self, exc: BaseException, conn_id: int | None) -> None:
+        """The INFO line of a reconnect: key, what happened, error, what comes next."""
+        error = error_text(exc)
+        if isinstance(exc, PoolTimeout):
+            what = (
+                f"got no connection within acquire_timeout "
+                f"({self.pool.config.acquire_timeout:g} s)"
+            )
+        elif conn_id is None:  # raised by acquire() itself: there was no connection
+            what = "could not get a connection"
+        else:
+            what = f"lost connection {conn_id}"
+        then = (
+            "not reconnecting: the pool is closing"
+            if self.pool.closed
+            else "reconnecting now (the pool paces failing connects with the key's backoff)"
+        )
+        log.info(
+            "guardedpool: IDLE on key %r %s: %s; %s",
+            self.key,
+            what,
+            error,
+            then,
+            extra={
+                "key": self.key,
+                "conn_id": conn_id,
+                "error": error,
+                "error_type": type(exc).__name__,
+            },
+        )
 
     async def _wait_out(self, exc: ServerLimit) -> None:
         """Stay away as long as the server asked (bounded), or back off; see the module doc."""
@@ -247,11 +301,13 @@ class IdleSession:
     async def _one_connection(self) -> None:
         """Hold one connection in IDLE until it is due, faulty, or the session ends."""
         pool = self.pool
+        self._conn_id = None
         conn = await pool.acquire(self.key)
         error: BaseException | None = None
         try:
-            await conn.select(self.mailbox)
             record = pool.record_of(conn)
+            self._conn_id = record.id  # for the log line if this connection fails
+            await conn.select(self.mailbox)
             pool.declare_long_hold(conn)  # held across rounds on purpose: not a leak suspect
             announced = False
             clock = pool.clock  # the pool's monotonic clock, in which expires_at lives
@@ -295,6 +351,23 @@ class IdleSession:
             raise
         finally:
             pool.release(conn, error=error if isinstance(error, Exception) else None)
+
+
+class _Events:
+    """An iterator over an :class:`IdleSession`'s events: a class, not an async
+    generator, so that a cancelled read does not close it (a generator closes on the
+    ``CancelledError`` thrown into it)."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: IdleSession) -> None:
+        self._session = session
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> IdleEvent:
+        return await self._session._next_event()
 
 
 def _bye_error(raw: bytes, key: str) -> ConnectionPoisoned:
