@@ -262,17 +262,17 @@ def record_short_life(backoff: KeyBackoff, policy: RetryPolicy, now: float) -> f
 
 
 def failing_key_permits(max_connecting: int) -> int:
-    """How many of the ``max_connecting`` permits connects of keys that fail on their own
-    (:attr:`KeyBackoff.failed_amid_progress`) may hold at once: all but a quarter (at
-    least one), so the other keys always find a permit; all of them when
+    """How many of the ``max_connecting`` permits connects of keys in a failure streak
+    (:attr:`KeyBackoff.failures` > 0) may hold at once: all but a quarter (at least one),
+    so keys that are not failing always find a permit; all of them when
     ``max_connecting`` is 1. For example 8 -> 6 (2 kept), 4 -> 3, 2 -> 1, 1 -> 1.
 
     Why: an account whose server hangs holds its permit for ``connect_timeout`` (15 s by
     default) on every attempt, and retries after its backoff. A few dozen such accounts
-    among thousands (about three times ``max_connecting``) used to hold every permit all the time,
-    and every other key's connects queued behind them: opens and reconnects stalled for
-    the whole pool. Keys that failed only while nothing connected (a server restarting)
-    are not held back: when the server is back, they reconnect at full speed.
+    among thousands (about three times ``max_connecting``) used to hold every permit all
+    the time, and every other key's connects queued behind them: opens and reconnects
+    stalled for the whole pool. The price: after an outage, the keys that failed during it
+    reconnect with these permits only (6 of 8), while keys that did not fail use all.
     """
     return max(1, max_connecting - max(1, max_connecting // 4))
 
@@ -283,8 +283,8 @@ class Reconnector(Generic[C]):
 
     A server restart turns hundreds of connections into hundreds of reconnects at once;
     the cap spreads them out, the per-key backoff keeps a dead key from spinning, and the
-    jitter keeps keys that failed together from retrying together. Keys that fail on their
-    own connect in a lane of their own within the cap (:func:`failing_key_permits`), so
+    jitter keeps keys that failed together from retrying together. Keys in a failure
+    streak connect in a lane of their own within the cap (:func:`failing_key_permits`), so
     accounts that hang cannot take every permit from the rest.
     """
 
@@ -302,7 +302,7 @@ class Reconnector(Generic[C]):
         self._clock = clock
         # Permits to connect (max_connecting), not pool slots: a slot is taken before this.
         self._connect_permits = asyncio.Semaphore(config.max_connecting)
-        # Taken first, and held with a permit, by connects of keys that fail on their own.
+        # Taken first, and held with a permit, by connects of keys in a failure streak.
         self._failing_permits = asyncio.Semaphore(failing_key_permits(config.max_connecting))
         self.connecting = 0
         self.peak_connecting = 0
@@ -416,8 +416,8 @@ class Reconnector(Generic[C]):
         return self.progress_at
 
     async def _once(self, key: str, admit: Callable[[], bool] | None, backoff: KeyBackoff) -> C:
-        """One attempt: wait for one of ``max_connecting`` permits (a key that fails on its
-        own first for one of :func:`failing_key_permits`), then ask ``admit()`` (the pool: is
+        """One attempt: wait for one of ``max_connecting`` permits (a key in a failure
+        streak first for one of :func:`failing_key_permits`), then ask ``admit()`` (the pool: is
         anyone still waiting, may the key log in now? It counts the login), then connect.
         Admission comes after the queue, not before it: callers may give up while it
         queues, and a login counted before a long queue would be counted early. Raises
@@ -425,7 +425,7 @@ class Reconnector(Generic[C]):
         pending, queued = self._pending, self._queued
         pending[key] = pending.get(key, 0) + 1
         queued[key] = queued.get(key, 0) + 1
-        lane = self._failing_permits if backoff.failed_amid_progress else None
+        lane = self._failing_permits if backoff.failures else None
         try:
             try:
                 if lane is not None:

@@ -190,5 +190,5 @@ async def test_the_loop_hands_the_pools_progress_to_the_backoff() -> None:
 
 
 @pytest.mark.parametrize(("cap", "lane"), [(1, 1), (2, 1), (3, 2), (4, 3), (8, 6), (16, 12)])
-def test_keys_failing_on_their_own_leave_a_quarter_of_the_permits(cap: int, lane: int) -> None:
+def test_keys_in_a_failure_streak_leave_a_quarter_of_the_permits(cap: int, lane: int) -> None:
     assert failing_key_permits(cap) == lane
