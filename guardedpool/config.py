@@ -243,7 +243,9 @@ class PoolConfig:
         max_per_key: most connections (opening, open or closing) for one key (default 2).
         max_total: most connections in the whole pool (default 100).
         max_connecting: most connects in flight at once, pool-wide; a server restart then
-            brings a trickle of reconnects, not a storm (default 8).
+            brings a trickle of reconnects, not a storm (default 8). Keys in a failure
+            streak hold at most three quarters of them
+            (:func:`guardedpool.reconnect.failing_key_permits`).
         acquire_timeout: seconds ``acquire()`` may wait for a connection, including any
             connect it waits on (default 30.0); longer only while its connect is queued
             behind ``max_connecting`` and the pool makes progress (see ``queue_timeout``).

@@ -514,14 +514,17 @@ class GuardedPool(Generic[C]):
         ``acquire_timeout``: while a connect for the key is queued behind
         ``max_connecting`` (or under way), ``acquire_timeout`` after the pool's last
         successful connect, and never past ``queue_timeout`` after ``started``; not at all
-        once the key's own connects have failed (its failure streak).
+        once the key has failed again after other connects succeeded
+        (:attr:`~guardedpool.reconnect.KeyBackoff.failed_amid_progress`).
 
         Why: 10,000 acquires at once with ``max_connecting`` 8 make a queue that takes
         longer than ``acquire_timeout`` to drain even when every connect succeeds; a caller
         should not fail while the pool is making progress toward it. A queue that does not
         move (no connect succeeded for ``acquire_timeout``: the server is down or hangs)
         still fails its callers at ``acquire_timeout``, as before, and so does a key whose
-        own server fails while other keys' connects succeed.
+        own server fails while other keys' connects succeed. A failure while nothing
+        connects (a server restarting) does not count against the key: when the server is
+        back, its retry queues behind everyone else's, and its caller waits on.
         """
         reconnector = self._reconnector
         progress = reconnector.progress_at
@@ -529,7 +532,7 @@ class GuardedPool(Generic[C]):
         if (
             progress is None
             or not reconnector.pending(ks.key)
-            or (backoff is not None and backoff.failures > 0)
+            or (backoff is not None and backoff.failed_amid_progress)
         ):
             return -math.inf
         cfg = self.config

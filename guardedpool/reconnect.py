@@ -42,7 +42,14 @@ from .policy import is_transient
 if TYPE_CHECKING:
     from .connector import Connector
 
-__all__ = ["ConnectDeferred", "KeyBackoff", "Reconnector", "backoff_wait", "connect_with_retry"]
+__all__ = [
+    "ConnectDeferred",
+    "KeyBackoff",
+    "Reconnector",
+    "backoff_wait",
+    "connect_with_retry",
+    "failing_key_permits",
+]
 
 log = logging.getLogger("guardedpool.reconnect")
 
@@ -68,6 +75,11 @@ class KeyBackoff:
             reset only by :meth:`settle` once a connection has lived ``reset_after``.
         proving_since: when a connect succeeded while ``level > 0``: the reset is due
             ``reset_after`` later, unless a connection dies young first.
+        last_failure_at: when the streak's latest failed connect ended (None: no streak).
+        failed_amid_progress: the key failed again after a connect of the pool (any key's)
+            succeeded following its previous failure: its failures are its own, not an
+            outage the pool rides out (see ``GuardedPool``'s queue rule). One failure
+            alone never sets it: while nothing connects, every key fails alike.
     """
 
     failures: int = 0
@@ -77,20 +89,32 @@ class KeyBackoff:
     deadline_reported: bool = False
     level: int = 0
     proving_since: float | None = None
+    last_failure_at: float | None = None
+    failed_amid_progress: bool = False
 
-    def record_failure(self, exc: BaseException, now: float, delay: float) -> None:
+    def record_failure(
+        self, exc: BaseException, now: float, delay: float, progress_at: float | None = None
+    ) -> None:
+        """A connect failed at ``now``; the next may start ``delay`` seconds later.
+        ``progress_at``: when a connect of the pool last succeeded (None: never)."""
+        previous = self.last_failure_at
+        if previous is not None and progress_at is not None and progress_at > previous:
+            self.failed_amid_progress = True
         self.failures += 1
         self.level += 1
         self.proving_since = None
         if self.failing_since is None:
             self.failing_since = now
         self.last_error = exc
+        self.last_failure_at = now
         self.next_attempt_at = now + delay
 
     def record_success(self, now: float) -> None:
         """A connect succeeded: the failure streak ends; the delay waits for the proof."""
         self.failures = 0
         self.failing_since = None
+        self.last_failure_at = None
+        self.failed_amid_progress = False
         self.deadline_reported = False
         if self.level and self.proving_since is None:
             self.proving_since = now
@@ -150,6 +174,7 @@ async def connect_with_retry(
     sleep: Callable[[float], Awaitable[Any]],
     on_failure: Callable[[BaseException, float], None],
     admit: Callable[[], bool] | None = None,
+    progress: Callable[[], float | None] | None = None,
 ) -> T:
     """Run ``attempt`` until it succeeds, a permanent error occurs, or nobody wants it.
 
@@ -158,8 +183,9 @@ async def connect_with_retry(
     only when it is transient, and passed to ``on_failure(exc, delay)`` before the delay
     is slept. ``admit()`` is asked right before each attempt (and may count it); when it
     says no, the loop ends with the previous attempt's error, or :class:`ConnectDeferred`
-    before any attempt. Raises the last error when it is permanent or when ``wanted()``
-    turned False.
+    before any attempt. ``progress()``: when a connect of the pool last succeeded, handed
+    to :meth:`KeyBackoff.record_failure`. Raises the last error when it is permanent or
+    when ``wanted()`` turned False.
     """
     backoff.settle(clock(), policy.reset_after)
     pending = backoff.next_attempt_at - clock()
@@ -190,7 +216,7 @@ async def connect_with_retry(
             if not isinstance(exc, UnknownKey):
                 # A permanent failure (wrong password, untrusted certificate) is a failure
                 # of the key all the same: counted, kept as last_error, but not delayed.
-                backoff.record_failure(exc, now, delay)
+                backoff.record_failure(exc, now, delay, progress() if progress else None)
             on_failure(exc, delay)
             raise
 
@@ -235,13 +261,31 @@ def record_short_life(backoff: KeyBackoff, policy: RetryPolicy, now: float) -> f
     return delay
 
 
+def failing_key_permits(max_connecting: int) -> int:
+    """How many of the ``max_connecting`` permits connects of keys in a failure streak
+    (:attr:`KeyBackoff.failures` > 0) may hold at once: all but a quarter (at least one),
+    so keys that are not failing always find a permit; all of them when
+    ``max_connecting`` is 1. For example 8 -> 6 (2 kept), 4 -> 3, 2 -> 1, 1 -> 1.
+
+    Why: an account whose server hangs holds its permit for ``connect_timeout`` (15 s by
+    default) on every attempt, and retries after its backoff. A few dozen such accounts
+    among thousands (about three times ``max_connecting``) used to hold every permit all
+    the time, and every other key's connects queued behind them: opens and reconnects
+    stalled for the whole pool. The price: after an outage, the keys that failed during it
+    reconnect with these permits only (6 of 8), while keys that did not fail use all.
+    """
+    return max(1, max_connecting - max(1, max_connecting // 4))
+
+
 class Reconnector(Generic[C]):
     """Every connect of one pool: the pool-wide ``max_connecting`` cap, the per-key backoff,
     and the ``on_reconnect_failed`` callback once a key's failures outlast the deadline.
 
     A server restart turns hundreds of connections into hundreds of reconnects at once;
     the cap spreads them out, the per-key backoff keeps a dead key from spinning, and the
-    jitter keeps keys that failed together from retrying together.
+    jitter keeps keys that failed together from retrying together. Keys in a failure
+    streak connect in a lane of their own within the cap (:func:`failing_key_permits`), so
+    accounts that hang cannot take every permit from the rest.
     """
 
     def __init__(
@@ -258,6 +302,8 @@ class Reconnector(Generic[C]):
         self._clock = clock
         # Permits to connect (max_connecting), not pool slots: a slot is taken before this.
         self._connect_permits = asyncio.Semaphore(config.max_connecting)
+        # Taken first, and held with a permit, by connects of keys in a failure streak.
+        self._failing_permits = asyncio.Semaphore(failing_key_permits(config.max_connecting))
         self.connecting = 0
         self.peak_connecting = 0
         # Connects per key queued for a permit or under way, and those still queued
@@ -347,13 +393,14 @@ class Reconnector(Generic[C]):
 
         streak = backoff.failures  # failed attempts of the key before this connect
         conn = await connect_with_retry(
-            lambda: self._once(key, admit),
+            lambda: self._once(key, admit, backoff),
             policy=self._config.retry,
             backoff=backoff,
             wanted=wanted,
             clock=self._clock,
             sleep=asyncio.sleep,
             on_failure=failed,
+            progress=self._progress,
         )
         streak = max(streak, failed_here)
         if streak:
@@ -365,18 +412,30 @@ class Reconnector(Generic[C]):
             )
         return conn
 
-    async def _once(self, key: str, admit: Callable[[], bool] | None) -> C:
-        """One attempt: wait for one of ``max_connecting`` permits, then ask ``admit()``
-        (the pool: is anyone still waiting, may the key log in now? It counts the login),
-        then connect. Admission comes after the queue, not before it: callers may give up
-        while it queues, and a login counted before a long queue would be counted early.
-        Raises :class:`ConnectDeferred` when not admitted."""
+    def _progress(self) -> float | None:
+        return self.progress_at
+
+    async def _once(self, key: str, admit: Callable[[], bool] | None, backoff: KeyBackoff) -> C:
+        """One attempt: wait for one of ``max_connecting`` permits (a key in a failure
+        streak first for one of :func:`failing_key_permits`), then ask ``admit()`` (the pool: is
+        anyone still waiting, may the key log in now? It counts the login), then connect.
+        Admission comes after the queue, not before it: callers may give up while it
+        queues, and a login counted before a long queue would be counted early. Raises
+        :class:`ConnectDeferred` when not admitted."""
         pending, queued = self._pending, self._queued
         pending[key] = pending.get(key, 0) + 1
         queued[key] = queued.get(key, 0) + 1
+        lane = self._failing_permits if backoff.failures else None
         try:
             try:
-                await self._connect_permits.acquire()
+                if lane is not None:
+                    await lane.acquire()
+                try:
+                    await self._connect_permits.acquire()
+                except BaseException:
+                    if lane is not None:
+                        lane.release()
+                    raise
             finally:
                 _drop(queued, key)
             try:
@@ -397,6 +456,8 @@ class Reconnector(Generic[C]):
                 return conn
             finally:
                 self._connect_permits.release()
+                if lane is not None:
+                    lane.release()
         finally:
             _drop(pending, key)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from guardedpool import AuthenticationError, ConnectError, RetryPolicy
-from guardedpool.reconnect import KeyBackoff, connect_with_retry
+from guardedpool.reconnect import KeyBackoff, connect_with_retry, failing_key_permits
 
 POLICY = RetryPolicy(initial=1.0, multiplier=2.0, max_delay=30.0, jitter=0.0)
 
@@ -134,3 +134,61 @@ async def test_cancellation_during_the_first_attempt_is_not_retried() -> None:
         await task
     assert (script.attempts, script.sleeps, script.failures) == (1, [], [])
     assert backoff.failures == 0
+
+
+# -- a key that fails on its own ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failures_at", "progress_at", "own"),
+    [
+        ((), None, False),
+        ((1.0,), 0.5, False),  # one failure alone never counts: nothing else to compare
+        ((1.0, 2.0), None, False),  # nothing ever connected: an outage, maybe
+        ((1.0, 2.0), 0.5, False),  # the success came before the streak
+        ((1.0, 2.0), 1.0, False),  # not after the previous failure
+        ((1.0, 2.0), 1.5, True),  # connected in between, and it failed again
+        ((1.0, 2.0, 3.0), 2.5, True),
+    ],
+)
+def test_failed_amid_progress_needs_a_success_between_two_failures(
+    failures_at: tuple[float, ...], progress_at: float | None, own: bool
+) -> None:
+    backoff = KeyBackoff()
+    for at in failures_at:
+        backoff.record_failure(ConnectError("x"), at, 1.0, progress_at)
+    assert backoff.failed_amid_progress is own
+    backoff.record_success(10.0)
+    assert not backoff.failed_amid_progress and backoff.last_failure_at is None
+
+
+async def test_the_loop_hands_the_pools_progress_to_the_backoff() -> None:
+    script = Script(ConnectionResetError("a"), ConnectionResetError("b"), ConnectionResetError("c"))
+    backoff = KeyBackoff()
+    progress: list[float | None] = [None]
+
+    def seen() -> float | None:
+        return progress[0]
+
+    async def attempt() -> str:
+        if script.attempts == 1:
+            progress[0] = script.now  # another key connected after the first failure
+        return await script.attempt()
+
+    with pytest.raises(ConnectionResetError):
+        await connect_with_retry(
+            attempt,
+            policy=POLICY,
+            backoff=backoff,
+            wanted=lambda: script.attempts < 3,
+            clock=script.clock,
+            sleep=script.sleep,
+            on_failure=lambda exc, delay: None,
+            progress=seen,
+        )
+    assert backoff.failures == 3 and backoff.failed_amid_progress
+
+
+@pytest.mark.parametrize(("cap", "lane"), [(1, 1), (2, 1), (3, 2), (4, 3), (8, 6), (16, 12)])
+def test_keys_in_a_failure_streak_leave_a_quarter_of_the_permits(cap: int, lane: int) -> None:
+    assert failing_key_permits(cap) == lane
