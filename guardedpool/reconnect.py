@@ -42,12 +42,23 @@ from .policy import is_transient
 if TYPE_CHECKING:
     from .connector import Connector
 
-__all__ = ["ConnectDeferred", "KeyBackoff", "Reconnector", "backoff_wait", "connect_with_retry"]
+__all__ = [
+    "CONNECT_BACKSTOP",
+    "ConnectDeferred",
+    "KeyBackoff",
+    "Reconnector",
+    "backoff_wait",
+    "connect_with_retry",
+]
 
 log = logging.getLogger("guardedpool.reconnect")
 
 T = TypeVar("T")
 C = TypeVar("C")
+
+CONNECT_BACKSTOP = 1.0
+"""Seconds past ``connect_timeout`` after which the pool cancels a connector's ``open``
+that overran its own bound: no connect attempt lasts longer than the sum."""
 
 
 class ConnectDeferred(ConnectError):
@@ -389,7 +400,8 @@ class Reconnector(Generic[C]):
                 self.peak_connecting = max(self.peak_connecting, self.connecting)
                 try:
                     # The connector bounds itself by connect_timeout; this is a backstop.
-                    async with asyncio.timeout(self._config.connect_timeout + 1.0):
+                    bound = self._config.connect_timeout + CONNECT_BACKSTOP
+                    async with asyncio.timeout(bound):
                         conn = await self._connector.open(key, self._config)
                 finally:
                     self.connecting -= 1
