@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import _bench
 
 from guardedpool.audit import run_audit
+from guardedpool.audit.classify import Connecting
 from guardedpool.audit.scan import Backend
 from guardedpool.audit.scan_lsof import lsof_command
 from guardedpool.audit.scan_procfs import scan_procfs
@@ -83,8 +84,8 @@ class BenchTarget:
     def retire(self, record: ConnectionRecord) -> None:
         raise AssertionError(f"healthy benchmark connection retired: {record.id}")
 
-    def foreign(self) -> tuple[frozenset[int], int]:
-        return frozenset(), 0
+    def foreign(self) -> tuple[frozenset[int], tuple[Connecting, ...]]:
+        return frozenset(), ()
 
     def abort(self, record: ConnectionRecord) -> bool:
         return False

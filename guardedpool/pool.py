@@ -735,7 +735,6 @@ class GuardedPool(Generic[C]):
         ks = slot.keystate
         record = slot.record
         began = record.created_at
-        started = [0.0]  # when the current attempt started (counted as a login)
         if self._leases is not None:
             try:
                 await self._leases.take(slot)
@@ -755,10 +754,11 @@ class GuardedPool(Generic[C]):
                 wanted=lambda: (
                     not self._shut_down and ks.live_waiters() > 0 and self._may_connect(ks)
                 ),
-                note=lambda exc: self._connect_failed(ks, record, exc, started[0]),
-                admit=lambda: self._admit(ks, started),
+                note=lambda exc: self._connect_failed(ks, record, exc),
+                admit=lambda: self._admit(ks, record),
             )
         except BaseException as exc:
+            record.attempt_at = None
             self._free_slot(slot, Event.OPEN_FAILED, type(exc).__name__)
             ks.connect_finished()
             if isinstance(exc, Exception) and not policy.is_transient(exc):
@@ -770,6 +770,7 @@ class GuardedPool(Generic[C]):
                 raise
             return
         now = self._clock()
+        record.attempt_at = None
         slot.conn = conn
         sock = self._connector.socket_of(conn)
         if sock is not None:
@@ -828,14 +829,17 @@ class GuardedPool(Generic[C]):
         self._to_idle(slot)
 
     def _connect_failed(
-        self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException, started: float
+        self, ks: KeyState[C], record: ConnectionRecord, exc: BaseException
     ) -> None:
+        """An attempt failed (its socket, if any, is closed: the connector's contract): the
+        record is in no attempt any more, and a login that did not happen is not counted."""
+        started, record.attempt_at = record.attempt_at, None
         if not isinstance(exc, UnknownKey):  # no such key: not a failure of one
             ks.connect_failures += 1
         record.note(self._clock(), Event.CONNECT_FAILED, type(exc).__name__)
         if isinstance(exc, ServerLimit):
             self._limited(ks, exc, len(ks.idle) + ks.in_use)
-        if not reached_login(exc):
+        if started is not None and not reached_login(exc):
             if ks.limits is not None:
                 ks.limits.unnote_login(started)
             elif ks.first_login == started:
@@ -928,14 +932,14 @@ class GuardedPool(Generic[C]):
             and ks.slots <= limits.key_cap(now, self.config)
         )
 
-    def _admit(self, ks: KeyState[C], started: list[float]) -> bool:
+    def _admit(self, ks: KeyState[C], record: ConnectionRecord) -> bool:
         """Right before a connect attempt: may it start? If so it is counted as a login,
-        and its start goes in ``started[0]``. Nobody waiting (they gave up during the
-        backoff): no login at all."""
+        and its start goes in ``record.attempt_at`` (the audit's sign of a connect in
+        flight). Nobody waiting (they gave up during the backoff): no login at all."""
         if self._shut_down or ks.live_waiters() == 0 or not self._may_connect(ks):
             return False
         now = self._clock()
-        started[0] = now
+        record.attempt_at = now
         limits = ks.limits
         if limits is None:
             first = ks.first_login

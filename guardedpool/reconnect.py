@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .connector import Connector
 
 __all__ = [
+    "CONNECT_BACKSTOP",
     "ConnectDeferred",
     "KeyBackoff",
     "Reconnector",
@@ -55,6 +56,10 @@ log = logging.getLogger("guardedpool.reconnect")
 
 T = TypeVar("T")
 C = TypeVar("C")
+
+CONNECT_BACKSTOP = 1.0
+"""Seconds past ``connect_timeout`` after which the pool cancels a connector's ``open``
+that overran its own bound: no connect attempt lasts longer than the sum."""
 
 
 class ConnectDeferred(ConnectError):
@@ -448,7 +453,8 @@ class Reconnector(Generic[C]):
                 self.peak_connecting = max(self.peak_connecting, self.connecting)
                 try:
                     # The connector bounds itself by connect_timeout; this is a backstop.
-                    async with asyncio.timeout(self._config.connect_timeout + 1.0):
+                    bound = self._config.connect_timeout + CONNECT_BACKSTOP
+                    async with asyncio.timeout(bound):
                         conn = await self._connector.open(key, self._config)
                 finally:
                     self.connecting -= 1

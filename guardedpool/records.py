@@ -142,6 +142,11 @@ class ConnectionRecord:
     borrowed_lasti: int = -1
     long_hold: bool = False  # the borrower declared this hold long on purpose (see leaks)
     socket: SocketIdentity | None = None
+    # When the connect attempt under way started (after its max_connecting permit and its
+    # admission, before the connector's ``open``); None while the record is in no attempt:
+    # waiting for a permit or a fleet lease, sleeping in backoff between attempts, or done
+    # connecting. Only an attempt can own a socket the pool has not recorded yet (audit).
+    attempt_at: float | None = None
     close_reason: CloseReason | None = None
     retired_at: float | None = None
     closed_at: float | None = None

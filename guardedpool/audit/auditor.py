@@ -12,13 +12,13 @@ import logging
 import operator
 import time
 import weakref
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Protocol
 
 from ..config import PoolConfig
 from ..leaks import Borrow
 from ..records import ConnectionRecord, LifecycleEvent, SocketIdentity
-from .classify import Kind, classify
+from .classify import Candidate, Connecting, Kind, classify
 from .enforce import Outcome, enforce
 from .report import Action, AuditReport, Finding
 from .rows import Address
@@ -52,8 +52,10 @@ class AuditTarget(Protocol):
     * ``retire``: the record is overdue: retire it now (if still idle).
     * ``abort``: abort the record's transport if the pool still holds its connection;
       False if it does not.
-    * ``foreign``: the socket inodes other pools of this process own, and how many
-      connects they have in flight: two pools to one server are not each other's orphans.
+    * ``foreign``: the socket inodes other pools of this process own (two pools to one
+      server are not each other's orphans), and their connect attempts in flight, one
+      :class:`~guardedpool.audit.classify.Connecting` per pool that has any, in this
+      target's clock.
     """
 
     @property
@@ -66,7 +68,7 @@ class AuditTarget(Protocol):
     def poison(self, record: ConnectionRecord) -> None: ...
     def retire(self, record: ConnectionRecord) -> None: ...
     def abort(self, record: ConnectionRecord) -> bool: ...
-    def foreign(self) -> tuple[frozenset[int], int]: ...
+    def foreign(self) -> tuple[frozenset[int], tuple[Connecting, ...]]: ...
 
 
 async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> AuditReport:
@@ -80,6 +82,12 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
     limit it still answers (see :func:`~guardedpool.audit.scan.scan`). Raises
     :class:`~guardedpool.audit.scan.ScanError`, and nothing else, when the OS view cannot
     be read.
+
+    Orphan candidates deferred because a connect was in flight are looked at again by the
+    next audit of the same ``target`` object, which remembers when it first saw each one
+    (weakly keyed, like the verifier): one is reported once no attempt in flight could
+    own it (see :mod:`.classify`), at the latest ``connect_bound(config)`` s after it was
+    first seen.
     """
     started = time.perf_counter()
     checked_at = time.time()
@@ -97,6 +105,7 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
         for ident in map(_SOCKET, group)
         if ident is not None
     ]
+    listed_at = target.now()
     view = await scan(chosen, known, endpoints, inodes=_inodes_of(target).inodes(known))
     # From here to the actions nothing awaits: the records cannot change under the verdict.
     live = list(target.records())
@@ -114,7 +123,11 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
         quiet=view.quiet,
         foreign=foreign,
         foreign_connecting=foreign_connecting,
+        first_seen=_seen_of(target),
+        listed_at=listed_at,
     )
+    if not missed:  # with no endpoints no candidate was looked for: keep what was seen
+        _remember(target, verdict.seen)
     outcomes = await enforce(verdict.decisions, target, verifier=verifier)
     findings = sorted((_finding(o, wall) for o in outcomes), key=lambda f: _ORDER[f.kind])
     for finding in findings:
@@ -147,6 +160,30 @@ _VERIFIERS: weakref.WeakKeyDictionary[AuditTarget, Verifier] = weakref.WeakKeyDi
 
 # The inodes of a target's sockets, rebuilt only when its socket identities change.
 _INODES: weakref.WeakKeyDictionary[AuditTarget, InodeCache] = weakref.WeakKeyDictionary()
+
+
+# Orphan candidates of a target's last audit -> when first seen (its clock); only the
+# candidates of the last audit, so a socket gone is forgotten.
+_SEEN: weakref.WeakKeyDictionary[AuditTarget, Mapping[Candidate, float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _seen_of(target: AuditTarget) -> Mapping[Candidate, float] | None:
+    try:
+        return _SEEN.get(target)
+    except TypeError:  # not hashable or not weakly referable
+        return None
+
+
+def _remember(target: AuditTarget, seen: Mapping[Candidate, float]) -> None:
+    try:
+        if seen:
+            _SEEN[target] = seen
+        else:
+            _SEEN.pop(target, None)
+    except TypeError:  # not hashable or weakly referable: each audit sees every one anew
+        pass
 
 
 def _inodes_of(target: AuditTarget) -> InodeCache:

@@ -21,9 +21,16 @@ The rules, per record (at most one of straggler / half_open / overdue, plus leak
   * leak_suspect: IN_USE by a borrower for ``leak_threshold`` s or more, and not declared
     a long hold (the rule is :func:`guardedpool.leaks.leak_suspect`) -> report.
   * orphan: a TCP row no record owns whose peer is a pooled endpoint -> close (if
-    ``close_orphans``) else report. While a connect is in flight (an OPENING record with no
-    socket identity yet) its socket is indistinguishable from an orphan, so orphans are
-    counted as deferred instead.
+    ``close_orphans``) else report. A connect attempt in flight (an OPENING record with
+    ``attempt_at`` set and no socket identity yet, or another pool's, see
+    :class:`Connecting`) owns a socket the pool cannot name yet, indistinguishable from an
+    orphan, so a candidate it could own is deferred (counted, not reported) instead. It
+    could own it only if it started before the candidate was first seen, and only for
+    :func:`connect_bound` s after that: an attempt ends (its socket closed) within
+    ``connect_timeout + CONNECT_BACKSTOP``. So a candidate is deferred at most that long
+    plus :data:`CONNECT_SLACK`, and not at all once the attempts that were in flight when
+    it was first seen are over, however many start later. Records waiting for a connect
+    permit or sleeping in backoff between attempts hold no socket and defer nothing.
 OPENING and (recently) CLOSING records are in flux: they own their rows, nothing more.
 Non-TCP rows (UNIX, UDP, or not inspected) never produce a finding.
 """
@@ -36,17 +43,22 @@ from dataclasses import dataclass, field
 
 from ..config import PoolConfig
 from ..leaks import leak_suspect, suspect_reason
+from ..reconnect import CONNECT_BACKSTOP
 from ..records import ConnectionRecord, ConnState, SocketIdentity
 from .rows import Address, OsSocket, normalize_address, quiet_row
 
 __all__ = [
     "CLOSING_SLACK",
+    "CONNECT_SLACK",
     "STRAGGLER_GRACE",
+    "Candidate",
     "Classification",
+    "Connecting",
     "Decision",
     "Kind",
     "Plan",
     "classify",
+    "connect_bound",
 ]
 
 STRAGGLER_GRACE = 0.5
@@ -56,6 +68,15 @@ transport releases its fd from a loop callback, a moment after the pool marks it
 CLOSING_SLACK = 2.0
 """Seconds beyond ``close_timeout`` a close may take (the pool's verify waits) before a
 record stuck in CLOSING is judged as retired."""
+
+CONNECT_SLACK = 2.0
+"""Seconds beyond ``connect_timeout + CONNECT_BACKSTOP`` a connect attempt's socket may
+still be seen: a late timer on a busy event loop, and the aborted transport's close on a
+later loop turn."""
+
+Candidate = int | tuple[Address, Address]
+"""An orphan candidate's name across audits: its inode, or (local, remote) for a row
+without one (psutil, lsof)."""
 
 _OPEN_OK = frozenset({"ESTABLISHED", "UNKNOWN"})
 _IDLE, _IN_USE = ConnState.IDLE, ConnState.IN_USE  # guardedpool/fastpath.py, trick 1
@@ -108,9 +129,38 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class Connecting:
+    """Connect attempts in flight of one pool: ``since`` is when the earliest of them
+    started, in the auditing pool's clock (s); ``bound`` how long (s) after that any of
+    them can still hold a socket the pool has not recorded (:func:`connect_bound` of that
+    pool's config)."""
+
+    since: float
+    bound: float
+
+
+def connect_bound(config: PoolConfig) -> float:
+    """Seconds a connect attempt can hold a socket no record names yet:
+    ``connect_timeout + CONNECT_BACKSTOP + CONNECT_SLACK`` (15 + 1 + 2 by default). The
+    attempt is bounded by ``connect_timeout`` (the connector's contract) and cancelled
+    by the pool at ``CONNECT_BACKSTOP`` past it (:mod:`guardedpool.reconnect`)."""
+    return config.connect_timeout + CONNECT_BACKSTOP + CONNECT_SLACK
+
+
+@dataclass(frozen=True, slots=True)
 class Classification:
+    """The decisions; ``deferred``: orphan decisions held back this time (a connect in
+    flight could own their sockets); ``seen``: every orphan candidate of this look
+    (deferred or not) -> when it was first seen, to pass back as ``first_seen`` next time.
+    """
+
     decisions: tuple[Decision, ...]
-    orphans_deferred: int = 0
+    deferred: tuple[Decision, ...] = ()
+    seen: Mapping[Candidate, float] = field(default_factory=dict)
+
+    @property
+    def orphans_deferred(self) -> int:
+        return len(self.deferred)
 
 
 class _Index:
@@ -186,10 +236,10 @@ def _open_findings(
 
 def _orphans(
     index: _Index, endpoints: Set[Address], close: bool, foreign: Set[int]
-) -> list[Decision]:
+) -> list[tuple[Candidate, Decision]]:
     wanted = {normalize_address(e) for e in endpoints}
     plan = Plan.FORCE_CLOSE if close else Plan.REPORT
-    out: list[Decision] = []
+    out: list[tuple[Candidate, Decision]] = []
     for rows in index.unclaimed():
         # by_inode groups a dup'd socket's fds; by_pair rows are one socket each way.
         hits = [
@@ -200,9 +250,23 @@ def _orphans(
             and r.inode not in foreign
         ]
         if hits:
+            first = hits[0]
+            name: Candidate
+            if first.inode is not None:
+                name = first.inode
+            else:
+                assert first.local is not None and first.remote is not None  # by_pair's key
+                name = (first.local, first.remote)
             reason = "socket to a pooled endpoint that no record owns"
-            out.append(Decision(Kind.ORPHAN, plan, None, tuple(hits), reason))
+            out.append((name, Decision(Kind.ORPHAN, plan, None, tuple(hits), reason)))
     return out
+
+
+def _could_own(seen_at: float, listed_at: float, connecting: Iterable[Connecting]) -> bool:
+    """Whether an attempt in flight could own a candidate first seen at ``seen_at`` and
+    listed again no earlier than ``listed_at``: one that started by then, whose bound has
+    not passed since."""
+    return any(c.since <= seen_at and listed_at - seen_at <= c.bound for c in connecting)
 
 
 def _unsettled(
@@ -260,7 +324,9 @@ def classify(
     *,
     quiet: Mapping[int, int] = _NO_QUIET,
     foreign: Set[int] = frozenset(),
-    foreign_connecting: int = 0,
+    foreign_connecting: Iterable[Connecting] = (),
+    first_seen: Mapping[Candidate, float] | None = None,
+    listed_at: float | None = None,
 ) -> Classification:
     """Decide every finding; see the module docstring for the rules.
 
@@ -271,16 +337,24 @@ def classify(
     loop's longest stall; only the rest take the full look.
 
     ``foreign``: inodes owned by other pools in this process (never orphans of this one);
-    ``foreign_connecting``: their connects in flight, which defer orphans like ours do.
+    ``foreign_connecting``: their connects in flight (one :class:`Connecting` per pool),
+    which defer orphans like ours do.
+
+    ``first_seen``: the ``seen`` of the previous look (candidate -> when first seen, in
+    ``now``'s clock); a candidate not in it is first seen ``now``. ``listed_at``: when the
+    OS listing of this look started (default ``now``), so a slow scan never makes a
+    candidate look older than it is. The deferral rule is in the module docstring.
     """
     index = _Index(os_sockets, quiet)
     decisions: list[Decision] = []
-    connecting = 0
+    earliest: float | None = None  # our earliest connect attempt in flight
     settled: list[tuple[ConnectionRecord, list[OsSocket], float | None]] = []
     for record, fd in _unsettled(live_records, index.quiet, now, config):
         ident = record.socket
         if ident is None:
-            connecting += record.state is ConnState.OPENING
+            at = record.attempt_at
+            if at is not None and record.state is ConnState.OPENING:
+                earliest = at if earliest is None or at < earliest else earliest
             continue
         state = record.state
         # every record owns its rows, in flux or not
@@ -300,6 +374,19 @@ def classify(
             why = f"retired ({record.state.value}) {now - since:.1f} s ago, socket still open"
             decisions.append(Decision(Kind.STRAGGLER, plan, record, tuple(rows), why, since))
     orphans = _orphans(index, endpoints, policy.close_orphans, foreign)
-    if connecting or foreign_connecting:
-        return Classification(tuple(decisions), orphans_deferred=len(orphans))
-    return Classification(tuple(decisions + orphans))
+    if not orphans:
+        return Classification(tuple(decisions))
+    connecting = list(foreign_connecting)
+    if earliest is not None:
+        connecting.append(Connecting(earliest, connect_bound(config)))
+    before = first_seen or {}
+    listed = now if listed_at is None else listed_at
+    seen: dict[Candidate, float] = {}
+    deferred: list[Decision] = []
+    for name, decision in orphans:
+        at = seen[name] = before.get(name, now)
+        if connecting and _could_own(at, listed, connecting):
+            deferred.append(decision)
+        else:
+            decisions.append(decision)
+    return Classification(tuple(decisions), tuple(deferred), seen)

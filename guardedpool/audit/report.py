@@ -212,8 +212,11 @@ class AuditReport:
         limit (``fds_used > share * fd_limit``; never with an unlimited limit);
       * no fd was left for the scan (``fd_exhausted``), whatever the share.
     ``overdue`` findings alone leave it healthy: the connection was retired and the only
-    fault was housekeeping lag. ``orphans_deferred`` counts orphan candidates not reported
-    because a connect was in flight (its socket looks like one until it is identified).
+    fault was housekeeping lag. ``orphans_deferred`` counts orphan candidates held back this
+    time because a connect attempt in flight could own them (its socket looks like one
+    until it is identified); the next audit of the same pool looks again, and reports one
+    at the latest ``connect_bound`` s after it was first seen (see
+    :mod:`guardedpool.audit.classify`).
     ``verifications`` finish what an earlier report of the same pool could not know yet:
     whether a socket it shut down left the process after all; they do not change health.
 
@@ -229,7 +232,8 @@ class AuditReport:
         records_checked: live plus retired records held against the OS.
         sockets_seen: TCP sockets (rows) the OS view returned.
         findings: the findings, in order: stragglers, half-open, overdue, leaks, orphans.
-        orphans_deferred: orphan candidates left for the next audit (a connect in flight).
+        orphans_deferred: orphan candidates held back this time (a connect attempt in
+            flight could own them); the next audit looks at them again.
         notes: what the audit could not look at, in words.
         fd_exhausted: the backend could not start because the process (``EMFILE``) or the
             system (``ENFILE``) had no fd left; the scan probed fd numbers instead (notes).

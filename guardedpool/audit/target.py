@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..config import PoolConfig
 from ..records import CloseReason, ConnectionRecord, ConnState, Event
+from .classify import Connecting, connect_bound
 
 if TYPE_CHECKING:
     from ..books import Books, Slot
@@ -94,18 +95,26 @@ class PoolTarget(Generic[C]):
         self._connector.abort(slot.conn)
         return True
 
-    def foreign(self) -> tuple[frozenset[int], int]:
-        """Socket inodes other pools of the process own, and their connects in flight."""
+    def foreign(self) -> tuple[frozenset[int], tuple[Connecting, ...]]:
+        """Socket inodes other pools of the process own, and their connect attempts in
+        flight: per pool with any, when the earliest started (in this pool's clock) and
+        its ``connect_bound``."""
         inodes: set[int] = set()
-        connecting = 0
+        connecting: list[Connecting] = []
+        now = self._clock()
         for other in list(_TARGETS):
             if other is self:
                 continue
+            earliest: float | None = None
             for slot in list(other._books.live.values()):
                 record = slot.record
                 if record.socket is not None:
                     inodes.add(record.socket.inode)
-                elif record.state is ConnState.OPENING:
-                    connecting += 1
+                elif record.attempt_at is not None and record.state is ConnState.OPENING:
+                    at = record.attempt_at
+                    earliest = at if earliest is None or at < earliest else earliest
             inodes.update(r.socket.inode for r in other._books.graveyard if r.socket is not None)
-        return frozenset(inodes), connecting
+            if earliest is not None:
+                since = now - (other._clock() - earliest)  # its clock to ours
+                connecting.append(Connecting(since, connect_bound(other.config)))
+        return frozenset(inodes), tuple(connecting)

@@ -27,6 +27,7 @@ from harness import wait_for
 from harness.configs import DEFAULTS, config
 
 from guardedpool.audit import Action, Kind, OsSocket, run_audit, scan, scan_procfs, verify
+from guardedpool.audit.classify import Connecting, connect_bound
 from guardedpool.audit.rows import Address
 from guardedpool.audit.scan import PROBE_BEYOND, Backend
 from guardedpool.audit.scan_lsof import parse_lsof, run_lsof
@@ -126,9 +127,10 @@ class FakeTarget:
     poisoned: list[ConnectionRecord] = field(default_factory=list)
     retired: list[ConnectionRecord] = field(default_factory=list)
     aborted: list[ConnectionRecord] = field(default_factory=list)
+    skew: float = 0.0  # added to the clock: time passing without waiting for it
 
     def now(self) -> float:
-        return time.monotonic()
+        return time.monotonic() + self.skew
 
     def records(self) -> Sequence[ConnectionRecord]:
         return self.live
@@ -145,8 +147,8 @@ class FakeTarget:
     def retire(self, record: ConnectionRecord) -> None:
         self.retired.append(record)
 
-    def foreign(self) -> tuple[frozenset[int], int]:
-        return frozenset(), 0
+    def foreign(self) -> tuple[frozenset[int], tuple[Connecting, ...]]:
+        return frozenset(), ()
 
     def abort(self, record: ConnectionRecord) -> bool:
         transport = self.held.pop(record.id, None)
@@ -697,13 +699,67 @@ async def test_orphan_is_closed_when_asked(server: Server, sockets: Sockets) -> 
     assert fds_holding(ident.inode) == []
 
 
+def connecting(target: FakeTarget, key: str = "inbox-2") -> ConnectionRecord:
+    """An OPENING record in a connect attempt that started now (no socket identity yet)."""
+    now = target.now()
+    record = ConnectionRecord(key, now, now + 60)
+    record.attempt_at = now
+    target.live.append(record)
+    return record
+
+
 async def test_orphans_wait_while_a_connect_is_in_flight(server: Server, sockets: Sockets) -> None:
     sockets.raw(server.address)
     target = target_for(server)
-    target.live.append(ConnectionRecord("inbox-2", time.monotonic(), time.monotonic() + 60))
+    connecting(target)
 
     report = await run_audit(target)
     assert report.findings == () and report.orphans_deferred == 1
+
+
+async def test_a_connect_between_attempts_defers_nothing(server: Server, sockets: Sockets) -> None:
+    sockets.raw(server.address)
+    target = target_for(server)
+    connecting(target).attempt_at = None  # OPENING, sleeping in backoff: no socket
+
+    report = await run_audit(target)
+    assert [f.kind for f in report.findings] == [Kind.ORPHAN] and report.orphans_deferred == 0
+
+
+async def test_a_deferred_orphan_is_reported_once_no_attempt_could_own_it(
+    server: Server, sockets: Sockets
+) -> None:
+    beside = sockets.raw(server.address)
+    target = target_for(server)
+    record = connecting(target)
+    assert (await run_audit(target)).orphans_deferred == 1
+
+    # That attempt failed and the next one started: it cannot own a socket seen before it.
+    target.skew += 0.5
+    record.attempt_at = target.now()
+    report = await run_audit(target)
+    (f,) = report.findings
+    assert (f.kind, f.fd, report.orphans_deferred) == (Kind.ORPHAN, beside.fileno(), 0)
+    assert not report.healthy
+
+
+async def test_a_deferred_orphan_is_closed_once_the_connect_bound_passes(
+    server: Server, sockets: Sockets
+) -> None:
+    beside = await sockets.transport(server.address)  # closes its fd when shut down
+    inode = identify(beside.get_extra_info("socket")).inode
+    target = target_for(server, close_orphans=True)
+    connecting(target)  # hangs for good: its attempt_at never changes
+    assert (await run_audit(target)).orphans_deferred == 1
+
+    target.skew += connect_bound(target.config) - 1.0
+    assert (await run_audit(target)).orphans_deferred == 1  # it could still be the attempt's
+
+    target.skew += 1.5
+    report = await run_audit(target)
+    (f,) = report.findings
+    assert (f.kind, f.action, report.orphans_deferred) == (Kind.ORPHAN, Action.FORCE_CLOSED, 0)
+    assert fds_holding(inode) == []
 
 
 # --------------------------------------------------------------------------- hands off

@@ -11,7 +11,9 @@ from collections.abc import Callable
 import aioimaplib
 import pytest
 from harness import DovecotServer, ProxyFactory
-from harness.configs import DEFAULTS, QUIET, config
+from harness.configs import DEFAULTS, FAST_RETRY, QUIET, config
+from harness.scripted import ScriptConn, ScriptedIMAP
+from harness.waiting import wait_for
 
 from guardedpool import GuardedPool, PoolConfig, PoolError
 from guardedpool.audit import Action, Kind
@@ -86,6 +88,87 @@ async def test_orphan_from_a_plain_aioimaplib_client_is_reported_and_left_open(
         finally:
             await outsider.logout()
             outsider.protocol.transport.close()
+
+
+async def never_greet(conn: ScriptConn) -> None:
+    """A server that accepts TCP and never says a word: every connect to it hangs until
+    connect_timeout."""
+    await conn.drain()
+
+
+async def wait_for_hung(pool: GuardedPool[IMAPClient]) -> None:
+    await pool.acquire("hung")  # never served: cancelled by the test
+
+
+HUNG = config(
+    QUIET,
+    connect_timeout=1.0,
+    acquire_timeout=60.0,  # one waiter keeps the hung key connecting for the whole test
+    retry=config(FAST_RETRY, max_logins_per_minute=10_000),
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("close_orphans", [False, True])
+async def test_a_hung_account_does_not_hide_an_orphan(
+    dovecot: DovecotServer, close_orphans: bool
+) -> None:
+    """R4's defect 3: one account whose connects hang (in an attempt, or in backoff between
+    attempts) deferred every orphan for as long as it kept connecting."""
+    cfg = config(HUNG, audit=config(HUNG.audit, close_orphans=close_orphans))
+    async with ScriptedIMAP(never_greet) as hung_server:
+        accounts = {
+            "hung": IMAPAccount(
+                host="127.0.0.1", port=hung_server.port, username="carol", password="pw", tls=False
+            ),
+            "good": IMAPAccount(
+                host=dovecot.host,
+                port=dovecot.port,
+                username="alice",
+                password=dovecot.users["alice"],
+                tls=False,
+            ),
+        }
+        pool = GuardedPool(IMAPConnector(accounts), cfg)
+        async with pool:
+            async with pool.acquire("good") as imap:
+                await imap.noop()
+            waiter = asyncio.create_task(wait_for_hung(pool))
+            await wait_for(lambda: hung_server.accepted >= 1, what="a connect to the hung server")
+            # A driver's connection to the pooled Dovecot that no record owns; a plain
+            # protocol closes its transport when the auditor shuts the socket down.
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                asyncio.Protocol, dovecot.host, dovecot.port
+            )
+            orphan_fd = transport.get_extra_info("socket").fileno()
+            orphan_inode = os.fstat(orphan_fd).st_ino
+            try:
+                reports = []
+                for _ in range(200):  # ~20 s at most; the connect bound here is 4 s
+                    report = await pool.audit()
+                    reports.append(report)
+                    if report.counts[Kind.ORPHAN.value]:
+                        break
+                    await asyncio.sleep(0.1)
+                (finding,) = [f for f in reports[-1].findings if f.kind is Kind.ORPHAN]
+                assert finding.fds == (orphan_fd,) and finding.key is None
+                # still deferred, if any: the hung attempt's own socket, never reported
+                assert not reports[-1].healthy and reports[-1].orphans_deferred <= 1
+                assert finding.action is (
+                    Action.FORCE_CLOSED if close_orphans else Action.REPORTED
+                )
+                assert transport.is_closing() is close_orphans
+                for _ in range(30):  # a few more hung attempts: never their sockets
+                    await asyncio.sleep(0.1)
+                    report = await pool.audit()
+                    found = [f.inode for f in report.findings if f.kind is Kind.ORPHAN]
+                    assert found == ([] if close_orphans else [orphan_inode])
+                assert not waiter.done()  # the hung key was connecting all along
+                assert hung_server.accepted >= 1
+            finally:
+                transport.close()
+                waiter.cancel()
+                await asyncio.gather(waiter, return_exceptions=True)
 
 
 async def test_half_open_after_rst_is_poisoned_and_replaced(

@@ -14,10 +14,13 @@ from hypothesis import strategies as st
 from guardedpool.audit.classify import (
     CLOSING_SLACK,
     STRAGGLER_GRACE,
+    Candidate,
     Classification,
+    Connecting,
     Kind,
     Plan,
     classify,
+    connect_bound,
 )
 from guardedpool.audit.rows import OsSocket
 from guardedpool.config import PoolConfig
@@ -55,9 +58,11 @@ def rec(
     borrowed: float | None = None,
     retired: float | None = None,
     closed: float | None = None,
+    attempt: float | None = None,
 ) -> ConnectionRecord:
     r = ConnectionRecord("inbox-1", created_at=0.0, expires_at=expires)
     r.state, r.socket, r.last_used_at = state, sock, used
+    r.attempt_at = attempt
     r.retired_at, r.closed_at = retired, closed
     if borrowed is not None:
         r.borrowed_by, r.borrowed_at = "worker-1", borrowed
@@ -106,10 +111,22 @@ class Case:
     quiet: dict[int, int] = field(default_factory=dict)
     config: PoolConfig = CFG
     now: float = NOW
+    first_seen: dict[Candidate, float] = field(default_factory=dict)
+    foreign_connecting: Sequence[Connecting] = ()
+    listed_at: float | None = None
 
     def run(self) -> Classification:
         return classify(
-            self.live, self.grave, self.rows, ENDPOINTS, self.now, self.config, quiet=self.quiet
+            self.live,
+            self.grave,
+            self.rows,
+            ENDPOINTS,
+            self.now,
+            self.config,
+            quiet=self.quiet,
+            foreign_connecting=self.foreign_connecting,
+            first_seen=self.first_seen,
+            listed_at=self.listed_at,
         )
 
 
@@ -135,6 +152,8 @@ NO_FORCE = config(
 CLOSE_ORPHANS = config(
     DEFAULTS, idle_timeout=100.0, audit=config(DEFAULTS.audit, close_orphans=True)
 )
+
+BOUND = connect_bound(CFG)
 
 TABLE: dict[str, tuple[Case, list[tuple[Kind, Plan]]]] = {
     # healthy: nothing to say
@@ -237,8 +256,73 @@ TABLE: dict[str, tuple[Case, list[tuple[Kind, Plan]]]] = {
         [(Kind.ORPHAN, Plan.REPORT)],
     ),
     "orphan while a connect is in flight": (
-        Case(live=[rec(OPENING, None)], rows=[row(inode=900)]),
+        Case(live=[rec(OPENING, None, attempt=NOW - 1)], rows=[row(inode=900)]),
         [],
+    ),
+    "orphan while a connect sleeps in backoff (no attempt)": (
+        Case(live=[rec(OPENING, None)], rows=[row(inode=900)]),
+        [(Kind.ORPHAN, Plan.REPORT)],
+    ),
+    "orphan seen before the attempt in flight started": (
+        Case(
+            live=[rec(OPENING, None, attempt=NOW - 1)],
+            rows=[row(inode=900)],
+            first_seen={900: NOW - 2},
+        ),
+        [(Kind.ORPHAN, Plan.REPORT)],
+    ),
+    "orphan seen since the attempt started, within its bound": (
+        Case(
+            live=[rec(OPENING, None, attempt=NOW - 5)],
+            rows=[row(inode=900)],
+            first_seen={900: NOW - 3},
+        ),
+        [],
+    ),
+    "orphan seen for longer than the connect bound (a hung attempt)": (
+        Case(
+            live=[rec(OPENING, None, attempt=NOW - 100)],
+            rows=[row(inode=900)],
+            first_seen={900: NOW - BOUND - 0.1},
+        ),
+        [(Kind.ORPHAN, Plan.REPORT)],
+    ),
+    "orphan seen for longer than the bound, but listed by a slow scan": (
+        Case(
+            live=[rec(OPENING, None, attempt=NOW - 100)],
+            rows=[row(inode=900)],
+            first_seen={900: NOW - BOUND - 0.1},
+            listed_at=NOW - 1,
+        ),
+        [],
+    ),
+    "psutil orphan seen before the attempt started (by address pair)": (
+        Case(
+            live=[rec(OPENING, None, attempt=NOW - 1)],
+            rows=[row(inode=None, local=("127.0.0.1", 30000))],
+            first_seen={(("127.0.0.1", 30000), ENDPOINT): NOW - 2},
+        ),
+        [(Kind.ORPHAN, Plan.REPORT)],
+    ),
+    "orphan while another pool's connect is in flight": (
+        Case(rows=[row(inode=900)], foreign_connecting=[Connecting(NOW - 1, BOUND)]),
+        [],
+    ),
+    "orphan seen before another pool's attempt started": (
+        Case(
+            rows=[row(inode=900)],
+            first_seen={900: NOW - 2},
+            foreign_connecting=[Connecting(NOW - 1, BOUND)],
+        ),
+        [(Kind.ORPHAN, Plan.REPORT)],
+    ),
+    "orphan past another pool's shorter bound": (
+        Case(
+            rows=[row(inode=900)],
+            first_seen={900: NOW - 5},
+            foreign_connecting=[Connecting(NOW - 60, 4.0)],
+        ),
+        [(Kind.ORPHAN, Plan.REPORT)],
     ),
     "unknown socket to another port": (
         Case(rows=[row(inode=900, remote=("127.0.0.1", 994))]),
@@ -327,9 +411,41 @@ def test_leak_suspect_carries_record_state_at_decision_time() -> None:
 
 
 def test_deferred_orphans_are_counted() -> None:
-    result = Case(live=[rec(OPENING, None)], rows=[row(inode=900), row(inode=901)]).run()
+    result = Case(
+        live=[rec(OPENING, None, attempt=NOW - 1)], rows=[row(inode=900), row(inode=901)]
+    ).run()
     assert result.decisions == ()
     assert result.orphans_deferred == 2
+
+
+def test_connect_bound_is_connect_timeout_backstop_and_slack() -> None:
+    assert connect_bound(config(DEFAULTS, connect_timeout=15.0)) == 15.0 + 1.0 + 2.0
+
+
+def test_candidates_seen_are_remembered_from_their_first_sighting() -> None:
+    result = Case(
+        live=[rec(OPENING, None, attempt=NOW - 5)],
+        rows=[row(inode=900), row(inode=901), row(inode=902, remote=("127.0.0.1", 994))],
+        first_seen={900: NOW - 3, 777: NOW - 9},  # 777 is gone: forgotten
+    ).run()
+    assert result.seen == {900: NOW - 3, 901: NOW}
+    assert result.orphans_deferred == 2  # both could still be the attempt's
+
+
+def test_a_deferred_orphan_is_reported_once_the_bound_passes() -> None:
+    """What successive audits see with one attempt hung for good: deferred, then reported."""
+    hung = rec(OPENING, None, attempt=NOW - 1)
+    seen: dict[Candidate, float] = {}
+    verdicts = []
+    for step in range(int(BOUND) + 3):
+        case = Case(live=[hung], rows=[row(inode=900)], now=NOW + step, first_seen=seen)
+        result = case.run()
+        seen = dict(result.seen)
+        verdicts.append(kinds(result) == [(Kind.ORPHAN, Plan.REPORT)])
+        assert result.orphans_deferred == (0 if verdicts[-1] else 1)
+    assert verdicts[0] is False and verdicts[-1] is True
+    assert verdicts.index(True) == int(BOUND) + 1  # first seen at NOW, reported past BOUND
+    assert all(verdicts[verdicts.index(True) :])
 
 
 # --------------------------------------------------------------------------- properties
@@ -508,3 +624,71 @@ def test_classify_does_not_change_its_inputs(case: Case) -> None:
     case.run()
     assert [r.to_dict() for r in (*case.live, *case.grave)] == snapshot
     assert case.quiet == quiet
+
+
+@st.composite
+def connects_in_flight(draw: st.DrawFn) -> Case:
+    """Orphan candidates first seen at random times, next to records opening (in an attempt
+    started at a random time, or between attempts) and other pools' attempts."""
+    live = [
+        rec(OPENING, None, attempt=draw(st.none() | st.floats(NOW - 60, NOW)))
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    rows: list[OsSocket] = []
+    first_seen: dict[Candidate, float] = {}
+    for inode in range(900, 900 + draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            rows.append(row(inode=inode))
+            if draw(st.booleans()):
+                first_seen[inode] = draw(st.floats(NOW - 60, NOW))
+        else:
+            local = ("127.0.0.1", 30000 + inode)
+            rows.append(row(inode=None, local=local))
+            if draw(st.booleans()):
+                first_seen[(local, ENDPOINT)] = draw(st.floats(NOW - 60, NOW))
+    foreign = draw(
+        st.lists(st.builds(Connecting, st.floats(NOW - 60, NOW), st.floats(1, 30)), max_size=2)
+    )
+    listed_at = draw(st.none() | st.floats(NOW - 5, NOW))
+    return Case(
+        live=live,
+        rows=rows,
+        first_seen=first_seen,
+        foreign_connecting=foreign,
+        listed_at=listed_at,
+        config=config(DEFAULTS, connect_timeout=draw(st.floats(1, 30))),
+    )
+
+
+@settings(max_examples=300)
+@given(connects_in_flight())
+def test_connects_in_flight_defer_only_what_they_could_own(case: Case) -> None:
+    result = case.run()
+    without = Case(rows=case.rows).run()  # no connect in flight: every candidate reported
+    assert {d.sockets for d in (*result.decisions, *result.deferred)} == {
+        d.sockets for d in without.decisions
+    }
+    assert set(result.seen) == set(without.seen)
+    attempts = [*case.foreign_connecting]
+    attempts += [
+        Connecting(r.attempt_at, connect_bound(case.config))
+        for r in case.live
+        if r.attempt_at is not None
+    ]
+    listed = NOW if case.listed_at is None else case.listed_at
+    for d in (*result.deferred, *result.decisions):
+        (name,) = [
+            n
+            for n in result.seen
+            if n == d.sockets[0].inode or n == (d.sockets[0].local, d.sockets[0].remote)
+        ]
+        seen_at = result.seen[name]
+        assert seen_at == case.first_seen.get(name, NOW)
+        # held back exactly when an attempt in flight had started by its first sighting,
+        # and that attempt's bound has not passed since
+        could_own = any(a.since <= seen_at and listed - seen_at <= a.bound for a in attempts)
+        assert could_own == (d in result.deferred)
+    if not attempts:
+        assert result.deferred == ()
+    if all(a.since > max(result.seen.values(), default=NOW) for a in attempts):
+        assert result.deferred == ()
