@@ -87,6 +87,9 @@ class BenchTarget:
     def foreign(self) -> tuple[frozenset[int], tuple[Connecting, ...]]:
         return frozenset(), ()
 
+    def connecting(self) -> Connecting | None:
+        return None  # every benchmark connection is open
+
     def abort(self, record: ConnectionRecord) -> bool:
         return False
 

@@ -208,7 +208,12 @@ class GuardedPool(Generic[C]):
             forget=self._forget,
         )
         self.audit_target: PoolTarget[C] = PoolTarget(
-            config, self._books, connector, clock, self._retire
+            config,
+            self._books,
+            connector,
+            clock,
+            self._retire,
+            self._reconnector.earliest_attempt,
         )
         """What :meth:`audit` hands the auditor: the pool's records (``records()``,
         ``graveyard()``), its clock and the remedies (see ``guardedpool.audit.AuditTarget``)."""
@@ -514,7 +519,7 @@ class GuardedPool(Generic[C]):
         ``acquire_timeout``: while a connect for the key is queued behind
         ``max_connecting`` (or under way), ``acquire_timeout`` after the pool's last
         successful connect, and never past ``queue_timeout`` after ``started``; not at all
-        once the key has failed again after other connects succeeded
+        once the key has failed while the pool's connects were succeeding
         (:attr:`~guardedpool.reconnect.KeyBackoff.failed_amid_progress`).
 
         Why: 10,000 acquires at once with ``max_connecting`` 8 make a queue that takes

@@ -81,10 +81,11 @@ class KeyBackoff:
         proving_since: when a connect succeeded while ``level > 0``: the reset is due
             ``reset_after`` later, unless a connection dies young first.
         last_failure_at: when the streak's latest failed connect ended (None: no streak).
-        failed_amid_progress: the key failed again after a connect of the pool (any key's)
-            succeeded following its previous failure: its failures are its own, not an
-            outage the pool rides out (see ``GuardedPool``'s queue rule). One failure
-            alone never sets it: while nothing connects, every key fails alike.
+        failed_amid_progress: the key failed while the pool's connects were succeeding:
+            the pool's latest finished attempt before this failure had succeeded, or a
+            connect succeeded between this failure and the key's previous one. Its
+            failures are then its own, not an outage's that the pool rides out (see
+            ``GuardedPool``'s queue rule): while nothing connects, every key fails alike.
     """
 
     failures: int = 0
@@ -98,12 +99,22 @@ class KeyBackoff:
     failed_amid_progress: bool = False
 
     def record_failure(
-        self, exc: BaseException, now: float, delay: float, progress_at: float | None = None
+        self,
+        exc: BaseException,
+        now: float,
+        delay: float,
+        progress_at: float | None = None,
+        setback_at: float | None = None,
     ) -> None:
         """A connect failed at ``now``; the next may start ``delay`` seconds later.
-        ``progress_at``: when a connect of the pool last succeeded (None: never)."""
+        ``progress_at``: when a connect of the pool last succeeded, ``setback_at``: when
+        one last failed before this one (None: never)."""
         previous = self.last_failure_at
-        if previous is not None and progress_at is not None and progress_at > previous:
+        if progress_at is not None and (
+            setback_at is None
+            or progress_at > setback_at
+            or (previous is not None and progress_at > previous)
+        ):
             self.failed_amid_progress = True
         self.failures += 1
         self.level += 1
@@ -179,7 +190,7 @@ async def connect_with_retry(
     sleep: Callable[[float], Awaitable[Any]],
     on_failure: Callable[[BaseException, float], None],
     admit: Callable[[], bool] | None = None,
-    progress: Callable[[], float | None] | None = None,
+    progress: Callable[[], tuple[float | None, float | None]] | None = None,
 ) -> T:
     """Run ``attempt`` until it succeeds, a permanent error occurs, or nobody wants it.
 
@@ -188,9 +199,9 @@ async def connect_with_retry(
     only when it is transient, and passed to ``on_failure(exc, delay)`` before the delay
     is slept. ``admit()`` is asked right before each attempt (and may count it); when it
     says no, the loop ends with the previous attempt's error, or :class:`ConnectDeferred`
-    before any attempt. ``progress()``: when a connect of the pool last succeeded, handed
-    to :meth:`KeyBackoff.record_failure`. Raises the last error when it is permanent or
-    when ``wanted()`` turned False.
+    before any attempt. ``progress()``: when a connect of the pool last succeeded and
+    when one last failed, handed to :meth:`KeyBackoff.record_failure`. Raises the last
+    error when it is permanent or when ``wanted()`` turned False.
     """
     backoff.settle(clock(), policy.reset_after)
     pending = backoff.next_attempt_at - clock()
@@ -221,7 +232,7 @@ async def connect_with_retry(
             if not isinstance(exc, UnknownKey):
                 # A permanent failure (wrong password, untrusted certificate) is a failure
                 # of the key all the same: counted, kept as last_error, but not delayed.
-                backoff.record_failure(exc, now, delay, progress() if progress else None)
+                backoff.record_failure(exc, now, delay, *(progress() if progress else ()))
             on_failure(exc, delay)
             raise
 
@@ -311,6 +322,9 @@ class Reconnector(Generic[C]):
         self._failing_permits = asyncio.Semaphore(failing_key_permits(config.max_connecting))
         self.connecting = 0
         self.peak_connecting = 0
+        # Attempts under way (the connector's open running): number -> when it started.
+        self._attempts: dict[int, float] = {}
+        self._attempt_number = 0
         # Connects per key queued for a permit or under way, and those still queued
         # (entries only while > 0), and when a connect last succeeded: what lets a queued
         # acquire outlive its acquire_timeout while the queue moves (GuardedPool,
@@ -318,6 +332,7 @@ class Reconnector(Generic[C]):
         self._pending: dict[str, int] = {}
         self._queued: dict[str, int] = {}
         self.progress_at: float | None = None
+        self.setback_at: float | None = None  # when a connect last failed
 
     def pending(self, key: str) -> bool:
         """Whether a connect for ``key`` is queued behind ``max_connecting`` or under way."""
@@ -355,6 +370,8 @@ class Reconnector(Generic[C]):
             nonlocal failed_here
             note(exc)
             failed_here = backoff.failures
+            if not isinstance(exc, UnknownKey):
+                self.setback_at = self._clock()
             if isinstance(exc, UnknownKey):
                 log.debug(
                     "guardedpool: key %r is unknown to the connector; nothing kept for it",
@@ -417,8 +434,13 @@ class Reconnector(Generic[C]):
             )
         return conn
 
-    def _progress(self) -> float | None:
-        return self.progress_at
+    def _progress(self) -> tuple[float | None, float | None]:
+        return self.progress_at, self.setback_at
+
+    def earliest_attempt(self) -> float | None:
+        """When the earliest connect attempt now under way (the connector's ``open``
+        running) started, in the pool's clock; None when none is."""
+        return min(self._attempts.values(), default=None)
 
     async def _once(self, key: str, admit: Callable[[], bool] | None, backoff: KeyBackoff) -> C:
         """One attempt: wait for one of ``max_connecting`` permits (a key in a failure
@@ -451,6 +473,8 @@ class Reconnector(Generic[C]):
                     raise ConnectDeferred(f"key {key!r} may not connect now")
                 self.connecting += 1
                 self.peak_connecting = max(self.peak_connecting, self.connecting)
+                self._attempt_number = number = self._attempt_number + 1
+                self._attempts[number] = self._clock()
                 try:
                     # The connector bounds itself by connect_timeout; this is a backstop.
                     bound = self._config.connect_timeout + CONNECT_BACKSTOP
@@ -458,6 +482,7 @@ class Reconnector(Generic[C]):
                         conn = await self._connector.open(key, self._config)
                 finally:
                     self.connecting -= 1
+                    del self._attempts[number]
                 self.progress_at = self._clock()
                 return conn
             finally:

@@ -56,6 +56,9 @@ class AuditTarget(Protocol):
       server are not each other's orphans), and their connect attempts in flight, one
       :class:`~guardedpool.audit.classify.Connecting` per pool that has any, in this
       target's clock.
+    * ``connecting``: this target's own connect attempts in flight, as a ``Connecting``
+      (None: none). Asked right before the OS is listed, so an attempt that ends during a
+      slow scan (psutil, lsof) still covers the socket the listing saw.
     """
 
     @property
@@ -69,6 +72,7 @@ class AuditTarget(Protocol):
     def retire(self, record: ConnectionRecord) -> None: ...
     def abort(self, record: ConnectionRecord) -> bool: ...
     def foreign(self) -> tuple[frozenset[int], tuple[Connecting, ...]]: ...
+    def connecting(self) -> Connecting | None: ...
 
 
 async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> AuditReport:
@@ -105,6 +109,7 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
         for ident in map(_SOCKET, group)
         if ident is not None
     ]
+    ours = target.connecting()  # attempts in flight as the OS is listed
     listed_at = target.now()
     view = await scan(chosen, known, endpoints, inodes=_inodes_of(target).inodes(known))
     # From here to the actions nothing awaits: the records cannot change under the verdict.
@@ -112,7 +117,9 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
     grave = list(target.graveyard())
     now = target.now()
     wall = time.time() - now  # add to a monotonic record time to get wall-clock
-    foreign, foreign_connecting = target.foreign()
+    foreign, connecting = target.foreign()
+    if ours is not None:
+        connecting += (ours,)
     verdict = classify(
         live,
         grave,
@@ -122,7 +129,7 @@ async def run_audit(target: AuditTarget, *, backend: Backend | None = None) -> A
         config,
         quiet=view.quiet,
         foreign=foreign,
-        foreign_connecting=foreign_connecting,
+        connecting=connecting,
         first_seen=_seen_of(target),
         listed_at=listed_at,
     )

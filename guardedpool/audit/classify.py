@@ -324,7 +324,7 @@ def classify(
     *,
     quiet: Mapping[int, int] = _NO_QUIET,
     foreign: Set[int] = frozenset(),
-    foreign_connecting: Iterable[Connecting] = (),
+    connecting: Iterable[Connecting] = (),
     first_seen: Mapping[Candidate, float] | None = None,
     listed_at: float | None = None,
 ) -> Classification:
@@ -337,8 +337,10 @@ def classify(
     loop's longest stall; only the rest take the full look.
 
     ``foreign``: inodes owned by other pools in this process (never orphans of this one);
-    ``foreign_connecting``: their connects in flight (one :class:`Connecting` per pool),
-    which defer orphans like ours do.
+    ``connecting``: connect attempts in flight that ``live_records`` may not show (one
+    :class:`Connecting` per pool): other pools', and this pool's as the OS was listed
+    (an attempt that ended during a slow scan still owned the socket the listing saw);
+    they defer orphans like the attempts of ``live_records`` do.
 
     ``first_seen``: the ``seen`` of the previous look (candidate -> when first seen, in
     ``now``'s clock); a candidate not in it is first seen ``now``. ``listed_at``: when the
@@ -376,16 +378,16 @@ def classify(
     orphans = _orphans(index, endpoints, policy.close_orphans, foreign)
     if not orphans:
         return Classification(tuple(decisions))
-    connecting = list(foreign_connecting)
+    attempts = list(connecting)
     if earliest is not None:
-        connecting.append(Connecting(earliest, connect_bound(config)))
+        attempts.append(Connecting(earliest, connect_bound(config)))
     before = first_seen or {}
     listed = now if listed_at is None else listed_at
     seen: dict[Candidate, float] = {}
     deferred: list[Decision] = []
     for name, decision in orphans:
         at = seen[name] = before.get(name, now)
-        if connecting and _could_own(at, listed, connecting):
+        if attempts and _could_own(at, listed, attempts):
             deferred.append(decision)
         else:
             decisions.append(decision)

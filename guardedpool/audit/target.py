@@ -35,10 +35,20 @@ _TARGETS: weakref.WeakSet[PoolTarget[Any]] = weakref.WeakSet()
 class PoolTarget(Generic[C]):
     """One pool's books, clock and remedies, for the auditor (see ``AuditTarget``).
 
-    Built by the pool; ``retire(slot, reason, detail)`` is the pool's own retirement.
+    Built by the pool; ``retire(slot, reason, detail)`` is the pool's own retirement,
+    ``earliest_attempt()`` when its earliest connect attempt under way started (None: none
+    is; :meth:`guardedpool.reconnect.Reconnector.earliest_attempt`).
     """
 
-    __slots__ = ("__weakref__", "_books", "_clock", "_connector", "_retire", "config")
+    __slots__ = (
+        "__weakref__",
+        "_books",
+        "_clock",
+        "_connector",
+        "_earliest_attempt",
+        "_retire",
+        "config",
+    )
 
     def __init__(
         self,
@@ -47,12 +57,14 @@ class PoolTarget(Generic[C]):
         connector: Connector[C],
         clock: Callable[[], float],
         retire: Callable[[Slot[C], CloseReason, str], None],
+        earliest_attempt: Callable[[], float | None],
     ) -> None:
         self.config = config
         self._books = books
         self._connector = connector
         self._clock = clock
         self._retire = retire
+        self._earliest_attempt = earliest_attempt
         _TARGETS.add(self)
 
     def now(self) -> float:
@@ -69,6 +81,12 @@ class PoolTarget(Generic[C]):
 
     def endpoints(self) -> Set[Address]:
         return self._connector.endpoints()
+
+    def connecting(self) -> Connecting | None:
+        """This pool's connect attempts under way: when the earliest started and its
+        ``connect_bound``; None when none is."""
+        since = self._earliest_attempt()
+        return None if since is None else Connecting(since, connect_bound(self.config))
 
     def poison(self, record: ConnectionRecord) -> None:
         """Half-open: retire an idle one now; abort one in use (retired when it returns)."""

@@ -124,7 +124,7 @@ class Case:
             self.now,
             self.config,
             quiet=self.quiet,
-            foreign_connecting=self.foreign_connecting,
+            connecting=self.foreign_connecting,
             first_seen=self.first_seen,
             listed_at=self.listed_at,
         )

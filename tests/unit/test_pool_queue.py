@@ -130,6 +130,36 @@ async def test_a_key_that_fails_again_while_others_connect_gets_no_more_extensio
 
 
 @pytest.mark.timeout(60)
+async def test_a_key_failing_while_others_connect_gets_no_extension_at_once() -> None:
+    # One connect at a time, 0.1 s each. k0 and k1 connect, then "dead" is refused: the
+    # pool was connecting fine right before, so that first failure is the key's own. Its
+    # retry queues behind 14 more keys (1.4 s), but its caller fails at acquire_timeout
+    # (1 s), not when the queue has drained (found by a review: 15.9 s behind 1,510 keys).
+    connector = MemoryConnector(open_delay=0.1)
+    pool = make(
+        0.1,
+        connector,
+        max_connecting=1,
+        acquire_timeout=1.0,
+        queue_timeout=30.0,
+        retry=RetryPolicy(initial=0.01, max_delay=0.02, jitter=0.0),
+    )
+    connector.fail_keys["dead"] = ConnectionRefusedError("refused")
+    async with pool:
+        first = [asyncio.ensure_future(pool.acquire(k)) for k in KEYS[:2]]
+        await asyncio.sleep(0)
+        dead = asyncio.ensure_future(pool.acquire("dead"))
+        await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(pool.acquire(k)) for k in KEYS[2:]]
+        with pytest.raises(PoolTimeout) as info:
+            await dead
+        assert info.value.waited < 1.5
+        assert isinstance(info.value.last_error, ConnectionRefusedError)
+        for conn in await asyncio.gather(*first, *rest):
+            pool.release(conn)
+
+
+@pytest.mark.timeout(60)
 async def test_callers_whose_keys_failed_only_while_nothing_connected_wait_on() -> None:
     # A server restart: for its first 0.1 s every connect is refused at once, so every
     # key fails (some several times) while nothing connects. Then the server is back,

@@ -140,23 +140,29 @@ async def test_cancellation_during_the_first_attempt_is_not_retried() -> None:
 
 
 @pytest.mark.parametrize(
-    ("failures_at", "progress_at", "own"),
+    ("failures_at", "progress_at", "setback_at", "own"),
     [
-        ((), None, False),
-        ((1.0,), 0.5, False),  # one failure alone never counts: nothing else to compare
-        ((1.0, 2.0), None, False),  # nothing ever connected: an outage, maybe
-        ((1.0, 2.0), 0.5, False),  # the success came before the streak
-        ((1.0, 2.0), 1.0, False),  # not after the previous failure
-        ((1.0, 2.0), 1.5, True),  # connected in between, and it failed again
-        ((1.0, 2.0, 3.0), 2.5, True),
+        ((), None, None, False),
+        ((1.0,), None, None, False),  # nothing ever connected: an outage, maybe
+        ((1.0,), 0.5, None, True),  # the pool connected, and no connect had failed
+        ((1.0,), 0.5, 0.4, True),  # the pool's latest outcome before it: a success
+        ((1.0,), 0.5, 0.7, False),  # a failure came first: an outage's onset, maybe
+        ((1.0,), 0.5, 0.5, False),
+        ((1.0, 2.0), None, None, False),
+        ((1.0, 2.0), 0.5, 0.7, False),  # every success came before the streak
+        ((1.0, 2.0), 1.5, 1.8, True),  # connected between two of its failures
+        ((1.0, 2.0, 3.0), 2.5, 2.9, True),
     ],
 )
-def test_failed_amid_progress_needs_a_success_between_two_failures(
-    failures_at: tuple[float, ...], progress_at: float | None, own: bool
+def test_failed_amid_progress_when_the_pool_was_connecting(
+    failures_at: tuple[float, ...], progress_at: float | None, setback_at: float | None, own: bool
 ) -> None:
+    # Each failure sees the pool's latest failure before it, the key's own included.
     backoff = KeyBackoff()
+    setback = setback_at
     for at in failures_at:
-        backoff.record_failure(ConnectError("x"), at, 1.0, progress_at)
+        backoff.record_failure(ConnectError("x"), at, 1.0, progress_at, setback)
+        setback = at
     assert backoff.failed_amid_progress is own
     backoff.record_success(10.0)
     assert not backoff.failed_amid_progress and backoff.last_failure_at is None
@@ -166,14 +172,18 @@ async def test_the_loop_hands_the_pools_progress_to_the_backoff() -> None:
     script = Script(ConnectionResetError("a"), ConnectionResetError("b"), ConnectionResetError("c"))
     backoff = KeyBackoff()
     progress: list[float | None] = [None]
+    setback: list[float | None] = [None]
 
-    def seen() -> float | None:
-        return progress[0]
+    def seen() -> tuple[float | None, float | None]:
+        return progress[0], setback[0]
 
     async def attempt() -> str:
         if script.attempts == 1:
             progress[0] = script.now  # another key connected after the first failure
         return await script.attempt()
+
+    def failed(exc: BaseException, delay: float) -> None:
+        setback[0] = script.now
 
     with pytest.raises(ConnectionResetError):
         await connect_with_retry(
@@ -183,7 +193,7 @@ async def test_the_loop_hands_the_pools_progress_to_the_backoff() -> None:
             wanted=lambda: script.attempts < 3,
             clock=script.clock,
             sleep=script.sleep,
-            on_failure=lambda exc, delay: None,
+            on_failure=failed,
             progress=seen,
         )
     assert backoff.failures == 3 and backoff.failed_amid_progress
