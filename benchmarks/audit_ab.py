@@ -52,7 +52,7 @@ def load_variant(src: Path, name: str, into: Path) -> ModuleType:
     if str(into) not in sys.path:
         sys.path.insert(0, str(into))
     package = importlib.import_module(name)
-    for shared_name in ("records", "config", "errors"):
+    for shared_name in ("records", "config", "errors", "reconnect"):
         shared = importlib.import_module(f"guardedpool.{shared_name}")
         sys.modules[f"{name}.{shared_name}"] = shared
         setattr(package, shared_name, shared)
