@@ -39,9 +39,13 @@ import time
 from collections.abc import Iterable, Mapping
 from email.utils import formatdate
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import trustme
+
+if TYPE_CHECKING:
+    from guardedpool.imap import IMAPAccount
 
 __all__ = ["DEFAULT_USERS", "DovecotError", "DovecotServer", "make_message"]
 
@@ -387,6 +391,19 @@ class DovecotServer:
     def client_ssl_context(self) -> ssl.SSLContext:
         """A verifying client context that trusts only this server's throwaway CA."""
         return ssl.create_default_context(cafile=str(self.cafile))
+
+    def plain_account(self, username: str, password: str | None = None) -> IMAPAccount:
+        """An account for ``username`` on the plain (no TLS) port; the password is the
+        user's own (``users``) unless given."""
+        from guardedpool.imap import IMAPAccount
+
+        return IMAPAccount(
+            host=self.host,
+            port=self.port,
+            username=username,
+            password=self.users[username] if password is None else password,
+            tls=False,
+        )
 
     # -- users and mail --------------------------------------------------------------
 

@@ -31,13 +31,7 @@ CFG = config(IMAP, op_timeout=0.5, retry=config(FAST_RETRY, max_delay=0.1))
 async def test_a_timed_out_read_leaves_the_iterator_reading(
     dovecot: DovecotServer, fresh_user: tuple[str, str]
 ) -> None:
-    account = IMAPAccount(
-        host=dovecot.host,
-        port=dovecot.port,
-        username=fresh_user[0],
-        password=fresh_user[1],
-        tls=False,
-    )
+    account = dovecot.plain_account(*fresh_user)
     pool = GuardedPool(IMAPConnector({"u": account}), CFG)
     async with pool:
         session = idle(pool, "u", renew_after=30.0)

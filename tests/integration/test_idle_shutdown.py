@@ -16,7 +16,7 @@ from harness.configs import DEFAULTS, config
 from harness.sockets import socket_fds
 
 from guardedpool import GuardedPool
-from guardedpool.imap import IMAPAccount, IMAPClient, IMAPConnector
+from guardedpool.imap import IMAPClient, IMAPConnector
 from guardedpool.imap.idle import IdleSession, idle
 
 N = 50
@@ -30,13 +30,7 @@ def socket_inodes() -> set[int]:
 async def test_close_with_idle_sessions_is_bounded_quiet_and_leaves_no_socket(
     dovecot: DovecotServer, fresh_user: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    account = IMAPAccount(
-        host=dovecot.host,
-        port=dovecot.port,
-        username=fresh_user[0],
-        password=fresh_user[1],
-        tls=False,
-    )
+    account = dovecot.plain_account(*fresh_user)
     cfg = config(
         DEFAULTS,
         max_per_key=1,

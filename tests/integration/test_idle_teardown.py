@@ -16,20 +16,14 @@ from harness import DovecotServer
 from harness.configs import DEFAULTS, config
 
 from guardedpool import GuardedPool
-from guardedpool.imap import IMAPAccount, IMAPConnector
+from guardedpool.imap import IMAPConnector
 from guardedpool.imap.idle import idle
 
 
 def test_teardown_without_close_says_cancelled_not_timed_out(
     dovecot: DovecotServer, fresh_user: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    account = IMAPAccount(
-        host=dovecot.host,
-        port=dovecot.port,
-        username=fresh_user[0],
-        password=fresh_user[1],
-        tls=False,
-    )
+    account = dovecot.plain_account(*fresh_user)
 
     async def main() -> None:
         pool = GuardedPool(IMAPConnector({"u": account}), config(DEFAULTS, op_timeout=2.0))
