@@ -320,7 +320,6 @@ class Reconnector(Generic[C]):
         self._connect_permits = asyncio.Semaphore(config.max_connecting)
         # Taken first, and held with a permit, by connects of keys in a failure streak.
         self._failing_permits = asyncio.Semaphore(failing_key_permits(config.max_connecting))
-        self.connecting = 0
         self.peak_connecting = 0
         # Attempts under way (the connector's open running): number -> when it started.
         self._attempts: dict[int, float] = {}
@@ -333,6 +332,11 @@ class Reconnector(Generic[C]):
         self._queued: dict[str, int] = {}
         self.progress_at: float | None = None
         self.setback_at: float | None = None  # when a connect last failed
+
+    @property
+    def connecting(self) -> int:
+        """Connect attempts under way (the connector's ``open`` running)."""
+        return len(self._attempts)
 
     def pending(self, key: str) -> bool:
         """Whether a connect for ``key`` is queued behind ``max_connecting`` or under way."""
@@ -471,17 +475,15 @@ class Reconnector(Generic[C]):
                     # a connection given back), or the key's limits say not now: its turn
                     # goes to the next in line.
                     raise ConnectDeferred(f"key {key!r} may not connect now")
-                self.connecting += 1
-                self.peak_connecting = max(self.peak_connecting, self.connecting)
                 self._attempt_number = number = self._attempt_number + 1
                 self._attempts[number] = self._clock()
+                self.peak_connecting = max(self.peak_connecting, len(self._attempts))
                 try:
                     # The connector bounds itself by connect_timeout; this is a backstop.
                     bound = self._config.connect_timeout + CONNECT_BACKSTOP
                     async with asyncio.timeout(bound):
                         conn = await self._connector.open(key, self._config)
                 finally:
-                    self.connecting -= 1
                     del self._attempts[number]
                 self.progress_at = self._clock()
                 return conn

@@ -115,24 +115,19 @@ class PoolTarget(Generic[C]):
 
     def foreign(self) -> tuple[frozenset[int], tuple[Connecting, ...]]:
         """Socket inodes other pools of the process own, and their connect attempts in
-        flight: per pool with any, when the earliest started (in this pool's clock) and
-        its ``connect_bound``."""
+        flight (each pool's :meth:`connecting`, in this pool's clock)."""
         inodes: set[int] = set()
         connecting: list[Connecting] = []
         now = self._clock()
         for other in list(_TARGETS):
             if other is self:
                 continue
-            earliest: float | None = None
             for slot in list(other._books.live.values()):
-                record = slot.record
-                if record.socket is not None:
-                    inodes.add(record.socket.inode)
-                elif record.attempt_at is not None and record.state is ConnState.OPENING:
-                    at = record.attempt_at
-                    earliest = at if earliest is None or at < earliest else earliest
+                if slot.record.socket is not None:
+                    inodes.add(slot.record.socket.inode)
             inodes.update(r.socket.inode for r in other._books.graveyard if r.socket is not None)
-            if earliest is not None:
-                since = now - (other._clock() - earliest)  # its clock to ours
-                connecting.append(Connecting(since, connect_bound(other.config)))
+            theirs = other.connecting()
+            if theirs is not None:
+                since = now - (other._clock() - theirs.since)  # its clock to ours
+                connecting.append(Connecting(since, theirs.bound))
         return frozenset(inodes), tuple(connecting)
